@@ -1,0 +1,133 @@
+"""Elementwise ops, softmax, reductions, dropout and losses: symcx's own count, in ``other_flops``.
+
+FlopCounterMode counts none of these. symcx counts arithmetic operations per output element
+(per input element for reductions), a transcendental function (exp, log, erf, tanh, sqrt)
+as one operation. The per-element constants below are the convention, listed in
+docs/conventions.md; each is the operation count of the textbook formula in its comment.
+"""
+
+from __future__ import annotations
+
+import sympy
+
+from ..cost import Cost, OpCall, TensorInfo
+from . import register, rule
+
+__all__ = ["elementwise", "reduction", "PER_ELEMENT", "PER_INPUT_ELEMENT"]
+
+
+def elementwise(per_element: int):
+    """Rule factory: ``per_element`` operations per element of the (first) output."""
+
+    def rule_fn(call: OpCall) -> Cost:
+        outs = call.outputs
+        if not outs:
+            return Cost()
+        return Cost(other_flops=per_element * outs[0].numel)
+
+    rule_fn.__name__ = f"elementwise_{per_element}"
+    rule_fn.__doc__ = f"{per_element} operation(s) per output element."
+    return rule_fn
+
+
+def reduction(per_element: int):
+    """Rule factory: ``per_element`` operations per element of the (first) input."""
+
+    def rule_fn(call: OpCall) -> Cost:
+        x = next((a for a in call.args if isinstance(a, TensorInfo)), None)
+        return Cost(other_flops=per_element * x.numel) if x is not None else Cost()
+
+    rule_fn.__name__ = f"reduction_{per_element}"
+    rule_fn.__doc__ = f"{per_element} operation(s) per input element."
+    return rule_fn
+
+
+#: Operations per output element.
+PER_ELEMENT: dict[str, int] = {
+    # one arithmetic operation or comparison
+    **dict.fromkeys(
+        [
+            "aten.add", "aten.sub", "aten.rsub", "aten.mul", "aten.div", "aten.neg", "aten.abs",
+            "aten.relu", "aten.threshold", "aten.threshold_backward", "aten.maximum", "aten.minimum",
+            "aten.clamp", "aten.clamp_min", "aten.clamp_max", "aten.where", "aten.eq", "aten.ne",
+            "aten.lt", "aten.le", "aten.gt", "aten.ge", "aten.sign", "aten.reciprocal", "aten.exp",
+            "aten.log", "aten.sqrt", "aten.rsqrt", "aten.sin", "aten.cos", "aten.erf", "aten.tanh",
+            "aten.pow", "aten.square", "aten.floor", "aten.ceil", "aten.round", "aten.trunc",
+            "aten.logical_not", "aten.logical_and", "aten.logical_or", "aten.bitwise_not",
+            "aten.bitwise_and", "aten.bitwise_or", "aten.log1p", "aten.expm1", "aten.exp2",
+            "aten.log2", "aten.hardtanh", "aten.relu6", "aten.fmod", "aten.remainder",
+            "aten.masked_scatter", "aten.sgn", "aten.isnan", "aten.isinf", "aten.lerp_scalar",
+        ],
+        1,
+    ),
+    "aten.addcmul": 2,  # a + v·b·c
+    "aten.addcdiv": 2,
+    "aten.lerp": 2,  # a + w·(b − a)
+    "aten.leaky_relu": 2,  # compare, multiply
+    "aten.leaky_relu_backward": 2,
+    "aten.hardtanh_backward": 2,
+    "aten.native_dropout": 2,  # mask draw compare, scale-multiply
+    "aten.native_dropout_backward": 2,  # grad · mask · scale
+    "aten.sigmoid": 4,  # 1 / (1 + exp(−x)): neg, exp, add, div
+    "aten.sigmoid_backward": 3,  # g · y · (1 − y)
+    "aten.tanh_backward": 3,  # g · (1 − y²)
+    "aten.silu": 5,  # x · sigmoid(x)
+    "aten.silu_backward": 8,  # g · s · (1 + x·(1 − s)), s recomputed
+    "aten.gelu": 5,  # x · ½ · (1 + erf(x/√2)); tanh form counted alike
+    "aten.gelu_backward": 9,  # g · (Φ(x) + x·φ(x)), erf and exp recomputed
+    "aten.hardsigmoid": 3,
+    "aten.hardswish": 4,
+    "aten.hardswish_backward": 4,
+    "aten.hardsigmoid_backward": 2,
+    "aten.elu": 4,
+    "aten.elu_backward": 3,
+    "aten.softplus": 4,
+    "aten.softplus_backward": 4,
+    "aten.mish": 7,
+    "aten._softmax": 5,  # max, subtract, exp, sum, divide
+    "aten._log_softmax": 5,  # max, subtract, exp, sum, subtract log-sum
+    "aten._softmax_backward_data": 4,  # y · (g − Σ g·y): multiply, sum, subtract, multiply
+    "aten._log_softmax_backward_data": 4,  # g − exp(y)·Σg: exp, sum, multiply, subtract
+    "aten.nll_loss_backward": 1,  # scatter −w into the grad
+    "aten.embedding_dense_backward": 1,  # scatter-add of each grad row (per weight element)
+    "aten.scatter_add": 1,
+    "aten.index_add": 1,
+    "aten.index_put": 1,
+}
+
+#: Operations per input element (reductions).
+PER_INPUT_ELEMENT: dict[str, int] = {
+    "aten.sum": 1,
+    "aten.mean": 1,
+    "aten.prod": 1,
+    "aten.amax": 1,
+    "aten.amin": 1,
+    "aten.max": 1,
+    "aten.min": 1,
+    "aten.argmax": 1,
+    "aten.argmin": 1,
+    "aten.logsumexp": 3,  # exp, add, and max-subtract per element
+    "aten.var": 3,  # subtract mean, square, add
+    "aten.std": 3,
+    "aten.var_mean": 4,
+    "aten.norm": 2,
+    "aten.linalg_vector_norm": 2,
+    "aten.mse_loss": 3,
+    "aten.mse_loss_backward": 3,
+    "aten.cumsum": 1,
+    "aten.any": 1,
+    "aten.all": 1,
+}
+
+for _op, _k in PER_ELEMENT.items():
+    register(_op, elementwise(_k))
+for _op, _k in PER_INPUT_ELEMENT.items():
+    register(_op, reduction(_k))
+
+
+
+@rule("aten.nll_loss_forward", "aten.nll_loss2d_forward")
+def nll_loss_flops(call: OpCall) -> Cost:
+    """One add per target element (gather −x[target] and sum; the mean's divide is one more)."""
+    target = call.args[1]
+    return Cost(other_flops=target.numel + 1)

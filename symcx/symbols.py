@@ -1,0 +1,116 @@
+"""The symbols symcx speaks in, and the translation of torch's sympy dialect into plain sympy.
+
+``t`` (batch size), ``n`` (epochs) and ``N`` (training samples) are positive integers.
+Every size expression that leaves the tracer passes through :func:`to_plain` so that
+no torch-private sympy function (``FloorDiv``, ``PythonMod``, …) reaches a user.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import sympy
+
+__all__ = ["t", "n", "N", "symbol", "to_plain", "width_names", "evaluate"]
+
+
+def symbol(name: str) -> sympy.Symbol:
+    """Return the positive-integer symbol ``name``, the kind symcx uses for every size."""
+    return sympy.Symbol(name, positive=True, integer=True)
+
+
+t = symbol("t")
+n = symbol("n")
+N = symbol("N")
+
+SEED_LETTERS = "ijklmpqrsuvwxyz"
+
+
+def width_names(count: int, style: str = "d") -> list[str]:
+    """Names for ``count`` layer widths: ``d_0, d_1, …`` or the seed's ``i, j, k, l, …``.
+
+    >>> width_names(3, "letters")
+    ['i', 'j', 'k']
+    """
+    if style == "letters" and count <= len(SEED_LETTERS):
+        return list(SEED_LETTERS[:count])
+    return [f"d_{k}" for k in range(count)]
+
+
+def _floor_div(a, b):
+    return sympy.floor(a / b)
+
+
+def _ceil_div(a, b):
+    return sympy.ceiling(a / b)
+
+
+def _true_div(a, b):
+    return a / b
+
+
+def _mod(a, b):
+    return sympy.Mod(a, b)
+
+
+def _identity(a):
+    return a
+
+
+def _translations() -> dict[type, object]:
+    """Map torch's private sympy classes to plain sympy constructors (torch-version tolerant)."""
+    from torch.utils._sympy import functions as tf
+
+    table = {
+        "FloorDiv": _floor_div,
+        "CeilDiv": _ceil_div,
+        "CleanDiv": _true_div,
+        "IntTrueDiv": _true_div,
+        "FloatTrueDiv": _true_div,
+        "PythonMod": _mod,
+        "Mod": _mod,
+        "FloorToInt": sympy.floor,
+        "CeilToInt": sympy.ceiling,
+        "TruncToInt": lambda a: sympy.sign(a) * sympy.floor(abs(a)),
+        "PowByNatural": sympy.Pow,
+        "FloatPow": sympy.Pow,
+        "Identity": _identity,
+        "ToFloat": _identity,
+        "Max": sympy.Max,
+        "Min": sympy.Min,
+    }
+    return {getattr(tf, name): fn for name, fn in table.items() if hasattr(tf, name)}
+
+
+@functools.lru_cache(maxsize=None)
+def _table() -> tuple[tuple[type, object], ...]:
+    return tuple(_translations().items())
+
+
+@functools.lru_cache(maxsize=65536)
+def to_plain(expr: sympy.Expr) -> sympy.Expr:
+    """Rewrite torch's sympy functions into plain sympy (``FloorDiv(a, b)`` → ``floor(a/b)``).
+
+    >>> import sympy
+    >>> from torch.utils._sympy.functions import FloorDiv
+    >>> to_plain(FloorDiv(sympy.Symbol("x") + 2, 2))
+    floor(x/2 + 1)
+    """
+    expr = sympy.sympify(expr)
+    if expr.is_Number or expr.is_Symbol:
+        return expr
+    for cls, fn in _table():
+        if expr.has(cls):
+            expr = expr.replace(lambda e, c=cls: type(e) is c, lambda e, f=fn: f(*e.args))
+    return expr
+
+
+def evaluate(expr, values: dict) -> int | float:
+    """Evaluate ``expr`` at ``values`` (symbol or name → number); exact ints stay ints."""
+    subs = {(symbol(k) if isinstance(k, str) else k): v for k, v in values.items()}
+    out = sympy.sympify(expr).subs(subs)
+    if out.is_Integer:
+        return int(out)
+    if out.is_Number:
+        return float(out)
+    return out

@@ -1,0 +1,479 @@
+"""Capture one training step of a model as a joint forward+backward aten graph with symbolic sizes.
+
+This is the only module that touches private torch APIs; each one is named in
+``PRIVATE_APIS`` and pinned by ``tests/test_trace.py`` so that a torch upgrade breaks here, loudly.
+
+The route (see docs/design.md): the example input becomes a fake tensor under a
+``FakeTensorMode`` with a ``ShapeEnv``; the batch dimension and any dimension the user
+names are ``DimDynamic.DYNAMIC``; ``make_fx`` traces ``functional_call`` of the model,
+a scalar loss and ``torch.autograd.grad`` of it w.r.t. the trainable parameters. Module
+hooks tag forward nodes with their module path; autograd pre-hooks tag backward nodes
+with the sequence number of the forward op that caused them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import linecache
+import os
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import sympy
+import torch
+import torch.fx.traceback as fx_traceback
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
+from torch.utils import _pytree as pytree
+
+from .errors import ShapeError, TraceError
+from .symbols import symbol, to_plain, width_names
+
+__all__ = ["Trace", "DimSpec", "trace_training_step", "PRIVATE_APIS"]
+
+#: Private torch APIs used by symcx, all in this file (pinned by tests/test_trace.py).
+PRIVATE_APIS = (
+    "torch._subclasses.fake_tensor.FakeTensorMode",
+    "torch.fx.experimental.symbolic_shapes.ShapeEnv / StatelessSymbolicContext / DimDynamic",
+    "torch.fx.traceback.preserve_node_meta / get_current_meta (node.meta['custom'])",
+    "torch.autograd.graph.Node._sequence_nr",
+    "torch.utils._pytree",
+    "torch.utils._sympy.functions (translated in symbols.py)",
+)
+
+_TORCH_DIR = os.path.dirname(torch.__file__)
+_SYMCX_DIR = os.path.dirname(os.path.abspath(__file__))
+
+#: Default example value of the batch symbol: away from 0/1 specialization and kernel thresholds.
+BATCH_HINT = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class DimSpec:
+    """A symbolic input dimension: ``name`` for dim ``dim`` of input number ``input``."""
+
+    name: str
+    dim: int
+    input: int = 0
+
+
+@dataclasses.dataclass
+class Trace:
+    """The joint graph of one training step and what is needed to read its sizes.
+
+    ``rename`` maps ShapeEnv symbols to user symbols (``t``, ``H``, ``d_0``…); every
+    size must go through :meth:`expr` before it leaves symcx.
+    """
+
+    gm: torch.fx.GraphModule
+    rename: dict[sympy.Symbol, sympy.Expr]
+    shape_env: ShapeEnv
+    user_symbols: dict[str, sympy.Symbol]
+    hints: dict[sympy.Symbol, int]
+    param_nodes: dict[str, str]  # fx placeholder name -> parameter name
+    buffer_nodes: dict[str, str]
+    input_nodes: list[str]
+    trainable: frozenset[str]
+    assumptions: list[sympy.Basic]
+    dropped_guards: list[sympy.Basic]
+    module_types: dict[str, str]
+    leaf_modules: frozenset[str]
+    route: str = "symbolic"
+
+    def expr(self, value: Any) -> sympy.Expr:
+        """A size (int, SymInt or sympy expr) as plain sympy in user symbols."""
+        if isinstance(value, (torch.SymInt, torch.SymFloat)):
+            value = value.node.expr
+        if isinstance(value, (int, float)):
+            return sympy.Integer(value) if isinstance(value, int) else sympy.Float(value)
+        return to_plain(self.shape_env.replace(value)).xreplace(self.rename)
+
+    def shape(self, tensor: torch.Tensor) -> tuple[sympy.Expr, ...]:
+        """The shape of a (fake) tensor in user symbols."""
+        return tuple(self.expr(s) for s in tensor.shape)
+
+
+def _source_line(err: BaseException) -> str | None:
+    """``file:line: code`` of the innermost frame outside torch and symcx, if any."""
+    frames = traceback.extract_tb(err.__traceback__)
+    for frame in reversed(frames):
+        path = os.path.abspath(frame.filename)
+        if path.startswith(_TORCH_DIR) or path.startswith(_SYMCX_DIR) or "contextlib" in path:
+            continue
+        code = (frame.line or linecache.getline(frame.filename, frame.lineno)).strip()
+        return f"{frame.filename}:{frame.lineno}: {code}"
+    return None
+
+
+def _classify(err: BaseException) -> tuple[type, str]:
+    """The symcx error class and a one-line cause for an exception raised while tracing."""
+    name = type(err).__name__
+    text = str(err).strip().splitlines()[0] if str(err).strip() else name
+    if "DataDependent" in name or "data-dependent" in text.lower() or "_local_scalar_dense" in text:
+        return TraceError, (
+            "data-dependent control flow: the model branches on, or reads, a tensor's value "
+            "(e.g. `if x.sum() > 0` or `.item()`), which a shape-only trace cannot follow"
+        )
+    shape_words = ("shape", "size", "mat1", "mat2", "expected input", "channels", "dimension")
+    if isinstance(err, (RuntimeError, ValueError, IndexError)) and any(
+        w in text.lower() for w in shape_words
+    ):
+        return ShapeError, f"the example input does not fit the model: {text}"
+    return TraceError, f"{name}: {text}"
+
+
+def _default_loss(out: Any) -> torch.Tensor:
+    """Sum of every floating-point tensor in the output: the backward FLOPs do not depend on it."""
+    leaves = [
+        x for x in pytree.tree_leaves(out) if isinstance(x, torch.Tensor) and x.is_floating_point()
+    ]
+    if not leaves:
+        raise TraceError("the model returned no floating-point tensor to differentiate")
+    total = leaves[0].sum()
+    for leaf in leaves[1:]:
+        total = total + leaf.sum()
+    return total
+
+
+def _set_tag(**tag: Any) -> None:
+    """Tag every fx node created from now on (copied by the tracer from node meta 'custom')."""
+    fx_traceback.get_current_meta()["custom"] = dict(tag)
+
+
+@contextlib.contextmanager
+def _module_tags(model: torch.nn.Module):
+    """Global module hooks that keep the current module path in the node-meta tag."""
+    paths: dict[int, str] = {}
+    for name, mod in model.named_modules(remove_duplicate=False):
+        paths.setdefault(id(mod), name)
+    stack: list[str] = []
+
+    def pre(mod, args):
+        path = paths.get(id(mod))
+        if path is not None:
+            stack.append(path)
+            _set_tag(phase="forward", module=path)
+
+    def post(mod, args, out):
+        if paths.get(id(mod)) is not None and stack:
+            stack.pop()
+            _set_tag(phase="forward", module=stack[-1] if stack else "")
+
+    h1 = torch.nn.modules.module.register_module_forward_pre_hook(pre)
+    h2 = torch.nn.modules.module.register_module_forward_hook(post)
+    try:
+        yield
+    finally:
+        h1.remove()
+        h2.remove()
+
+
+def _tag_backward(roots: Sequence[Any]) -> None:
+    """Pre-hooks on every autograd node: backward ops get the seq_nr of their forward op."""
+    seen: set[Any] = set()
+    todo = [r for r in roots if r is not None]
+    while todo:
+        node = todo.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        seq = node._sequence_nr()
+
+        def hook(grad_outputs, seq=seq):
+            _set_tag(phase="backward", seq_nr=seq)
+
+        node.register_prehook(hook)
+        todo.extend(fn for fn, _ in node.next_functions if fn is not None and fn not in seen)
+
+
+def _context(tensor: torch.Tensor, dynamic: set[int]) -> StatelessSymbolicContext:
+    sizes = [DimDynamic.DYNAMIC if d in dynamic else DimDynamic.STATIC for d in range(tensor.dim())]
+    return StatelessSymbolicContext(dynamic_sizes=sizes)
+
+
+def _as_tuple(example: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if isinstance(example, torch.Tensor):
+        return (example,), {}
+    if isinstance(example, Mapping):
+        return (), dict(example)
+    if isinstance(example, (tuple, list)):
+        return tuple(example), {}
+    raise TraceError(
+        f"example_input must be a tensor, a tuple of tensors or a dict of keyword tensors, "
+        f"not {type(example).__name__}"
+    )
+
+
+def _trace_once(
+    model: torch.nn.Module,
+    example: Any,
+    *,
+    batch_dim: int | None,
+    dims: Sequence[DimSpec],
+    widths: str | None,
+    hints: Mapping[str, int],
+    loss: Callable[[Any], torch.Tensor] | None,
+) -> Trace:
+    shape_env = ShapeEnv(duck_shape=False)
+    mode = FakeTensorMode(shape_env=shape_env, allow_non_fake_inputs=False)
+    args, kwargs = _as_tuple(example)
+    tensors, spec = pytree.tree_flatten((args, kwargs))
+    tensor_pos = [k for k, x in enumerate(tensors) if isinstance(x, torch.Tensor)]
+
+    named: dict[tuple[int, int], str] = {}
+    for d in dims:
+        if d.input >= len(tensor_pos):
+            raise ShapeError(f"dimension {d.name!r} names input {d.input}, but there are {len(tensor_pos)}")
+        named[(d.input, d.dim)] = d.name
+    fake_leaves = list(tensors)
+    input_syms: dict[sympy.Symbol, str] = {}
+    for k, pos in enumerate(tensor_pos):
+        x = tensors[pos]
+        ndim = x.dim()
+        dyn: dict[int, str] = {}
+        if batch_dim is not None and ndim > 0:
+            dyn[batch_dim % ndim] = "t"
+        for (i, d), name in named.items():
+            if i == k:
+                if not -ndim <= d < ndim:
+                    raise ShapeError(f"dimension {name!r} is dim {d} of input {k}, which has {ndim} dims")
+                dyn[d % ndim] = name
+        if widths and x.is_floating_point() and ndim >= 2 and 1 not in dyn:
+            dyn[1] = "__width__"
+        shape = list(x.shape)
+        for d, name in dyn.items():
+            if name in hints:
+                shape[d] = hints[name]
+            if shape[d] in (0, 1):
+                raise ShapeError(
+                    f"dimension {name!r} has example size {shape[d]}; sizes 0 and 1 are specialized "
+                    f"by the tracer, so give an example size of 2 or more"
+                )
+        real = torch.empty(shape, dtype=x.dtype, device=x.device)
+        fake = mode.from_tensor(real, symbolic_context=_context(real, set(dyn)))
+        for d, name in dyn.items():
+            sym = fake.shape[d].node.expr
+            input_syms[sym] = name
+        fake_leaves[pos] = fake
+    fargs, fkwargs = pytree.tree_unflatten(fake_leaves, spec)
+
+    width_syms: list[sympy.Symbol] = []
+
+    def fake_param(value: torch.Tensor) -> torch.Tensor:
+        dynamic = set()
+        if widths and value.dim() >= 1 and value.is_floating_point():
+            dynamic = {0, 1} & set(range(value.dim()))
+            dynamic = {d for d in dynamic if value.shape[d] > 1}
+        fake = mode.from_tensor(value, symbolic_context=_context(value, dynamic))
+        order = [1, 0] if value.dim() >= 2 else [0]
+        for d in order:
+            if d in dynamic:
+                width_syms.append(fake.shape[d].node.expr)
+        return fake
+
+    params = {k: fake_param(v) for k, v in model.named_parameters()}
+    buffers = {k: fake_param(v) for k, v in model.named_buffers()}
+    trainable = frozenset(k for k, v in model.named_parameters() if v.requires_grad)
+    loss_fn = loss or _default_loss
+
+    def joint(params, buffers, fargs, fkwargs):
+        _set_tag(phase="forward", module="")
+        with _module_tags(model):
+            out = torch.func.functional_call(model, {**params, **buffers}, fargs, fkwargs)
+        _set_tag(phase="loss", module="")
+        scalar = loss_fn(out)
+        if not isinstance(scalar, torch.Tensor) or scalar.numel() != 1:
+            raise TraceError("the loss must return a scalar tensor")
+        wrt = [params[k] for k in params if k in trainable]
+        if not wrt or not scalar.requires_grad:
+            return out, ()
+        _tag_backward([scalar.grad_fn])
+        grads = torch.autograd.grad(scalar, wrt, allow_unused=True)
+        return out, grads
+
+    try:
+        with fx_traceback.preserve_node_meta():
+            gm = make_fx(joint, tracing_mode="symbolic")(params, buffers, fargs, fkwargs)
+    except (TraceError, ShapeError):
+        raise
+    except Exception as err:  # anything torch raises while tracing the user's model
+        cls, cause = _classify(err)
+        where = _source_line(err)
+        raise cls(
+            f"cannot trace {type(model).__name__}: {cause}" + (f"\n  at {where}" if where else "")
+        ) from err
+
+    placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+    n_p, n_b = len(params), len(buffers)
+    param_nodes = dict(zip(placeholders[:n_p], params))
+    buffer_nodes = dict(zip(placeholders[n_p : n_p + n_b], buffers))
+    input_nodes = placeholders[n_p + n_b :]
+
+    rename, user_symbols, hint_values = _name_symbols(shape_env, input_syms, width_syms, widths)
+    assumptions = _assumptions(shape_env, rename, user_symbols)
+    module_types = {name: type(mod).__name__ for name, mod in model.named_modules()}
+    leaves = frozenset(name for name, mod in model.named_modules() if not any(True for _ in mod.children()))
+    return Trace(
+        gm=gm,
+        rename=rename,
+        shape_env=shape_env,
+        user_symbols=user_symbols,
+        hints=hint_values,
+        param_nodes=param_nodes,
+        buffer_nodes=buffer_nodes,
+        input_nodes=input_nodes,
+        trainable=trainable,
+        assumptions=assumptions,
+        dropped_guards=[],
+        module_types=module_types,
+        leaf_modules=leaves,
+    )
+
+
+def _name_symbols(
+    shape_env: ShapeEnv,
+    input_syms: Mapping[sympy.Symbol, str],
+    width_syms: Sequence[sympy.Symbol],
+    widths: str | None,
+) -> tuple[dict[sympy.Symbol, sympy.Expr], dict[str, sympy.Symbol], dict[sympy.Symbol, int]]:
+    """Give every free ShapeEnv symbol a user name: t and named dims first, widths in layer order."""
+    rename: dict[sympy.Symbol, sympy.Expr] = {}
+    user: dict[str, sympy.Symbol] = {}
+    hints: dict[sympy.Symbol, int] = {}
+    values = shape_env.backed_var_to_val if hasattr(shape_env, "backed_var_to_val") else shape_env.var_to_val
+
+    def canon(sym: sympy.Symbol) -> sympy.Expr:
+        return shape_env.replace(sym)
+
+    ordered: list[tuple[sympy.Symbol, str | None]] = []
+    ordered += [(s, name) for s, name in input_syms.items() if name != "__width__"]
+    width_like = [s for s, name in input_syms.items() if name == "__width__"] + list(width_syms)
+    seen_width: list[sympy.Expr] = []
+    for s in width_like:
+        c = canon(s)
+        if c.is_Symbol and c not in seen_width and c not in [canon(x) for x, _ in ordered]:
+            seen_width.append(c)
+    names = width_names(len(seen_width), widths or "d")
+    for c, name in zip(seen_width, names):
+        ordered.append((c, name))
+
+    for s, name in ordered:
+        c = canon(s)
+        if not c.is_Symbol:
+            if name in ("t",) or name in {d for d in input_syms.values()}:
+                if c.is_Number:
+                    raise TraceError(
+                        f"the model pins {name!r} to {c}: a shape check fixed it during tracing, "
+                        f"so no formula in {name} exists on the symbolic route"
+                    )
+            continue
+        if c in rename:
+            continue
+        user_sym = symbol(name)
+        rename[c] = user_sym
+        user.setdefault(name, user_sym)
+        if c in values:
+            hints[user_sym] = int(values[c])
+    for s in list(input_syms) + list(width_syms):
+        c = canon(s)
+        if s not in rename and c.is_Symbol and c in rename:
+            rename[s] = rename[c]
+    return rename, user, hints
+
+
+def _assumptions(
+    shape_env: ShapeEnv, rename: Mapping[sympy.Symbol, sympy.Expr], user: Mapping[str, sympy.Symbol]
+) -> list[sympy.Basic]:
+    """Guards that bound a user symbol (e.g. ``t < 16``), in user symbols; noise dropped."""
+    out: list[sympy.Basic] = []
+    allowed = set(user.values())
+    for guard in shape_env.guards:
+        try:
+            expr = to_plain(shape_env.replace(guard.expr)).xreplace(rename)
+        except Exception:  # a guard sympy cannot rewrite is not a bound we can state
+            continue
+        if expr in (sympy.true, sympy.false) or not expr.free_symbols <= allowed:
+            continue
+        if not isinstance(expr, (sympy.StrictLessThan, sympy.LessThan, sympy.StrictGreaterThan, sympy.GreaterThan)):
+            continue
+        if _holds_everywhere(expr) or expr in out:
+            continue
+        out.append(expr)
+    return out
+
+
+def _holds_everywhere(rel: sympy.Basic) -> bool:
+    """True when a guard holds at every probe point ≥ 2 (so it bounds nothing a user will hit)."""
+    syms = sorted(rel.free_symbols, key=str)
+    for value in (2, 3, 7, 64, 1000, 100003):
+        try:
+            if not bool(rel.subs({s: value for s in syms})):
+                return False
+        except TypeError:
+            return False
+    return True
+
+
+def trace_training_step(
+    model: torch.nn.Module,
+    example_input: Any,
+    *,
+    batch_dim: int | None = 0,
+    dims: Sequence[DimSpec] = (),
+    widths: str | None = None,
+    loss: Callable[[Any], torch.Tensor] | None = None,
+) -> Trace:
+    """Trace one training step (forward, loss, backward) of ``model`` with symbolic sizes.
+
+    Guards that bound a symbol (``t < 16``) are tested by re-tracing past the bound: a guard
+    whose re-trace gives the same graph is dropped (kept in ``dropped_guards``), one that
+    changes it stays in ``assumptions``.
+    """
+    hints = {"t": BATCH_HINT} if batch_dim is not None else {}
+    kw = dict(batch_dim=batch_dim, dims=dims, widths=widths, loss=loss)
+    trace = _trace_once(model, example_input, hints=hints, **kw)
+    kept, dropped = [], []
+    for guard in trace.assumptions:
+        beyond = _violating_hints(guard, trace.hints)
+        if beyond is None:
+            kept.append(guard)
+            continue
+        try:
+            other = _trace_once(model, example_input, hints={**hints, **beyond}, **kw)
+        except Exception:  # the model does not run past the bound: the bound is real
+            kept.append(guard)
+            continue
+        (dropped if _same_graph(trace, other) else kept).append(guard)
+    trace.assumptions, trace.dropped_guards = kept, dropped
+    return trace
+
+
+def _violating_hints(guard: sympy.Basic, hints: Mapping[sympy.Symbol, int]) -> dict[str, int] | None:
+    """Example sizes (by name) just past ``guard``'s bound, or None when none is found."""
+    syms = sorted(guard.free_symbols, key=str)
+    if len(syms) != 1 or syms[0] not in hints:
+        return None
+    s = syms[0]
+    for value in (hints[s] * k for k in (2, 3, 4, 8, 16, 64)):
+        if not bool(guard.subs(s, value)):
+            return {str(s): value}
+    return None
+
+
+def _same_graph(a: Trace, b: Trace) -> bool:
+    """Same ops and the same output shapes in user symbols: the formulas of a hold for b."""
+    na = [n for n in a.gm.graph.nodes if n.op == "call_function"]
+    nb = [n for n in b.gm.graph.nodes if n.op == "call_function"]
+    if len(na) != len(nb):
+        return False
+    for x, y in zip(na, nb):
+        if x.target != y.target:
+            return False
+        vx, vy = x.meta.get("val"), y.meta.get("val")
+        if isinstance(vx, torch.Tensor) and isinstance(vy, torch.Tensor):
+            if a.shape(vx) != b.shape(vy):
+                return False
+    return True
