@@ -450,6 +450,7 @@ def analyze(
     loss: Callable[[Any], torch.Tensor] | None = None,
     train: bool = True,
     strict: bool = False,
+    causal_attention: bool = False,
 ) -> Analysis:
     """Trace one training step of ``model`` and return its symbolic cost.
 
@@ -476,6 +477,9 @@ def analyze(
     strict : bool
         Raise :class:`~symcx.errors.UnsupportedOpError` on an op with no cost rule instead of
         listing it in ``Analysis.unsupported``.
+    causal_attention : bool
+        Count only the unmasked half of a causal attention's score matrix (off by default,
+        as FlopCounterMode, which counts the full square).
 
     Returns
     -------
@@ -512,5 +516,5 @@ def analyze(
     finally:
         model.train(was_training)
     graph = build_graph(trace)
-    unsupported = annotate_costs(graph, strict=strict)
+    unsupported = annotate_costs(graph, strict=strict, options={"causal_attention": causal_attention})
     return Analysis(graph, trace, unsupported)

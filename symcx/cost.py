@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import sympy
@@ -31,12 +32,16 @@ class TensorInfo:
 
 @dataclasses.dataclass(frozen=True)
 class OpCall:
-    """One aten call in the graph: its op name, arguments (tensors as ``TensorInfo``) and outputs."""
+    """One aten call in the graph: its op name, arguments (tensors as ``TensorInfo``) and outputs.
+
+    ``options`` carries the analysis options a rule may honour (e.g. ``causal_attention``).
+    """
 
     op: str
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     out: Any  # TensorInfo, a tuple of them, or a size
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def arg(self, index: int, name: str, default: Any = None) -> Any:
         """Positional argument ``index``, else keyword ``name``, else ``default``."""

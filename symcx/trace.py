@@ -16,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import linecache
+import logging
 import os
+import re
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -45,7 +47,7 @@ PRIVATE_APIS = (
 )
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
-_SYMCX_DIR = os.path.dirname(os.path.abspath(__file__))
+_THIS_FILE = os.path.abspath(__file__).replace(".pyc", ".py")
 
 #: Default example value of the batch symbol: away from 0/1 specialization and kernel thresholds.
 BATCH_HINT = 8
@@ -101,7 +103,7 @@ def _source_line(err: BaseException) -> str | None:
     frames = traceback.extract_tb(err.__traceback__)
     for frame in reversed(frames):
         path = os.path.abspath(frame.filename)
-        if path.startswith(_TORCH_DIR) or path.startswith(_SYMCX_DIR) or "contextlib" in path:
+        if path.startswith(_TORCH_DIR) or path == _THIS_FILE or "contextlib" in path:
             continue
         code = (frame.line or linecache.getline(frame.filename, frame.lineno)).strip()
         return f"{frame.filename}:{frame.lineno}: {code}"
@@ -117,7 +119,7 @@ def _classify(err: BaseException) -> tuple[type, str]:
             "data-dependent control flow: the model branches on, or reads, a tensor's value "
             "(e.g. `if x.sum() > 0` or `.item()`), which a shape-only trace cannot follow"
         )
-    shape_words = ("shape", "size", "mat1", "mat2", "expected input", "channels", "dimension")
+    shape_words = ("shape", "size", "mat1", "mat2", "expected input", "channels", "dimension", "reduction dim")
     if isinstance(err, (RuntimeError, ValueError, IndexError)) and any(
         w in text.lower() for w in shape_words
     ):
@@ -136,6 +138,18 @@ def _default_loss(out: Any) -> torch.Tensor:
     for leaf in leaves[1:]:
         total = total + leaf.sum()
     return total
+
+
+@contextlib.contextmanager
+def _quiet_fake_tensor_log():
+    """Fake-tensor dispatch logs a full traceback before re-raising; symcx reports the error itself."""
+    logger = logging.getLogger("torch._subclasses.fake_tensor")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _set_tag(**tag: Any) -> None:
@@ -295,12 +309,14 @@ def _trace_once(
         return out, grads
 
     try:
-        with fx_traceback.preserve_node_meta():
+        with fx_traceback.preserve_node_meta(), _quiet_fake_tensor_log():
             gm = make_fx(joint, tracing_mode="symbolic")(params, buffers, fargs, fkwargs)
     except (TraceError, ShapeError):
         raise
     except Exception as err:  # anything torch raises while tracing the user's model
         cls, cause = _classify(err)
+        names = {str(sym): name for sym, name in input_syms.items() if name != "__width__"}
+        cause = re.sub(r"\bs\d+\b", lambda m: names.get(m.group(0), m.group(0)), cause)
         where = _source_line(err)
         raise cls(
             f"cannot trace {type(model).__name__}: {cause}" + (f"\n  at {where}" if where else "")

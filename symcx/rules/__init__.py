@@ -12,9 +12,10 @@ counted nowhere and reported by name, never silently zero.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import networkx as nx
@@ -51,7 +52,7 @@ ZERO_COST = frozenset(
         "aten.index", "aten.tril", "aten.triu", "aten.masked_fill", "aten.masked_fill_",
         "aten.bernoulli", "aten.bernoulli_", "aten.rand", "aten.rand_like", "aten.randn", "aten.randn_like",
         "aten.split_with_sizes_copy", "aten.unsafe_split", "aten.roll", "aten.flip",
-        "aten.new_zeros", "aten.pad", "getitem", "mul", "add", "sub", "floordiv", "truediv", "mod",
+        "aten.pad", "aten.eye", "aten._linalg_check_errors", "getitem", "mul", "add", "sub", "floordiv", "truediv", "mod",
         "sym_float", "sym_int", "sym_max", "sym_min", "sym_not", "eq", "ne", "lt", "le", "gt", "ge",
     }
 )
@@ -110,8 +111,10 @@ def is_free(packet: str) -> bool:
     return packet in ZERO_COST
 
 
-def annotate_costs(G: nx.DiGraph, *, strict: bool = False) -> Counter:
+def annotate_costs(G: nx.DiGraph, *, strict: bool = False, options: Mapping[str, Any] | None = None) -> Counter:
     """Attach ``cost`` to every call node of ``G``; return the unsupported ops by (op, layer).
+
+    ``options`` (e.g. ``{"causal_attention": True}``) reach every rule as ``call.options``.
 
     A node with no rule that is not free gets ``cost=None`` and ``unsupported=True``.
 
@@ -128,7 +131,11 @@ def annotate_costs(G: nx.DiGraph, *, strict: bool = False) -> Counter:
             continue
         fn = lookup(data["op"], data["packet"])
         if fn is not None:
-            data["cost"] = fn(data["call"])
+            call = data["call"]
+            if options:
+                call = dataclasses.replace(call, options=dict(options))
+                data["call"] = call
+            data["cost"] = fn(call)
         elif is_free(data["packet"]):
             data["cost"] = ZERO
         else:
