@@ -18,7 +18,8 @@ import sympy
 import torch
 
 from .cost import TensorInfo
-from .errors import SymcxError
+from .errors import SymcxError, TraceError
+from .fallback import interpolated_graph
 from .graph import ALIAS_OPS, build_graph
 from .rules import annotate_costs, is_free
 from .symbols import N, n, t
@@ -215,8 +216,17 @@ class Analysis:
 
     @property
     def route(self) -> str:
-        """How the formulas were obtained: ``"symbolic"`` (one symbolic trace)."""
+        """How the formulas were obtained: ``"symbolic"`` (one symbolic trace) or ``"interpolated"``.
+
+        ``"interpolated"``: the model would not trace with symbolic sizes (``fallback_reason``
+        says why), so it was traced at a grid of sizes and every node's cost fitted exactly.
+        """
         return self.trace.route
+
+    @property
+    def fallback_reason(self) -> str | None:
+        """Why the symbolic route failed, when the interpolated route was taken."""
+        return self.graph.graph.get("fallback_reason")
 
     @property
     def hints(self) -> dict[sympy.Symbol, int]:
@@ -507,14 +517,26 @@ def analyze(
     style = None if widths is False else ("d" if widths is True else widths)
     if style not in (None, "d", "letters"):
         raise SymcxError(f"widths must be True, False, 'd' or 'letters', not {widths!r}")
+    specs = _dim_specs(dims)
+    options = {"causal_attention": causal_attention}
     was_training = model.training
     model.train(train)
     try:
-        trace = trace_training_step(
-            model, example_input, batch_dim=batch_dim, dims=_dim_specs(dims), widths=style, loss=loss
-        )
+        try:
+            trace = trace_training_step(model, example_input, batch_dim=batch_dim, dims=specs, widths=style, loss=loss)
+        except TraceError as err:
+            if style is not None or "data-dependent" in str(err):
+                raise
+            try:  # the fallback route: concrete traces on a grid, interpolated exactly
+                graph, trace, unsupported = interpolated_graph(
+                    model, example_input, batch_dim=batch_dim, dims=specs, loss=loss, options=options,
+                    reason=str(err).splitlines()[0], strict=strict,
+                )
+            except TraceError as again:
+                raise TraceError(f"{err}\n  the interpolation fallback failed too: {again}") from err
+            return Analysis(graph, trace, unsupported)
     finally:
         model.train(was_training)
     graph = build_graph(trace)
-    unsupported = annotate_costs(graph, strict=strict, options={"causal_attention": causal_attention})
+    unsupported = annotate_costs(graph, strict=strict, options=options)
     return Analysis(graph, trace, unsupported)

@@ -34,7 +34,7 @@ from torch.utils import _pytree as pytree
 from .errors import ShapeError, TraceError
 from .symbols import symbol, to_plain, width_names
 
-__all__ = ["Trace", "DimSpec", "trace_training_step", "PRIVATE_APIS"]
+__all__ = ["Trace", "DimSpec", "trace_training_step", "trace_at", "PRIVATE_APIS"]
 
 #: Private torch APIs used by symcx, all in this file (pinned by tests/test_trace.py).
 PRIVATE_APIS = (
@@ -230,6 +230,7 @@ def _trace_once(
     widths: str | None,
     hints: Mapping[str, int],
     loss: Callable[[Any], torch.Tensor] | None,
+    static: bool = False,
 ) -> Trace:
     shape_env = ShapeEnv(duck_shape=False)
     mode = FakeTensorMode(shape_env=shape_env, allow_non_fake_inputs=False)
@@ -267,8 +268,8 @@ def _trace_once(
                     f"by the tracer, so give an example size of 2 or more"
                 )
         real = torch.empty(shape, dtype=x.dtype, device=x.device)
-        fake = mode.from_tensor(real, symbolic_context=_context(real, set(dyn)))
-        for d, name in dyn.items():
+        fake = mode.from_tensor(real, symbolic_context=_context(real, set() if static else set(dyn)))
+        for d, name in ({} if static else dyn).items():
             sym = fake.shape[d].node.expr
             input_syms[sym] = name
         fake_leaves[pos] = fake
@@ -465,6 +466,24 @@ def trace_training_step(
         (dropped if _same_graph(trace, other) else kept).append(guard)
     trace.assumptions, trace.dropped_guards = kept, dropped
     return trace
+
+
+def trace_at(
+    model: torch.nn.Module,
+    example_input: Any,
+    values: Mapping[str, int],
+    *,
+    batch_dim: int | None = 0,
+    dims: Sequence[DimSpec] = (),
+    loss: Callable[[Any], torch.Tensor] | None = None,
+) -> Trace:
+    """Trace one training step with every size concrete: ``values`` gives t and the named dims.
+
+    The fallback route traces at several such points and interpolates (see ``fallback.py``).
+    """
+    return _trace_once(
+        model, example_input, batch_dim=batch_dim, dims=dims, widths=None, hints=values, loss=loss, static=True
+    )
 
 
 def _violating_hints(guard: sympy.Basic, hints: Mapping[sympy.Symbol, int]) -> dict[str, int] | None:
