@@ -418,8 +418,40 @@ def _assumptions(
             continue
         if _holds_everywhere(expr) or expr in out:
             continue
-        out.append(expr)
-    return out
+        out.append(_as_bound(expr))
+    return _tightest(out)
+
+
+def _as_bound(rel: sympy.Basic) -> sympy.Basic:
+    """A guard linear in one symbol as ``s >= c`` or ``s <= c`` (integers); others unchanged."""
+    syms = list(rel.free_symbols)
+    diff = sympy.expand(rel.lhs - rel.rhs)
+    if len(syms) != 1 or not diff.is_polynomial(syms[0]) or sympy.degree(diff, syms[0]) != 1:
+        return rel
+    s = syms[0]
+    a, b = diff.coeff(s, 1), diff.coeff(s, 0)
+    c = -b / a
+    # diff > 0, diff >= 0, diff < 0, diff <= 0, with a's sign deciding the direction
+    strict = isinstance(rel, (sympy.StrictGreaterThan, sympy.StrictLessThan))
+    greater = isinstance(rel, (sympy.StrictGreaterThan, sympy.GreaterThan)) == bool(a > 0)
+    if greater:
+        return sympy.Ge(s, sympy.floor(c) + 1 if strict else sympy.ceiling(c))
+    return sympy.Le(s, sympy.ceiling(c) - 1 if strict else sympy.floor(c))
+
+
+def _tightest(bounds: list[sympy.Basic]) -> list[sympy.Basic]:
+    """Keep the largest lower bound and the smallest upper bound of each symbol."""
+    best: dict[tuple[sympy.Symbol, bool], sympy.Basic] = {}
+    rest: list[sympy.Basic] = []
+    for b in bounds:
+        if isinstance(b, (sympy.GreaterThan, sympy.LessThan)) and b.lhs.is_Symbol and b.rhs.is_Number:
+            key = (b.lhs, isinstance(b, sympy.GreaterThan))
+            old = best.get(key)
+            if old is None or (b.rhs > old.rhs if key[1] else b.rhs < old.rhs):
+                best[key] = b
+        elif b not in rest:
+            rest.append(b)
+    return list(best.values()) + rest
 
 
 def _holds_everywhere(rel: sympy.Basic) -> bool:
