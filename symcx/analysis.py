@@ -11,7 +11,7 @@ import dataclasses
 import functools
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 import sympy
@@ -25,12 +25,13 @@ from .rules import annotate_costs, is_free
 from .symbols import N, n, t
 from .trace import DimSpec, Trace, trace_training_step
 
+if TYPE_CHECKING:
+    from .memory import Memory
+
 __all__ = ["analyze", "Analysis", "LayerRow", "Training", "O", "big_o"]
 
 ZERO = sympy.Integer(0)
 FORWARD_PHASES = ("forward", "loss")
-#: Ops that create the backward's initial gradient from the loss: not activations.
-GRAD_SEEDS = frozenset({"aten.ones_like", "aten.full_like", "aten.ones", "aten.full", "aten.scalar_tensor"})
 
 
 class O(sympy.Function):
@@ -123,35 +124,6 @@ class Training:
     def big_o(self) -> sympy.Expr:
         """Growth of the whole-training FLOPs, e.g. ``O(n*N)``."""
         return big_o(self.total_flops)
-
-
-def _storage_roots(G: nx.DiGraph) -> dict[str, str]:
-    """For each node, the node that owns the storage it reads (views resolve to their base)."""
-    roots: dict[str, str] = {}
-    for name in sorted(G.nodes, key=lambda v: G.nodes[v]["order"]):
-        data = G.nodes[name]
-        root = name
-        if data.get("packet") in ALIAS_OPS:
-            call = data.get("call")
-            src = next(iter(sorted(G.predecessors(name), key=lambda v: G.nodes[v]["order"])), None)
-            if call is not None and src is not None:
-                root = roots.get(src, src)
-        roots[name] = root
-    return roots
-
-
-def saved_for_backward(G: nx.DiGraph) -> set[str]:
-    """Forward values (storage owners) that some backward node reads: what autograd keeps."""
-    roots = _storage_roots(G)
-    saved: set[str] = set()
-    for name, data in G.nodes(data=True):
-        if data.get("phase") not in FORWARD_PHASES + ("input",) or data.get("packet") in GRAD_SEEDS:
-            continue
-        if any(G.nodes[u].get("phase") == "backward" for u in G.successors(name)):
-            root = roots[name]
-            if G.nodes[root].get("phase") in FORWARD_PHASES + ("input",):
-                saved.add(root)
-    return saved
 
 
 class Analysis:
@@ -308,13 +280,18 @@ class Analysis:
         return self._s(sympy.Add(*[d["out"].nbytes for _, d in self._param_nodes()]))
 
     @functools.cached_property
-    def _saved(self) -> set[str]:
-        return saved_for_backward(self.graph)
+    def _saved_by_layer(self) -> dict[str, sympy.Expr]:
+        from .memory import step_memory
+
+        return {row.name: row.saved_bytes for row in step_memory(self.graph).by_layer}
 
     @property
     def activation_bytes(self) -> sympy.Expr:
-        """Bytes of forward values autograd keeps for the backward (the input included if read)."""
-        return self._s(sympy.Add(*[self.graph.nodes[v]["bytes"] for v in self._saved]))
+        """Bytes of forward values autograd keeps for the backward (the input, held anyway, excluded).
+
+        Per output of a multi-output op: max-pool keeps its indices, not its values.
+        """
+        return self._s(sympy.Add(*self._saved_by_layer.values()))
 
     # --- rows ----------------------------------------------------------------------------
     @functools.cached_property
@@ -370,7 +347,7 @@ class Analysis:
             ops=ops,
             out_shape=last.shape if last is not None else (),
             bytes_out=sympy.Add(*[G.nodes[v]["bytes"] for v in fwd]),
-            saved_bytes=sympy.Add(*[G.nodes[v]["bytes"] for v in fwd if v in self._saved]),
+            saved_bytes=self._saved_by_layer.get(layer, sympy.Integer(0)),
             derivation=derivation,
             notes=notes,
             **row_values,
@@ -428,12 +405,64 @@ class Analysis:
             merged[sym] = sympy.sympify(value)
         return Analysis(self.graph, self.trace, self.unsupported, merged)
 
+    def memory(self, optimizer: str = "sgd", dtype: Any = None, training: bool = True) -> Memory:
+        """Bytes one training step holds: parameters, gradients, optimizer state, saved
+        activations and the peak, with the node where it occurs; see :func:`symcx.memory.step_memory`.
+
+        >>> import torch, symcx
+        >>> mlp = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+        >>> mem = symcx.analyze(mlp, torch.randn(5, 4)).memory(optimizer="adam")
+        >>> mem.params, mem.optimizer, mem.activations, mem.peak_layer
+        (92, 200, 12*t, '1')
+        """
+        from .memory import step_memory
+
+        return step_memory(self.graph, optimizer=optimizer, dtype=dtype, training=training, values=self._values)
+
+    def max_batch_size(self, budget_bytes: int, optimizer: str = "sgd") -> int:
+        """Largest batch ``t`` whose training-step peak fits in ``budget_bytes`` (0 if none).
+
+        >>> import torch, symcx
+        >>> a = symcx.analyze(torch.nn.Linear(784, 10), torch.randn(2, 784))
+        >>> a.max_batch_size(16 * 2**30)  # (16 GiB - 62808 B) // 3176 B per sample
+        5409258
+        """
+        return self.memory(optimizer=optimizer).max_batch_size(budget_bytes)
+
     def __repr__(self) -> str:
         syms = ", ".join(self.symbols) or "none"
         return (
             f"<symcx.Analysis symbols: {syms}; forward {self.forward_flops} FLOPs, "
             f"backward {self.backward_flops} FLOPs, params {self.params}>"
         )
+
+    def to_latex(self, *, standalone: bool = False, **settings: Any) -> str:
+        """LaTeX table, derivations and totals; see :func:`symcx.export.latex.to_latex`."""
+        from .export.latex import to_latex
+
+        return to_latex(self, standalone=standalone, **settings)
+
+    def to_markdown(self, **settings: Any) -> str:
+        """Markdown table, derivations and totals; see :func:`symcx.export.markdown.to_markdown`."""
+        from .export.markdown import to_markdown
+
+        return to_markdown(self, **settings)
+
+    def to_json(self, **options: Any) -> str:
+        """JSON of schema ``symcx.analysis/1``; see :func:`symcx.export.json.to_json`."""
+        from .export.json import to_json
+
+        return to_json(self, **options)
+
+    def _repr_latex_(self) -> str:
+        from .export.latex import to_latex
+
+        return to_latex(self, environment="array")
+
+    def _repr_markdown_(self) -> str:
+        from .export.markdown import to_markdown
+
+        return to_markdown(self)
 
 
 def _dim_specs(dims: Mapping[str, Any] | None) -> list[DimSpec]:

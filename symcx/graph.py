@@ -25,7 +25,7 @@ import torch
 from .cost import OpCall, TensorInfo
 from .trace import Trace
 
-__all__ = ["build_graph", "op_name", "ALIAS_OPS"]
+__all__ = ["build_graph", "op_name", "ALIAS_OPS", "GRAD_SEEDS"]
 
 #: Ops whose output aliases an input's storage: they allocate nothing.
 ALIAS_OPS = frozenset(
@@ -38,6 +38,10 @@ ALIAS_OPS = frozenset(
         "getitem",
     }
 )
+
+
+#: Ops that create the backward's initial gradient from the loss: not activations.
+GRAD_SEEDS = frozenset({"aten.ones_like", "aten.full_like", "aten.ones", "aten.full", "aten.scalar_tensor"})
 
 
 def op_name(target: Any) -> tuple[str, str]:
@@ -68,6 +72,18 @@ def _nbytes(out: Any) -> sympy.Expr:
     if isinstance(out, (tuple, list)):
         return sympy.Add(*[_nbytes(o) for o in out])
     return sympy.Integer(0)
+
+
+def _new_bytes(target: Any, packet: str, out: Any) -> sympy.Expr:
+    """Bytes of the outputs that are new storage: a view's, an in-place or ``out=`` op's output
+    aliases an input (the schema's alias annotation) and allocates nothing."""
+    if packet in ALIAS_OPS:
+        return sympy.Integer(0)
+    schema = getattr(target, "_schema", None)
+    if schema is None:
+        return _nbytes(out)
+    outs = out if isinstance(out, (tuple, list)) and len(schema.returns) != 1 else (out,)
+    return sympy.Add(*[_nbytes(o) for r, o in zip(schema.returns, outs) if r.alias_info is None])
 
 
 def build_graph(trace: Trace) -> nx.DiGraph:
@@ -112,7 +128,7 @@ def build_graph(trace: Trace) -> nx.DiGraph:
             out = _info(trace, node.meta.get("val"))
             attrs["call"] = OpCall(name, args, kwargs, out)
             attrs["out"] = out
-            attrs["bytes"] = sympy.Integer(0) if packet in ALIAS_OPS else _nbytes(out)
+            attrs["bytes"] = _new_bytes(node.target, packet, out)
             if node.meta.get("stack_trace"):
                 attrs["stack"] = node.meta["stack_trace"].strip().splitlines()[-1].strip()
             if attrs["phase"] == "forward":

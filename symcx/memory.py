@@ -1,0 +1,656 @@
+"""Memory of a training step: parameters, gradients, optimizer state, saved activations, the peak.
+
+The joint graph is the program autograd runs: the forward in order, then the backward in
+reverse. :func:`step_memory` splits every op's outputs into storages (views, ``getitem`` and
+in-place ops alias a storage, read from the op's schema), gives each storage a life from the
+op that allocates it to its last reader, and walks the program adding allocations and
+subtracting frees. A forward storage that a backward op reads is *saved for backward*; what
+an autograd node's backward reads is released when that whole backward returns, as the
+engine does. Gradients, the model's outputs, the loss and its seed gradient live to the end
+of the step. Everything is a sympy expression in bytes; the peak is ``sympy.Max`` of the
+program points no other point dominates. See docs/memory.md for the model and its limits.
+
+:func:`measure_peak_bytes` measures the same quantity on a real run: the peak of live
+tensor bytes allocated while a function runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import networkx as nx
+import sympy
+import torch
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .cost import TensorInfo
+from .errors import SymcxError
+from .graph import ALIAS_OPS, GRAD_SEEDS
+from .symbols import t
+
+__all__ = [
+    "Memory",
+    "LayerMemory",
+    "OPTIMIZER_COPIES",
+    "STEP_TEMPORARY_COPIES",
+    "step_memory",
+    "measure_peak_bytes",
+    "max_batch_size",
+]
+
+#: Copies of the trainable parameters an optimizer keeps as state (SGD without momentum: none;
+#: momentum: one buffer; Adam/AdamW: exp_avg and exp_avg_sq).
+OPTIMIZER_COPIES = {"sgd": 0, "sgd-momentum": 1, "adam": 2, "adamw": 2}
+#: Adam/AdamW also keep a float32 scalar ``step`` per parameter tensor.
+_STEP_SCALAR_BYTES = {"adam": 4, "adamw": 4}
+#: Copies of the trainable parameters ``optimizer.step()`` allocates as temporaries, in the
+#: multi-tensor (foreach) implementation PyTorch picks on GPUs: Adam's ``sqrt(exp_avg_sq)``.
+STEP_TEMPORARY_COPIES = {"sgd": 0, "sgd-momentum": 0, "adam": 1, "adamw": 1}
+#: The program point after the backward, while ``optimizer.step()`` runs.
+STEP_NODE = "optimizer.step"
+_FLOAT_DTYPES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
+_END = float("inf")
+ZERO = sympy.Integer(0)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerMemory:
+    """Memory attributed to one layer: its parameters and what its forward keeps for backward.
+
+    ``saved`` lists the kept tensors as ``(value, bytes)``; a value is the producing fx node,
+    with ``[i]`` for output ``i`` of a multi-output op (``max_pool2d_with_indices[1]`` is the
+    indices).
+    """
+
+    name: str
+    param_bytes: sympy.Expr
+    grad_bytes: sympy.Expr
+    saved_bytes: sympy.Expr
+    saved: tuple[tuple[str, sympy.Expr], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Memory:
+    """Bytes held by one training step, as sympy expressions (see :func:`step_memory`).
+
+    ``peak`` is everything held at the step's peak: the resident bytes (parameters,
+    buffers, the input batch, optimizer state) plus the largest sum of live activations,
+    temporaries and gradients over the program, the forward, the backward and, last,
+    ``optimizer.step()`` (node ``"optimizer.step"``, layer ``"optimizer"``: the gradients plus
+    the step's temporaries). ``inference_peak`` is the same for the forward alone with nothing
+    saved and no gradients. ``candidates`` are the program points whose totals no other point
+    dominates for every size; ``peak`` is their ``Max``; ``peak_node`` is the largest at the
+    trace's example sizes (or at the values substituted with ``Analysis.subs``).
+    """
+
+    optimizer_name: str
+    dtype: str | None
+    training: bool
+    params: sympy.Expr
+    buffers: sympy.Expr
+    inputs: sympy.Expr
+    grads: sympy.Expr
+    optimizer: sympy.Expr
+    activations: sympy.Expr
+    peak: sympy.Expr
+    inference_peak: sympy.Expr
+    peak_node: str
+    peak_layer: str
+    inference_peak_node: str
+    candidates: tuple[tuple[str, sympy.Expr], ...]
+    by_layer: tuple[LayerMemory, ...]
+
+    def __repr__(self) -> str:
+        return (
+            f"<symcx.Memory {self.optimizer_name}{'' if self.training else ', inference'}: peak {self.peak} B "
+            f"at {self.peak_node} ({self.peak_layer}); params {self.params} B, grads {self.grads} B, "
+            f"optimizer {self.optimizer} B, activations {self.activations} B>"
+        )
+
+    @property
+    def resident(self) -> sympy.Expr:
+        """Bytes held for the whole step: parameters, buffers, inputs and optimizer state."""
+        return self.params + self.buffers + self.inputs + self.optimizer
+
+    def max_batch_size(self, budget_bytes: int) -> int:
+        """Largest batch ``t`` whose peak fits in ``budget_bytes`` (0 if not even ``t = 1``).
+
+        >>> import torch, symcx
+        >>> mem = symcx.analyze(torch.nn.Linear(4, 3), torch.randn(2, 4)).memory()
+        >>> mem.peak  # params 60 + input 16t + output 12t + loss, seed 8 + grads 60
+        28*t + 128
+        >>> mem.max_batch_size(1024)
+        32
+        """
+        return max_batch_size(self.peak, budget_bytes)
+
+
+# --- storages and their lives -------------------------------------------------------------
+@dataclasses.dataclass
+class _Storage:
+    key: str
+    node: str
+    nbytes: sympy.Expr
+    born: int
+    last: float  # order of the last reader; _END when the step returns it
+    saved: bool = False
+    fwd_last: float = -1.0  # last reader among forward ops; _END for a model output
+
+
+def _itemsize(info: TensorInfo, dtype: str | None) -> int:
+    if dtype is not None and info.dtype in _FLOAT_DTYPES:
+        return _FLOAT_DTYPES[dtype]
+    return info.itemsize
+
+
+def _nbytes(info: TensorInfo, dtype: str | None) -> sympy.Expr:
+    return info.numel * _itemsize(info, dtype)
+
+
+def _aliased_arg(schema: torch.FunctionSchema, ret: Any) -> str | None:
+    """Name of the argument a schema return aliases (views, in-place and out= ops), else None."""
+    info = ret.alias_info
+    if info is None:
+        return None
+    for arg in schema.arguments:
+        if arg.alias_info is not None and arg.alias_info.before_set & info.before_set:
+            return arg.name
+    return None
+
+
+def _arg_value(node: torch.fx.Node, schema: torch.FunctionSchema, name: str) -> Any:
+    for k, arg in enumerate(schema.arguments):
+        if arg.name == name:
+            return node.args[k] if k < len(node.args) else node.kwargs.get(name)
+    return None
+
+
+def _value_storages(
+    G: nx.DiGraph, gm: torch.fx.GraphModule, dtype: str | None
+) -> tuple[dict[str, Any], dict[str, _Storage]]:
+    """Each fx value as a nested structure of storage keys (None where no tensor), and the storages."""
+    values: dict[str, Any] = {}
+    storages: dict[str, _Storage] = {}
+
+    def fresh(name: str, key: str, info: Any) -> str | None:
+        if not isinstance(info, TensorInfo):
+            return None
+        data = G.nodes[name]
+        storages[key] = _Storage(key, name, _nbytes(info, dtype), data["order"], data["order"])
+        return key
+
+    for node in gm.graph.nodes:
+        name = node.name
+        data = G.nodes[name]
+        out = data.get("out")
+        if node.op == "placeholder":
+            values[name] = fresh(name, name, out)
+        elif node.op != "call_function":
+            continue
+        elif node.target is operator.getitem:
+            src, index = values.get(node.args[0].name), node.args[1]
+            values[name] = src[index] if isinstance(src, (tuple, list)) and index < len(src) else None
+        elif isinstance(node.target, torch._ops.OpOverload):
+            schema = node.target._schema
+            outs = out if isinstance(out, (tuple, list)) and len(schema.returns) != 1 else (out,)
+            mapped = []
+            for k, (ret, info) in enumerate(zip(schema.returns, outs)):
+                arg = _aliased_arg(schema, ret)
+                if arg is None and data.get("packet") in ALIAS_OPS:  # e.g. _unsafe_view: unannotated
+                    arg = schema.arguments[0].name
+                if arg is not None:
+                    src = _arg_value(node, schema, arg)
+                    base = values.get(src.name) if isinstance(src, torch.fx.Node) else None
+                    mapped.append(tuple(base for _ in info) if isinstance(info, (tuple, list)) else base)
+                elif isinstance(info, (tuple, list)):
+                    mapped.append(tuple(fresh(name, f"{name}[{k}][{j}]", x) for j, x in enumerate(info)))
+                else:
+                    mapped.append(fresh(name, name if len(outs) == 1 else f"{name}[{k}]", info))
+            values[name] = mapped[0] if len(schema.returns) == 1 else tuple(mapped)
+        else:  # size arithmetic on SymInts
+            values[name] = None
+    return values, storages
+
+
+def _keys(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _keys(v)
+
+
+def _autograd_node_ends(G: nx.DiGraph) -> dict[int, int]:
+    """Order of the last op of each autograd node's backward, by the forward op's seq_nr.
+
+    The engine releases what a node's backward read (saved tensors, incoming gradient) when the
+    whole backward returns. The ops of one node share its seq_nr, and so do the engine's own
+    additions of its outputs into gradients already buffered (an ``aten.add`` of a value this
+    node made and one an earlier node made), which run after the release: they are left out.
+    """
+    groups: dict[int, list[str]] = {}
+    for name in sorted(G.nodes, key=lambda v: G.nodes[v]["order"]):
+        data = G.nodes[name]
+        if data.get("phase") == "backward" and data.get("seq_nr") is not None:
+            groups.setdefault(data["seq_nr"], []).append(name)
+    ends = {}
+    for seq, names in groups.items():
+        mine = set(names)
+        while len(names) > 1 and G.nodes[names[-1]]["packet"] == "aten.add":
+            sources = list(G.predecessors(names[-1]))
+            if sum(v in mine for v in sources) != 1 or len(sources) != 2:
+                break
+            names = names[:-1]
+        ends[seq] = G.nodes[names[-1]]["order"]
+    return ends
+
+
+def _lives(G: nx.DiGraph, gm: torch.fx.GraphModule, dtype: str | None) -> dict[str, _Storage]:
+    """Storages with their last reader (whole step and forward alone) and saved flag."""
+    values, storages = _value_storages(G, gm, dtype)
+
+    def seed(name: str) -> bool:  # the backward's initial gradient, not an activation
+        return G.nodes[name].get("packet") in GRAD_SEEDS
+
+    node_end = _autograd_node_ends(G)
+
+    for node in gm.graph.nodes:
+        if node.op not in ("call_function", "output") or node.target is operator.getitem:
+            continue
+        data = G.nodes[node.name]
+        phase = data["phase"]
+        when = _END if node.op == "output" else data["order"]
+        if phase == "backward":
+            when = max(when, node_end.get(data.get("seq_nr"), when))
+        if seed(node.name):  # backward() holds the loss and its seed gradient until it returns
+            for key in _keys(values.get(node.name)):
+                storages[key].last = _END
+            when = _END
+        for src in node.all_input_nodes:
+            for key in _keys(values.get(src.name)):
+                s = storages[key]
+                s.last = max(s.last, when)
+                made_in = G.nodes[s.node]["phase"]
+                if phase == "backward" and made_in in ("forward", "loss", "input") and not seed(s.node):
+                    s.saved = True
+                if phase == "forward":
+                    s.fwd_last = max(s.fwd_last, when)
+                elif phase in ("loss", "output") and made_in == "forward":
+                    s.fwd_last = _END
+    return storages
+
+
+# --- the walk -----------------------------------------------------------------------------
+def _walk(
+    G: nx.DiGraph, storages: Mapping[str, _Storage], phases: tuple[str, ...], last: str
+) -> list[tuple[str, sympy.Expr]]:
+    """(node, live bytes while it runs) at every op that allocates, in program order."""
+    born: dict[int, list[_Storage]] = {}
+    dies: dict[float, list[_Storage]] = {}
+    for s in storages.values():
+        if G.nodes[s.node]["phase"] not in phases:
+            continue
+        end = max(getattr(s, last), s.born)
+        born.setdefault(s.born, []).append(s)
+        dies.setdefault(end, []).append(s)
+    points = []
+    live = ZERO
+    for order in sorted(set(born) | {k for k in dies if k != _END}):
+        new = sympy.Add(*[s.nbytes for s in born.get(order, ())])
+        if new != 0:
+            points.append((born[order][0].node, live + new))
+        live = live + new - sympy.Add(*[s.nbytes for s in dies.get(order, ())])
+    return points
+
+
+def _dominates(a: sympy.Expr, b: sympy.Expr, symbols: list[sympy.Symbol]) -> bool:
+    """True when ``a >= b`` for every positive integer value of the symbols.
+
+    Sufficient test: with every symbol ``s`` written as ``s + 1`` (so it ranges over ``s >= 0``),
+    ``a - b`` expands to a polynomial with no negative coefficient. Floors and ceilings of
+    sizes are generators too; they are sizes, hence non-negative.
+    """
+    diff = sympy.expand((a - b).xreplace({s: s + 1 for s in symbols}))
+    if diff.is_Number:
+        return bool(diff >= 0)
+    try:
+        return all(c >= 0 for c in sympy.Poly(diff).coeffs())
+    except sympy.PolynomialError:
+        return False
+
+
+def _probes(symbols: list[sympy.Symbol], hints: Mapping[sympy.Symbol, int]) -> list[dict]:
+    """Symbol values to compare points at: the hints first, then corners of [1, 10**6]."""
+    big, one = sympy.Integer(10**6), sympy.Integer(1)
+    probes = [{s: sympy.Integer(hints.get(s, 8)) for s in symbols}, {s: one for s in symbols}, {s: big for s in symbols}]
+    for s in symbols:
+        probes.append({r: (big if r == s else one) for r in symbols})
+        probes.append({r: (one if r == s else big) for r in symbols})
+    return probes
+
+
+def _peak(
+    points: list[tuple[str, sympy.Expr]], hints: Mapping[sympy.Symbol, int]
+) -> tuple[list[tuple[str, sympy.Expr]], str]:
+    """Points no other point dominates (largest at ``hints`` first), and the node largest at ``hints``.
+
+    A point is dropped when another is at least as large at every probe and :func:`_dominates`
+    proves it for all sizes; the probes only spare the proof where it would fail anyway.
+    """
+    if not points:
+        return [("", ZERO)], ""
+    unique: dict[sympy.Expr, str] = {}
+    for node, expr in points:
+        unique.setdefault(sympy.sympify(expr), node)
+    exprs = list(unique)
+    symbols = sorted(set().union(*(e.free_symbols for e in exprs)), key=str)
+    probes = _probes(symbols, hints)
+    values = [tuple(e.xreplace(p) for p in probes) for e in exprs]
+    ranked = sorted(range(len(exprs)), key=lambda i: -values[i][0])
+    kept: list[int] = []
+    for i in ranked:
+        if any(all(a >= b for a, b in zip(values[j], values[i])) and _dominates(exprs[j], exprs[i], symbols)
+               for j in kept):
+            continue
+        kept.append(i)
+    return [(unique[exprs[i]], exprs[i]) for i in kept], unique[exprs[ranked[0]]]
+
+
+def _max(exprs: Iterable[sympy.Expr]) -> sympy.Expr:
+    """``Max`` of points already known not to dominate each other (sympy's own pairwise
+    comparison of them is slow and finds nothing more)."""
+    args = list(exprs)
+    return args[0] if len(args) == 1 else sympy.Max(*args, evaluate=False)
+
+
+# --- the public model ---------------------------------------------------------------------
+def _dtype_name(dtype: Any) -> str | None:
+    if dtype is None:
+        return None
+    name = str(dtype).replace("torch.", "")
+    if name not in _FLOAT_DTYPES:
+        raise SymcxError(f"dtype must be one of {sorted(_FLOAT_DTYPES)} (or None for the traced dtypes), not {dtype!r}")
+    return name
+
+
+def step_memory(
+    G: nx.DiGraph,
+    *,
+    optimizer: str = "sgd",
+    dtype: Any = None,
+    training: bool = True,
+    values: Mapping[sympy.Symbol, Any] | None = None,
+) -> Memory:
+    """Memory of one training step of the joint graph ``G`` (from :func:`symcx.graph.build_graph`).
+
+    Parameters
+    ----------
+    G : networkx.DiGraph
+        The annotated joint graph (``Analysis.graph``).
+    optimizer : {"sgd", "sgd-momentum", "adam", "adamw"}
+        Optimizer whose state is held: 0, 1 or 2 copies of the trainable parameters (Adam
+        also keeps a 4-byte ``step`` per parameter tensor). Its ``step()`` adds temporaries:
+        one copy of the parameters for Adam/AdamW (the foreach implementation), none for SGD.
+    dtype : torch.dtype or str, optional
+        Count every floating-point tensor at this dtype's size (the model cast with
+        ``model.to(dtype)``; integer tensors such as pooling indices keep theirs). Default:
+        the traced dtypes.
+    training : bool
+        False gives inference memory: no gradients, optimizer state or saved activations;
+        ``peak`` is then ``inference_peak``.
+    values : mapping, optional
+        Symbol values to substitute (``Analysis.subs``); the peak node is chosen at these
+        values, else at the trace's example sizes.
+
+    Returns
+    -------
+    Memory
+
+    Raises
+    ------
+    SymcxError
+        For an unknown optimizer or dtype.
+
+    Examples
+    --------
+    >>> import torch, symcx
+    >>> mlp = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    >>> mem = step_memory(symcx.analyze(mlp, torch.randn(5, 4)).graph, optimizer="adam")
+    >>> mem.params, mem.grads, mem.optimizer, mem.activations  # Adam: 2·92 + 4 steps·4 B; ReLU out 3t·4 B
+    (92, 92, 200, 12*t)
+    >>> mem.peak_node, mem.peak_layer  # the ReLU's backward, at the traced t = 8
+    ('threshold_backward', '1')
+    """
+    if optimizer not in OPTIMIZER_COPIES:
+        raise SymcxError(f"optimizer must be one of {sorted(OPTIMIZER_COPIES)}, not {optimizer!r}")
+    dtype = _dtype_name(dtype)
+    trace = G.graph["trace"]
+    values = dict(values or {})
+    storages = _lives(G, trace.gm, dtype)
+
+    def total(phase: str, trainable: bool = False) -> sympy.Expr:
+        return sympy.Add(*[
+            s.nbytes for s in storages.values()
+            if G.nodes[s.node]["phase"] == phase
+            and (not trainable or G.nodes[s.node].get("param") in trainable_names)
+        ])
+
+    trainable_names = trace.trainable
+    n_trainable = sum(1 for s in storages.values() if G.nodes[s.node].get("param") in trainable_names)
+    params, buffers, inputs = total("param"), total("buffer"), total("input")
+    grads = total("param", trainable=True) if training else ZERO
+    state = (OPTIMIZER_COPIES[optimizer] * grads + _STEP_SCALAR_BYTES.get(optimizer, 0) * n_trainable) if training else ZERO
+    saved = [s for s in storages.values() if s.saved and G.nodes[s.node]["phase"] in ("forward", "loss")]
+    hints = {**trace.hints, **{k: v for k, v in values.items() if isinstance(k, sympy.Symbol)}}
+
+    def ev(e: sympy.Expr) -> sympy.Expr:
+        return sympy.sympify(e).subs(values) if values else sympy.sympify(e)
+
+    inf_kept, inf_node = _peak(_walk(G, storages, ("forward",), "fwd_last"), hints)
+    inference_peak = ev(params + buffers + inputs + _max(e for _, e in inf_kept))
+    if training:
+        phases = ("forward", "loss", "backward")
+        points = _walk(G, storages, phases, "last")
+        kept_to_end = sympy.Add(*[s.nbytes for s in storages.values()
+                                  if s.last == _END and G.nodes[s.node]["phase"] in phases])
+        points.append((STEP_NODE, kept_to_end + STEP_TEMPORARY_COPIES[optimizer] * grads))
+        kept, peak_node = _peak(points, hints)
+        resident = params + buffers + inputs + state
+        candidates = tuple((v, ev(resident + e)) for v, e in kept)
+        peak = ev(resident + _max(e for _, e in kept))
+    else:
+        candidates = tuple((v, ev(params + buffers + inputs + e)) for v, e in inf_kept)
+        peak, peak_node = inference_peak, inf_node
+    return Memory(
+        optimizer_name=optimizer,
+        dtype=dtype,
+        training=training,
+        params=ev(params),
+        buffers=ev(buffers),
+        inputs=ev(inputs),
+        grads=ev(grads),
+        optimizer=ev(state),
+        activations=ev(sympy.Add(*[s.nbytes for s in saved])) if training else ZERO,
+        peak=peak,
+        inference_peak=inference_peak,
+        peak_node=peak_node,
+        peak_layer=G.nodes[peak_node]["layer"] if peak_node in G else ("optimizer" if peak_node else ""),
+        inference_peak_node=inf_node,
+        candidates=candidates,
+        by_layer=_by_layer(G, storages, saved if training else [], trainable_names, training, ev),
+    )
+
+
+def _by_layer(
+    G: nx.DiGraph,
+    storages: Mapping[str, _Storage],
+    saved: list[_Storage],
+    trainable: frozenset[str],
+    training: bool,
+    ev: Callable[[sympy.Expr], sympy.Expr],
+) -> tuple[LayerMemory, ...]:
+    rows: dict[str, dict[str, Any]] = {}
+    saved_keys = {s.key for s in saved}
+    ordered = sorted(storages.values(), key=lambda s: (G.nodes[s.node]["phase"] != "param", s.born))
+    for s in ordered:
+        data = G.nodes[s.node]
+        if data["phase"] == "param":
+            row = rows.setdefault(data["layer"], {"p": [], "g": [], "s": []})
+            row["p"].append(s.nbytes)
+            if training and data.get("param") in trainable:
+                row["g"].append(s.nbytes)
+        elif s.key in saved_keys:
+            rows.setdefault(data["layer"], {"p": [], "g": [], "s": []})["s"].append((s.key, s.nbytes))
+    first: dict[str, int] = {}
+    for name, data in G.nodes(data=True):
+        if data.get("phase") in ("forward", "loss"):
+            first[data["layer"]] = min(first.get(data["layer"], data["order"]), data["order"])
+    return tuple(
+        LayerMemory(
+            name=layer,
+            param_bytes=ev(sympy.Add(*r["p"])),
+            grad_bytes=ev(sympy.Add(*r["g"])),
+            saved_bytes=ev(sympy.Add(*[b for _, b in r["s"]])),
+            saved=tuple((k, ev(b)) for k, b in r["s"]),
+        )
+        for layer, r in sorted(rows.items(), key=lambda kv: first.get(kv[0], _END))
+    )
+
+
+def max_batch_size(peak: sympy.Expr, budget_bytes: int, symbol: sympy.Symbol = t) -> int:
+    """Largest integer ``symbol`` (≥ 1) with ``peak <= budget_bytes``, or 0 if none.
+
+    The peak must depend on no other symbol and never decrease as ``symbol`` grows: checked
+    as a sum of polynomials and ``Max`` of polynomials whose coefficients of ``symbol`` are
+    non-negative. Exponential search for a batch that does not fit, then bisection.
+
+    >>> from symcx.symbols import t
+    >>> max_batch_size(1000*t + 24, 16 * 2**30)
+    17179869
+    """
+    peak = sympy.sympify(peak)
+    if budget_bytes < 0:
+        raise SymcxError(f"the budget must be a number of bytes >= 0, not {budget_bytes!r}")
+    others = peak.free_symbols - {symbol}
+    if others:
+        names = ", ".join(sorted(map(str, others)))
+        raise SymcxError(f"the peak also depends on {names}; substitute them first (Analysis.subs({names.split(', ')[0]}=...))")
+    if symbol not in peak.free_symbols:
+        raise SymcxError(f"the peak does not depend on {symbol} (was it substituted already?)")
+    maxes = peak.atoms(sympy.Max)
+    for term in [peak.xreplace({m: ZERO for m in maxes}), *(arg for m in maxes for arg in m.args)]:
+        try:
+            rising = all(c >= 0 for c in sympy.Poly(sympy.expand(term), symbol).all_coeffs()[:-1])
+        except sympy.PolynomialError:
+            rising = False
+        if not rising:
+            raise SymcxError(f"the peak {peak} may decrease as {symbol} grows; no batch search is exact for it")
+
+    def fits(value: int) -> bool:
+        return bool(peak.subs(symbol, value) <= budget_bytes)
+
+    if not fits(1):
+        return 0
+    lo, hi = 1, 2
+    while fits(hi):
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+# --- measurement --------------------------------------------------------------------------
+class _LiveTensorBytes(TorchDispatchMode):
+    """Counts the bytes of storages that ops allocate while active, until each storage dies."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._lock = threading.Lock()  # finalizers may run on autograd's device threads
+        self._finalizers: list[weakref.finalize] = []
+        self._seen: set[int] = set()
+
+    def _free(self, key: int, nbytes: int) -> None:
+        with self._lock:
+            self._seen.discard(key)
+            self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {x.untyped_storage().data_ptr() for x in pytree.tree_leaves((args, kwargs)) if _dense(x)}
+        for x in pytree.tree_leaves(out):
+            if not _dense(x) or x.is_meta:
+                continue
+            storage = x.untyped_storage()
+            key, nbytes = id(storage), storage.nbytes()
+            with self._lock:
+                if key in self._seen or nbytes == 0 or storage.data_ptr() in inputs:
+                    continue
+                self._seen.add(key)
+                self.live += nbytes
+                self.peak = max(self.peak, self.live)
+            fin = weakref.finalize(storage, self._free, key, nbytes)
+            fin.atexit = False
+            self._finalizers.append(fin)
+        return out
+
+    def close(self) -> None:
+        for fin in self._finalizers:
+            fin.detach()
+        self._finalizers.clear()
+
+
+def _dense(x: Any) -> bool:
+    return isinstance(x, torch.Tensor) and x.layout == torch.strided
+
+
+def measure_peak_bytes(fn: Callable[[], Any]) -> int:
+    """Run ``fn()`` and return the peak bytes of live tensors it allocated (above the entry baseline).
+
+    Every aten op that runs while ``fn`` does (forward, autograd's backward, optimizer steps)
+    is seen through a ``TorchDispatchMode``; an output whose storage is not one of the op's
+    inputs' storages is a new allocation, counted once per storage until the storage is freed
+    (a ``weakref.finalize`` on it; torch keeps a storage's Python object as long as the
+    storage lives, so the finalizer fires when the memory is released). Views, in-place ops
+    and ``out=`` results add nothing. Memory a kernel allocates internally and frees before
+    returning (workspaces) is not a tensor and is not seen; nor are frees of tensors that
+    existed before ``fn`` ran, so the result is the peak of what ``fn`` allocated.
+
+    Why this mechanism: a dispatch mode sees allocations at the aten level, the level of the
+    joint graph, including the backward autograd runs in C++; the finalizer sits on the
+    storage, not the tensor, because autograd keeps saved tensors as other tensor objects over
+    the same storage; and CPU has no allocator counter like ``torch.cuda.max_memory_allocated``.
+    It works on any device.
+
+    Parameters
+    ----------
+    fn : callable
+        Run with no arguments; its return value is discarded after the measurement.
+
+    Returns
+    -------
+    int
+        Peak bytes allocated during the call and alive at the same time.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.ones(1000)
+    >>> measure_peak_bytes(lambda: (x * 2) + 1)  # x*2 and the sum are both live: 2·4000
+    8000
+    """
+    mode = _LiveTensorBytes()
+    try:
+        with mode:
+            fn()
+        return mode.peak
+    finally:
+        mode.close()

@@ -1,0 +1,103 @@
+"""PNG of a validation sweep: time and peak memory against batch size, measured vs predicted.
+
+Uses matplotlib's object API on an Agg canvas (no pyplot, no global backend switch), so it
+works headless and leaves a user's interactive backend alone.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .report import Validation
+
+__all__ = ["plot_validation"]
+
+
+def _positive(y: float) -> float:
+    """``y``, or NaN where a log axis cannot show it (a fit with a negative intercept at small t)."""
+    return y if y > 0 else float("nan")
+
+
+def plot_validation(v: "Validation", path: str | os.PathLike) -> None:
+    """Write ``v`` as a two-panel figure to ``path`` (written whole or not at all).
+
+    The format follows the extension (``.png``, ``.pdf``, ``.svg``; PNG without one).
+
+    Left: median time per run (bars from the first to the third quartile) and the fit
+    ``slope·FLOPs(t) + intercept``. Right: measured peak bytes above the baseline, symcx's
+    prediction, and the fit. Both axes are logarithmic, so sizes from 1 to thousands share a
+    plot; a fitted line is left out where it is not positive. Sizes that ran out of memory or failed are marked on the x axis.
+
+    Raises
+    ------
+    ImportError
+        matplotlib is not installed (``pip install symcx[plot]``).
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise ImportError("plotting needs matplotlib: pip install 'symcx[plot]'") from err
+
+    ok = [r for r in v.sizes if r.status == "ok"]
+    failed = [r for r in v.sizes if r.status != "ok"]
+    ts = [r.batch_size for r in v.sizes]
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_t, ax_m = fig.subplots(1, 2)
+    phase = "forward+backward" if v.backward else "forward"
+    fig.suptitle(f"symcx validate: {v.model}, {phase}, {v.device_name}")
+
+    if ok:
+        med = [r.time["median_s"] * 1e3 for r in ok]
+        lo = [m - r.time["q1_s"] * 1e3 for m, r in zip(med, ok)]
+        hi = [r.time["q3_s"] * 1e3 - m for m, r in zip(med, ok)]
+        ax_t.errorbar([r.batch_size for r in ok], med, yerr=[lo, hi], fmt="o", capsize=3, label="measured median")
+    if v.time_fit is not None:
+        f = v.time_fit
+        r2 = "-" if f.r2 is None else f"{f.r2:.4f}"
+        ax_t.plot(ts, [_positive(f.predict(r.predicted_flops) * 1e3) for r in v.sizes], "-",
+                  label=f"fit: {f.slope:.2e} s/FLOP · FLOPs(t) {f.intercept * 1e3:+.2f} ms (R² {r2})")
+    ax_t.set_title("time per run")
+    ax_t.set_ylabel("ms")
+
+    ax_m.plot(ts, [r.predicted_bytes / 2**20 for r in v.sizes], "s--", label="symcx predicted")
+    if ok:
+        ax_m.plot([r.batch_size for r in ok if r.peak_bytes is not None],
+                  [r.peak_bytes / 2**20 for r in ok if r.peak_bytes is not None], "o", label="measured peak")
+    if v.memory_fit is not None:
+        f = v.memory_fit
+        r2 = "-" if f.r2 is None else f"{f.r2:.4f}"
+        ax_m.plot(ts, [_positive(f.predict(r.predicted_bytes) / 2**20) for r in v.sizes], "-",
+                  label=f"fit: {f.slope:.3f} · predicted {f.intercept / 2**20:+.2f} MiB (R² {r2})")
+    ax_m.set_title("peak memory above parameters and input")
+    ax_m.set_ylabel("MiB")
+
+    for ax in (ax_t, ax_m):
+        for r in failed:
+            ax.axvline(r.batch_size, color="red", alpha=0.3, linestyle=":")
+            ax.annotate(r.status.upper(), (r.batch_size, 0), xycoords=("data", "axes fraction"),
+                        xytext=(2, 4), textcoords="offset points", color="red", fontsize=8)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(ts, [str(t) for t in ts])
+        ax.set_xlabel("batch size t")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1]
+    fd, tmp = tempfile.mkstemp(suffix=ext, dir=os.path.dirname(os.path.abspath(path)), prefix=".symcx-")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format=ext[1:].lower() or "png", dpi=120)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -1,0 +1,271 @@
+"""The validation sweep: analyze once, then run the real model at each batch size and compare.
+
+What runs: the model itself (eager PyTorch, not the traced graph) on a batch of size ``t``
+made by repeating the example input's rows, then the scalar loss symcx traced (the sum of
+the floating-point outputs, or ``loss``); the output is kept until the run ends, as a
+training loop keeps ``output`` while it calls ``loss.backward()``. With ``backward`` that
+is a training step without the optimizer: training mode, then ``loss.backward()``,
+gradients dropped (``set_to_none``) before every run as ``optimizer.zero_grad()`` does.
+Without it, it is inference: eval mode under ``torch.no_grad()``. The analysis is traced in
+the same mode. Per batch size, in this order:
+
+1. one run under ``FlopCounterMode``, forward and backward counted apart;
+2. one run under the memory tracker (``torch.cuda.max_memory_allocated``, or
+   :func:`symcx.memory.measure_peak_bytes` on CPU);
+3. ``warmup`` untimed runs, then ``repeats`` timed ones.
+
+An out-of-memory error or any other exception at one size is recorded in that size's row,
+memory is freed, and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch.utils import _pytree as pytree
+
+from ..analysis import analyze
+from ..errors import DeviceError, SymcxError
+from ..trace import _default_loss
+from . import measure
+from .fit import fit_line
+from .predict import Formulas, formulas
+from .report import FlopCheck, SizeResult, Validation, shapes_with_t
+
+__all__ = ["validate"]
+
+Progress = Callable[[int, int, str], None]
+
+
+def _call(model: torch.nn.Module, batch: Any) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return model(batch)
+    if isinstance(batch, dict):
+        return model(**batch)
+    return model(*batch)
+
+
+def _storage_bytes(tensors: Any) -> int:
+    """Bytes of the distinct storages under ``tensors`` (tied weights counted once)."""
+    seen: dict[int, int] = {}
+    for x in pytree.tree_leaves(tensors):
+        if isinstance(x, torch.Tensor):
+            st = x.untyped_storage()
+            seen[st.data_ptr()] = st.nbytes()
+    return sum(seen.values())
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+def _measure(
+    model: torch.nn.Module,
+    batch: Any,
+    dev: torch.device,
+    *,
+    backward: bool,
+    repeats: int,
+    warmup: int,
+    loss: Callable[[Any], torch.Tensor],
+) -> dict[str, Any]:
+    """FLOPs, peak bytes and time samples of one batch; raises what the model raises."""
+    grad_mode = contextlib.nullcontext if backward else torch.no_grad
+
+    def forward() -> tuple[Any, torch.Tensor]:
+        with grad_mode():
+            out = _call(model, batch)
+            return out, loss(out)
+
+    def step() -> None:
+        out, scalar = forward()  # the output stays alive through backward, as in a training loop
+        if backward:
+            scalar.backward()
+
+    def drop_grads() -> None:
+        model.zero_grad(set_to_none=True)
+
+    drop_grads()
+    fwd, bwd = measure.count_flops(forward, (lambda result: result[1].backward()) if backward else None)
+    drop_grads()
+    peak, base = measure.peak_bytes(step, dev)
+    if base is None:
+        base = _storage_bytes((list(model.parameters()), list(model.buffers()), batch))
+    samples = measure.time_step(step, dev, repeats, warmup, before=drop_grads)
+    drop_grads()
+    return {"fwd": fwd, "bwd": bwd, "peak": peak, "base": base, "samples": samples}
+
+
+def _row(batch_size: int, f: Formulas, backward: bool, measured: dict[str, Any] | None,
+         status: str = "ok", error: str | None = None) -> SizeResult:
+    p = f.at(batch_size)
+    m = measured or {}
+    checks = [FlopCheck("forward", p["forward_flops"], p["fcm_forward_flops"], m.get("fwd"))]
+    if backward:
+        checks.append(FlopCheck("backward", p["backward_flops"], p["fcm_backward_flops"], m.get("bwd")))
+    samples = tuple(m.get("samples", ()))
+    return SizeResult(
+        batch_size=batch_size,
+        status=status,
+        error=error,
+        flops=tuple(checks),
+        predicted_flops=p["forward_flops"] + p["backward_flops"],
+        predicted_bytes=p["predicted_bytes"],
+        predicted_baseline_bytes=p["baseline_bytes"],
+        times_s=samples,
+        time=measure.summarize(list(samples)) if samples else None,
+        peak_bytes=m.get("peak"),
+        baseline_bytes=m.get("base"),
+    )
+
+
+def _check_args(batch_sizes: Sequence[int], repeats: int, warmup: int) -> list[int]:
+    sizes = list(batch_sizes)
+    if not sizes:
+        raise SymcxError("batch_sizes is empty: give at least one batch size")
+    for b in sizes:
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+            raise SymcxError(f"batch sizes must be positive integers, got {b!r}")
+    if len(set(sizes)) != len(sizes):
+        raise SymcxError(f"batch sizes repeat: {sizes}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise SymcxError(f"repeats must be an integer of at least 1, got {repeats!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise SymcxError(f"warmup must be a non-negative integer, got {warmup!r}")
+    return sizes
+
+
+def validate(
+    model: torch.nn.Module,
+    example_input: Any,
+    device: str | torch.device = "cpu",
+    batch_sizes: Sequence[int] = (1, 16, 64, 256),
+    backward: bool = False,
+    repeats: int = 20,
+    warmup: int = 3,
+    progress: Progress | None = None,
+    *,
+    batch_dim: int = 0,
+    loss: Callable[[Any], torch.Tensor] | None = None,
+) -> Validation:
+    """Run ``model`` at each batch size on ``device`` and compare with symcx's formulas.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model; it is moved to ``device`` for the sweep and moved back after, and its
+        training mode is restored. It is run for real, so it must fit the device at the
+        smallest batch size.
+    example_input : Tensor, tuple of tensors, or dict of keyword tensors
+        An input of the right shape; dim ``batch_dim`` of every tensor is the batch. Batches
+        of each size repeat its rows.
+    device : {"cpu", "cuda", "cuda:N"}
+        Where to run. CUDA without a GPU raises :class:`~symcx.errors.DeviceError`.
+    batch_sizes : sequence of int
+        The batch sizes ``t`` to run, each once.
+    backward : bool
+        Run a training step without the optimizer (train mode, forward, ``loss.backward()``)
+        instead of inference (eval mode, forward under ``torch.no_grad()``).
+    repeats, warmup : int
+        Timed runs per size, after ``warmup`` untimed ones.
+    progress : callable, optional
+        ``progress(done, total, label)``, called as each batch size finishes.
+    batch_dim : int
+        The batch dimension of every input.
+    loss : callable, optional
+        Output → scalar; default the sum of every floating-point output, as in
+        :func:`symcx.analyze`.
+
+    Returns
+    -------
+    Validation
+
+    Raises
+    ------
+    DeviceError
+        ``device`` is not ``cpu``/``cuda``, CUDA is not available, or the parameters do not
+        fit on the device.
+    SymcxError
+        Bad batch sizes, repeats or warmup; formulas in symbols other than ``t``; and what
+        :func:`symcx.analyze` raises (``TraceError``, ``ShapeError``).
+
+    Examples
+    --------
+    >>> import torch, symcx.validate
+    >>> mlp = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    >>> v = symcx.validate.validate(mlp, torch.randn(1, 4), batch_sizes=[2, 4, 8], repeats=2, warmup=0)
+    >>> [(r.batch_size, r.flops[0].measured, r.flops[0].expected) for r in v.sizes]
+    [(2, 72, 72), (4, 144, 144), (8, 288, 288)]
+    >>> v.ok
+    True
+    """
+    dev = measure.resolve_device(device)
+    sizes = _check_args(batch_sizes, repeats, warmup)
+    first = next(iter(model.parameters()), None)
+    home = first.device if first is not None else dev
+    was_training = model.training
+    loss_fn = loss or _default_loss
+    example = pytree.tree_map(lambda x: x.to(dev) if isinstance(x, torch.Tensor) else x, example_input)
+    shapes = [tuple(x.shape) for x in pytree.tree_leaves(example_input) if isinstance(x, torch.Tensor)]
+    try:
+        try:
+            model.to(dev)
+        except Exception as err:
+            if measure.is_oom(err):
+                raise DeviceError(f"the model's parameters do not fit on {dev}: {_one_line(err)}") from err
+            raise
+        a = analyze(model, example, batch_dim=batch_dim, loss=loss, train=backward)
+        f = formulas(a, backward)
+        model.train(backward)
+        rows = []
+        for done, b in enumerate(sizes, 1):
+            failure: tuple[str, str] | None = None
+            measured = None
+            try:
+                batch = measure.make_batch(example, b, dev, batch_dim)
+                measured = _measure(model, batch, dev, backward=backward, repeats=repeats, warmup=warmup,
+                                    loss=loss_fn)
+            except Exception as err:  # the user's model may raise anything; record it per size
+                failure = ("oom" if measure.is_oom(err) else "error", _one_line(err))
+            batch = None
+            if failure is not None:
+                model.zero_grad(set_to_none=True)
+                measure.free_memory(dev)
+                rows.append(_row(b, f, backward, None, *failure))
+            else:
+                rows.append(_row(b, f, backward, measured))
+            if progress is not None:
+                progress(done, len(sizes), f"t={b} {rows[-1].status}")
+    finally:
+        model.train(was_training)
+        model.to(home)
+
+    from .. import __version__  # here, not at the top: symcx/__init__ may import this package first
+
+    ran = [r for r in rows if r.status == "ok"]
+    return Validation(
+        model=type(model).__name__,
+        device=str(dev),
+        device_name=measure.device_name(dev),
+        backward=backward,
+        repeats=repeats,
+        warmup=warmup,
+        batch_dim=batch_dim,
+        input_shapes=shapes_with_t(shapes, batch_dim),
+        run=("eager model on batches repeating the example's rows; "
+             + ("train mode: forward, loss, loss.backward(); gradients set to None before each run"
+                if backward else "eval mode under torch.no_grad(): forward and loss")),
+        formulas=f.as_strings(),
+        memory_model=f.memory_model,
+        memory_tracker=measure.TRACKERS[dev.type],
+        deviations=tuple(a.deviations),
+        sizes=tuple(rows),
+        time_fit=fit_line([r.predicted_flops for r in ran], [r.median_s for r in ran]),
+        memory_fit=fit_line([r.predicted_bytes for r in ran], [r.peak_bytes for r in ran]),
+        torch_version=torch.__version__,
+        symcx_version=__version__,
+    )

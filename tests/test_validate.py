@@ -1,0 +1,390 @@
+"""symcx.validate: sweeps on cpu (CUDA tests skip without a GPU).
+
+Oracles: FLOPs by hand (seed net, MLP) and FlopCounterMode on the real run; memory by
+hand-summed tensor bytes for a model small enough to list every allocation. Times are
+checked for shape and consistency, never for speed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import weakref
+
+import pytest
+import torch
+from rich.console import Console
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import symcx.memory
+from symcx.errors import DeviceError, SymcxError
+from symcx.validate import SCHEMA, Validation, fit_line, validate
+from symcx.validate import measure
+from symcx.zoo import MLP, MnistCNN
+
+# Seed net per sample, by hand: conv1 2·26·26·3·3·1·32 = 389,376; conv2 2·24·24·3·3·32·64 =
+# 21,233,664; fc1 2·9216·128 = 2,359,296; fc2 2·128·10 = 2,560; total 23,984,896.
+SEED_FORWARD = 389_376 + 21_233_664 + 2_359_296 + 2_560
+# Backward: grad-weight of every layer (same products as forward) plus grad-input of conv2,
+# fc1, fc2 (not conv1: the image needs no gradient) = 23,984,896 + 21,233,664 + 2,359,296 + 2,560.
+SEED_BACKWARD = SEED_FORWARD + 21_233_664 + 2_359_296 + 2_560
+# MLP 784-512-256-10 per sample: forward 2·(784·512 + 512·256 + 256·10) = 1,070,080;
+# backward: grad-weights 1,070,080 + grad-inputs of layers 2, 3: 2·(512·256 + 256·10) = 267,264.
+MLP_FORWARD = 2 * (784 * 512 + 512 * 256 + 256 * 10)
+MLP_BACKWARD = MLP_FORWARD + 2 * (512 * 256 + 256 * 10)
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def render(v: Validation) -> str:
+    console = Console(record=True, width=250)
+    console.print(v.rich_table())
+    return console.export_text()
+
+
+@pytest.fixture(scope="module")
+def seed_sweep():
+    calls = []
+    v = validate(MnistCNN(), torch.randn(1, 1, 28, 28), batch_sizes=[2, 4, 8], backward=True,
+                 repeats=2, warmup=1, progress=lambda *a: calls.append(a))
+    return v, calls
+
+
+# --- FLOPs ----------------------------------------------------------------------------------
+def test_seed_net_flops_equal_hand_count_at_every_size(seed_sweep):
+    v, _ = seed_sweep
+    assert SEED_FORWARD == 23_984_896 and SEED_BACKWARD == 47_580_416
+    for row in v.sizes:
+        fwd, bwd = row.flops
+        assert (fwd.phase, bwd.phase) == ("forward", "backward")
+        assert fwd.measured == fwd.expected == fwd.symcx == SEED_FORWARD * row.batch_size
+        assert bwd.measured == bwd.expected == bwd.symcx == SEED_BACKWARD * row.batch_size
+        assert row.predicted_flops == (SEED_FORWARD + SEED_BACKWARD) * row.batch_size
+        assert row.status == "ok" and row.error is None
+    assert v.ok and v.failures == []
+
+
+def test_mlp_sweep_with_backward():
+    v = validate(MLP(), torch.randn(3, 784), batch_sizes=[2, 5, 9], backward=True, repeats=2, warmup=0)
+    assert [r.batch_size for r in v.sizes] == [2, 5, 9]
+    for row in v.sizes:
+        assert row.flops[0].measured == MLP_FORWARD * row.batch_size
+        assert row.flops[1].measured == MLP_BACKWARD * row.batch_size
+    assert v.ok
+
+
+def test_forward_only_is_inference_and_restores_the_model():
+    model = MLP((20, 30, 5))
+    model.train()
+    v = validate(model, torch.randn(2, 20), batch_sizes=[3, 6], repeats=2, warmup=0)
+    for row in v.sizes:
+        (check,) = row.flops  # forward only: no backward check
+        assert check.measured == 2 * (20 * 30 + 30 * 5) * row.batch_size
+    assert not v.backward and "no_grad" in v.run
+    assert model.training and all(p.grad is None for p in model.parameters())
+    assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+# --- memory ---------------------------------------------------------------------------------
+def test_memory_tracker_matches_hand_counted_bytes():
+    # Linear(16, 8), batch 32, float32, one training step. Live at the peak (the end of the
+    # step; nothing is freed before it): output 32·8·4 = 1024, loss 4, backward seed 4,
+    # grad W 8·16·4 = 512, grad b 8·4 = 32 -> 1576 bytes above the baseline. The baseline
+    # is W and b (16·8 + 8)·4 = 544 plus the batch 32·16·4 = 2048 -> 2592.
+    hand_peak = 32 * 8 * 4 + 4 + 4 + 8 * 16 * 4 + 8 * 4
+    hand_baseline = (16 * 8 + 8) * 4 + 32 * 16 * 4
+    v = validate(torch.nn.Linear(16, 8), torch.randn(1, 16), batch_sizes=[32], backward=True, repeats=1, warmup=0)
+    row = v.result(32)
+    tolerance = 64  # bytes: one cache line; every allocation of this step is listed above
+    assert abs(row.peak_bytes - hand_peak) <= tolerance
+    assert row.baseline_bytes == row.predicted_baseline_bytes == hand_baseline
+    assert row.predicted_bytes == hand_peak
+
+
+def test_seed_net_memory_prediction_close_to_measurement(seed_sweep):
+    v, _ = seed_sweep
+    for row in v.sizes:
+        assert row.peak_bytes > 0 and row.predicted_bytes > 0
+        assert abs(row.memory_rel_error) < 0.01
+        # 1,199,882 float32 parameters + the batch t·1·28·28·4 bytes.
+        assert row.baseline_bytes == 1_199_882 * 4 + row.batch_size * 28 * 28 * 4
+    assert v.memory_fit.n == 3 and v.memory_fit.r2 > 0.999
+    assert v.memory_fit.slope == pytest.approx(1.0, abs=0.01)
+
+
+# --- time -----------------------------------------------------------------------------------
+def test_times_are_recorded_and_summarized(seed_sweep):
+    v, _ = seed_sweep
+    for row in v.sizes:
+        assert len(row.times_s) == 2 and all(s > 0 for s in row.times_s)
+        assert row.time["min_s"] <= row.time["median_s"] <= row.time["max_s"]
+        assert row.time["q1_s"] <= row.time["median_s"] <= row.time["q3_s"]
+        assert row.flops_per_s == pytest.approx(row.predicted_flops / row.time["median_s"])
+    fit = v.time_fit
+    assert fit.n == 3
+    xs = [r.predicted_flops for r in v.sizes]
+    ys = [r.median_s for r in v.sizes]
+    assert fit == fit_line(xs, ys)
+
+
+def test_fit_line_recovers_an_exact_line_and_rejects_degenerate_input():
+    f = fit_line([10, 20, 40], [1.5, 2.5, 4.5])  # y = 0.1·x + 0.5
+    assert f.slope == pytest.approx(0.1) and f.intercept == pytest.approx(0.5) and f.r2 == pytest.approx(1.0)
+    assert fit_line([5], [1.0]) is None
+    assert fit_line([5, 5], [1.0, 2.0]) is None
+    assert fit_line([1, 2, 3], [3.0, 3.0, 3.0]).r2 is None
+    two = fit_line([1, 2], [1.0, 3.0])  # two points: a line, but no R² to speak of
+    assert (two.slope, two.intercept, two.r2) == (2.0, -1.0, None)
+    with pytest.raises(ValueError):
+        fit_line([1, 2], [1.0])
+
+
+# --- progress, report, JSON, plot -----------------------------------------------------------
+def test_progress_is_called_once_per_batch_size(seed_sweep):
+    _, calls = seed_sweep
+    assert calls == [(1, 3, "t=2 ok"), (2, 3, "t=4 ok"), (3, 3, "t=8 ok")]
+
+
+def test_json_schema(seed_sweep):
+    v, _ = seed_sweep
+    doc = json.loads(v.to_json())
+    assert doc["schema"] == SCHEMA == "symcx.validation/1"
+    assert set(doc) == {
+        "schema", "model", "device", "device_name", "torch", "symcx", "backward", "repeats", "warmup",
+        "batch_dim", "input_shapes", "run", "formulas", "memory_model", "memory_tracker", "deviations",
+        "sizes", "fits", "failures", "ok",
+    }
+    assert doc["model"] == "MnistCNN" and doc["device"] == "cpu" and doc["backward"] is True
+    assert doc["input_shapes"] == [["t", 1, 28, 28]]
+    assert doc["formulas"]["forward_flops"] == "23984896*t"
+    assert doc["formulas"]["backward_flops"] == "47580416*t"
+    assert set(doc["fits"]) == {"time", "memory"}
+    assert set(doc["fits"]["time"]) == {"slope", "intercept", "r2", "n"}
+    assert doc["ok"] is True and doc["failures"] == []
+    assert len(doc["sizes"]) == 3
+    for entry, row in zip(doc["sizes"], v.sizes):
+        assert set(entry) == {
+            "batch_size", "status", "error", "flops", "predicted_flops", "times_s", "time", "flops_per_s",
+            "predicted_bytes", "peak_bytes", "baseline_bytes", "predicted_baseline_bytes", "memory_rel_error",
+        }
+        assert entry["batch_size"] == row.batch_size and entry["status"] == "ok"
+        assert entry["flops"][0] == {"phase": "forward", "symcx": SEED_FORWARD * row.batch_size,
+                                     "expected": SEED_FORWARD * row.batch_size,
+                                     "measured": SEED_FORWARD * row.batch_size, "ok": True}
+        assert entry["peak_bytes"] == row.peak_bytes and entry["times_s"] == list(row.times_s)
+        assert set(entry["time"]) == {"median_s", "q1_s", "q3_s", "min_s", "max_s", "stdev_s"}
+
+
+def test_json_round_trips(seed_sweep):
+    v, _ = seed_sweep
+    text = v.to_json()
+    back = Validation.from_json(text)
+    assert back == v and back.to_json() == text
+    with pytest.raises(ValueError, match="not a symcx.validation/1 report"):
+        Validation.from_json(json.dumps({"schema": "something/2"}))
+
+
+def test_table_shows_every_size_and_the_fits(seed_sweep):
+    v, _ = seed_sweep
+    text = render(v)
+    assert "MnistCNN" in text and "forward+backward" in text
+    assert text.count("= formula") == 3
+    assert "time ≈" in text and "memory ≈" in text
+    assert "FAIL" not in text
+
+
+def test_a_flop_mismatch_is_reported_as_a_failure(seed_sweep):
+    v, _ = seed_sweep
+    row = v.sizes[0]
+    wrong = dataclasses.replace(row.flops[0], measured=row.flops[0].expected + 2)
+    bad = dataclasses.replace(v, sizes=(dataclasses.replace(row, flops=(wrong, row.flops[1])), *v.sizes[1:]))
+    assert not bad.ok
+    assert bad.failures == [
+        f"t=2 forward: FlopCounterMode measured {2 * SEED_FORWARD + 2:,} FLOPs, "
+        f"symcx's formula for it gives {2 * SEED_FORWARD:,} (difference +2)"
+    ]
+    assert "FAIL" in render(bad)
+    assert json.loads(bad.to_json())["ok"] is False
+
+
+def test_a_known_flop_counter_error_is_listed_not_failed():
+    # Depthwise conv Conv2d(8, 8, 3, groups=8) on an 8x8 map -> 6x6 output. FlopCounterMode
+    # counts its grad-weight as a dense conv, 2·t·8·8·9·36 = 41,472·t, 8 times the real
+    # 2·t·8·1·9·36 = 5,184·t: the backward it reports exceeds symcx's by 36,288·t.
+    model = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3), torch.nn.Conv2d(8, 8, 3, groups=8))
+    v = validate(model, torch.randn(1, 4, 10, 10), batch_sizes=[2, 3], backward=True, repeats=1, warmup=0)
+    assert v.ok and v.failures == []
+    for row in v.sizes:
+        bwd = row.flops[1]
+        assert bwd.measured == bwd.expected
+        assert bwd.expected - bwd.symcx == (41_472 - 5_184) * row.batch_size
+    assert len(v.deviations) == 1 and "grouped convolution" in v.deviations[0]
+    text = render(v)
+    assert "FCM known error" in text and "FlopCounterMode differs from symcx" in text
+
+
+def test_plot_writes_a_png(seed_sweep, tmp_path):
+    v, _ = seed_sweep
+    path = tmp_path / "report.png"
+    v.plot(str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.png"]  # no temporary file left
+
+
+# --- faults ---------------------------------------------------------------------------------
+class _TinyDevice(TorchDispatchMode):
+    """A fake device: any single new tensor over ``cap`` bytes raises OutOfMemoryError."""
+
+    def __init__(self, cap: int, allocated: list) -> None:
+        super().__init__()
+        self.cap = cap
+        self.allocated = allocated
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        leaves = pytree.tree_leaves((args, kwargs))
+        inputs = {x.untyped_storage().data_ptr() for x in leaves if isinstance(x, torch.Tensor)}
+        for x in pytree.tree_leaves(out):
+            if isinstance(x, torch.Tensor) and x.untyped_storage().data_ptr() not in inputs:  # a new allocation
+                nbytes = x.untyped_storage().nbytes()
+                self.allocated.append(weakref.ref(x.untyped_storage()))
+                if nbytes > self.cap:
+                    raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {nbytes} bytes")
+        return out
+
+
+def test_out_of_memory_at_one_size_is_recorded_and_the_sweep_goes_on(monkeypatch):
+    # MLP 32-64-10: the largest tensor at batch t is the hidden activation, 64·4·t bytes
+    # (256·t); the largest parameter (and its gradient) is 32·64·4 = 8192 bytes. A 12 KiB cap
+    # lets t = 4 and t = 8 run (1 KiB, 2 KiB) and fails t = 64 (16 KiB).
+    real = symcx.memory.measure_peak_bytes
+    allocated: list = []
+
+    def capped(fn):
+        with _TinyDevice(12 * 1024, allocated):
+            return real(fn)
+
+    monkeypatch.setattr(measure, "measure_peak_bytes", capped)
+    model = MLP((32, 64, 10))
+    progress = []
+    v = validate(model, torch.randn(2, 32), batch_sizes=[4, 64, 8], backward=True, repeats=2, warmup=0,
+                 progress=lambda *a: progress.append(a))
+    assert [r.status for r in v.sizes] == ["ok", "oom", "ok"]
+    oom = v.result(64)
+    assert "out of memory" in oom.error and oom.error.startswith("OutOfMemoryError")
+    assert oom.peak_bytes is None and oom.time is None and oom.times_s == ()
+    assert all(c.measured is None for c in oom.flops)
+    assert oom.predicted_flops == 2 * (32 * 64 + 64 * 10) * 64 + 2 * (32 * 64 + 2 * 64 * 10) * 64
+    assert v.result(8).flops[0].measured == 2 * (32 * 64 + 64 * 10) * 8
+    assert v.time_fit.n == 2 and v.memory_fit.n == 2  # fits over the sizes that ran
+    assert progress[1] == (2, 3, "t=64 oom")
+    assert v.ok  # OOM is reported, not a FLOP failure
+    # Memory was freed: nothing allocated during the sweep is still alive but the parameters.
+    assert all(p.grad is None for p in model.parameters())
+    assert allocated and all(ref() is None for ref in allocated)
+    assert "t=64: oom: OutOfMemoryError" in render(v)
+    assert json.loads(v.to_json())["sizes"][1]["status"] == "oom"
+
+
+def test_is_oom_recognizes_allocator_messages():
+    assert measure.is_oom(torch.OutOfMemoryError("x"))
+    assert measure.is_oom(RuntimeError("CUDA error: out of memory"))
+    assert not measure.is_oom(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+
+
+class _Picky(torch.nn.Module):
+    """Fails at run time above batch 10 (the trace, at t = 8, does not reach the branch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        if x.shape[0] > 10:
+            raise ValueError("batches over 10 are not supported")
+        return self.fc(x)
+
+
+def test_a_model_error_at_one_size_is_recorded_and_the_others_report():
+    v = validate(_Picky(), torch.randn(1, 4), batch_sizes=[2, 16, 4], backward=True, repeats=1, warmup=0)
+    assert [r.status for r in v.sizes] == ["ok", "error", "ok"]
+    assert v.result(16).error == "ValueError: batches over 10 are not supported"
+    assert v.result(4).flops[0].measured == 2 * 4 * 2 * 4  # 2·t·in·out at t = 4
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cuda_without_cuda_is_one_clear_error_and_nothing_runs():
+    model = torch.nn.Linear(4, 2)
+    calls = []
+    model.register_forward_hook(lambda *a: calls.append(1))
+    with pytest.raises(DeviceError, match="^CUDA is not available: ") as err:
+        validate(model, torch.randn(1, 4), device="cuda", batch_sizes=[2])
+    assert "\n" not in str(err.value)
+    assert calls == []
+
+
+class _TooBig(torch.nn.Linear):
+    """Its first move to a device fails as a model too large for the GPU would."""
+
+    moves = 0
+
+    def to(self, *args, **kwargs):
+        type(self).moves += 1
+        if type(self).moves == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+        return super().to(*args, **kwargs)
+
+
+def test_parameters_that_do_not_fit_are_a_device_error():
+    with pytest.raises(DeviceError, match="^the model's parameters do not fit on cpu: OutOfMemoryError"):
+        validate(_TooBig(4, 2), torch.randn(1, 4), batch_sizes=[2])
+
+
+@pytest.mark.parametrize("device", ["tpu", "meta", "cuda:x"])
+def test_unknown_devices_are_errors(device):
+    with pytest.raises(DeviceError):
+        measure.resolve_device(device)
+
+
+@pytest.mark.parametrize("kw", [
+    {"batch_sizes": []}, {"batch_sizes": [0]}, {"batch_sizes": [2, 2]}, {"batch_sizes": [2.5]},
+    {"repeats": 0}, {"warmup": -1},
+])
+def test_bad_sweep_arguments_are_errors(kw):
+    with pytest.raises(SymcxError):
+        validate(torch.nn.Linear(4, 2), torch.randn(1, 4), **kw)
+
+
+def test_make_batch_repeats_rows_of_every_input():
+    ids = torch.tensor([[1, 2], [3, 4]])
+    x = {"ids": ids, "mask": torch.ones(2, 2)}
+    out = measure.make_batch(x, 3, torch.device("cpu"))
+    assert out["ids"].tolist() == [[1, 2], [3, 4], [1, 2]] and out["mask"].shape == (3, 2)
+
+
+# --- CUDA (skipped without a GPU) -----------------------------------------------------------
+@cuda
+@pytest.mark.cuda
+def test_seed_net_on_cuda():
+    model = MnistCNN()
+    v = validate(model, torch.randn(1, 1, 28, 28), device="cuda", batch_sizes=[1, 16, 64], backward=True,
+                 repeats=3, warmup=2)
+    assert v.device.startswith("cuda") and "max_memory_allocated" in v.memory_tracker
+    for row in v.sizes:
+        assert row.status == "ok"
+        assert row.flops[0].measured == SEED_FORWARD * row.batch_size
+        assert row.flops[1].measured == SEED_BACKWARD * row.batch_size
+        assert row.peak_bytes > 0 and row.baseline_bytes >= 1_199_882 * 4
+    assert next(model.parameters()).device.type == "cpu"  # moved back
+
+
+@cuda
+@pytest.mark.cuda
+def test_cuda_out_of_memory_is_recorded():
+    free, _ = torch.cuda.mem_get_info()
+    width = 4096
+    too_big = int(free // (width * 4)) * 2  # the activation alone is twice the free memory
+    v = validate(torch.nn.Linear(width, width), torch.randn(1, width), device="cuda",
+                 batch_sizes=[8, too_big, 16], repeats=1, warmup=0)
+    assert [r.status for r in v.sizes] == ["ok", "oom", "ok"]
