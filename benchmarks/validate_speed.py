@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from symcx.validate import validate
+from symcx import validate
 from symcx.zoo import MnistCNN
 
 FLOOR_S = 30.0

@@ -13,11 +13,14 @@ from .cost import Cost, OpCall, TensorInfo
 from .errors import DeviceError, RuleError, ShapeError, SymcxError, TraceError, UnsupportedOpError
 from .rules import register, rule
 from .symbols import N, n, symbol, t
+from .validation import Validation, validate
 
 __version__ = "0.1.0"
 
 __all__ = [
     "analyze",
+    "validate",
+    "Validation",
     "Analysis",
     "LayerRow",
     "Training",

@@ -25,7 +25,7 @@ from .errors import TraceError
 from .graph import build_graph
 from .rules import annotate_costs
 from .symbols import symbol
-from .trace import DimSpec, Trace, trace_at
+from .trace import DimSpec, Trace, trace_at, tree_leaves
 
 __all__ = ["interpolated_graph", "DEGREE"]
 
@@ -34,7 +34,7 @@ DEGREE = 2
 
 
 def _base_values(example: Any, batch_dim: int | None, dims: Sequence[DimSpec]) -> dict[str, int]:
-    tensors = [x for x in torch.utils._pytree.tree_leaves(example) if isinstance(x, torch.Tensor)]
+    tensors = [x for x in tree_leaves(example) if isinstance(x, torch.Tensor)]
     values = {"t": 2} if batch_dim is not None else {}
     for d in dims:
         values[d.name] = max(2, int(tensors[d.input].shape[d.dim]))

@@ -23,7 +23,7 @@ import sympy
 import torch
 
 from .cost import OpCall, TensorInfo
-from .trace import Trace
+from .trace import OpOverload, Trace
 
 __all__ = ["build_graph", "op_name", "ALIAS_OPS", "GRAD_SEEDS"]
 
@@ -46,7 +46,7 @@ GRAD_SEEDS = frozenset({"aten.ones_like", "aten.full_like", "aten.ones", "aten.f
 
 def op_name(target: Any) -> tuple[str, str]:
     """(overload name, family name) of an fx target: ``("aten.mm.default", "aten.mm")``."""
-    if isinstance(target, torch._ops.OpOverload):
+    if isinstance(target, OpOverload):
         packet = f"{target.namespace}.{target._opname}"
         return f"{packet}.{target._overloadname}", packet
     name = getattr(target, "__name__", str(target))

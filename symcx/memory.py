@@ -26,12 +26,11 @@ from typing import Any
 import networkx as nx
 import sympy
 import torch
-from torch.utils import _pytree as pytree
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from .cost import TensorInfo
 from .errors import SymcxError
 from .graph import ALIAS_OPS, GRAD_SEEDS
+from .trace import OpOverload, TorchDispatchMode, tree_leaves
 from .symbols import t
 
 __all__ = [
@@ -196,7 +195,7 @@ def _value_storages(
         elif node.target is operator.getitem:
             src, index = values.get(node.args[0].name), node.args[1]
             values[name] = src[index] if isinstance(src, (tuple, list)) and index < len(src) else None
-        elif isinstance(node.target, torch._ops.OpOverload):
+        elif isinstance(node.target, OpOverload):
             schema = node.target._schema
             outs = out if isinstance(out, (tuple, list)) and len(schema.returns) != 1 else (out,)
             mapped = []
@@ -585,8 +584,8 @@ class _LiveTensorBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        inputs = {x.untyped_storage().data_ptr() for x in pytree.tree_leaves((args, kwargs)) if _dense(x)}
-        for x in pytree.tree_leaves(out):
+        inputs = {x.untyped_storage().data_ptr() for x in tree_leaves((args, kwargs)) if _dense(x)}
+        for x in tree_leaves(out):
             if not _dense(x) or x.is_meta:
                 continue
             storage = x.untyped_storage()

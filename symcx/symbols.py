@@ -59,7 +59,7 @@ def _identity(a):
 
 def _translations() -> dict[type, object]:
     """Map torch's private sympy classes to plain sympy constructors (torch-version tolerant)."""
-    from torch.utils._sympy import functions as tf
+    from .trace import torch_sympy_functions as tf
 
     table = {
         "FloorDiv": _floor_div,
@@ -92,7 +92,8 @@ def to_plain(expr: sympy.Expr) -> sympy.Expr:
     """Rewrite torch's sympy functions into plain sympy (``FloorDiv(a, b)`` → ``floor(a/b)``).
 
     >>> import sympy
-    >>> from torch.utils._sympy.functions import FloorDiv
+    >>> from symcx.trace import torch_sympy_functions
+    >>> FloorDiv = torch_sympy_functions.FloorDiv
     >>> to_plain(FloorDiv(sympy.Symbol("x") + 2, 2))
     floor(x/2 + 1)
     """

@@ -31,10 +31,30 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
 from torch.utils import _pytree as pytree
 
+# The private torch surface the rest of symcx uses, re-exported from here so that it stays in
+# one file (pinned by tests/test_trace.py::test_private_torch_apis_still_exist).
+from torch._ops import OpOverload, OpOverloadPacket
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves, tree_map
+from torch.utils._sympy import functions as torch_sympy_functions
+
 from .errors import ShapeError, TraceError
 from .symbols import symbol, to_plain, width_names
 
-__all__ = ["Trace", "DimSpec", "trace_training_step", "trace_at", "PRIVATE_APIS"]
+__all__ = [
+    "Trace",
+    "DimSpec",
+    "trace_training_step",
+    "trace_at",
+    "default_loss",
+    "PRIVATE_APIS",
+    "OpOverload",
+    "OpOverloadPacket",
+    "TorchDispatchMode",
+    "tree_leaves",
+    "tree_map",
+    "torch_sympy_functions",
+]
 
 #: Private torch APIs used by symcx, all in this file (pinned by tests/test_trace.py).
 PRIVATE_APIS = (
@@ -42,8 +62,10 @@ PRIVATE_APIS = (
     "torch.fx.experimental.symbolic_shapes.ShapeEnv / StatelessSymbolicContext / DimDynamic",
     "torch.fx.traceback.preserve_node_meta / get_current_meta (node.meta['custom'])",
     "torch.autograd.graph.Node._sequence_nr",
-    "torch.utils._pytree",
+    "torch.utils._pytree (tree_leaves, tree_map, tree_flatten, tree_unflatten)",
     "torch.utils._sympy.functions (translated in symbols.py)",
+    "torch._ops.OpOverload / OpOverloadPacket (op names, rule keys)",
+    "torch.utils._python_dispatch.TorchDispatchMode (memory.measure_peak_bytes)",
 )
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
@@ -127,7 +149,7 @@ def _classify(err: BaseException) -> tuple[type, str]:
     return TraceError, f"{name}: {text}"
 
 
-def _default_loss(out: Any) -> torch.Tensor:
+def default_loss(out: Any) -> torch.Tensor:
     """Sum of every floating-point tensor in the output: the backward FLOPs do not depend on it."""
     leaves = [
         x for x in pytree.tree_leaves(out) if isinstance(x, torch.Tensor) and x.is_floating_point()
@@ -292,7 +314,7 @@ def _trace_once(
     params = {k: fake_param(v) for k, v in model.named_parameters()}
     buffers = {k: fake_param(v) for k, v in model.named_buffers()}
     trainable = frozenset(k for k, v in model.named_parameters() if v.requires_grad)
-    loss_fn = loss or _default_loss
+    loss_fn = loss or default_loss
 
     def joint(params, buffers, fargs, fkwargs):
         _set_tag(phase="forward", module="")

@@ -29,6 +29,13 @@ def test_private_torch_apis_still_exist():
     assert StatelessSymbolicContext(dynamic_sizes=[DimDynamic.STATIC]) is not None
     for name in ("FloorDiv", "CeilDiv", "PythonMod", "Mod"):
         assert hasattr(functions, name)
+    from symcx import trace
+
+    assert trace.OpOverload is type(torch.ops.aten.mm.default)
+    assert trace.OpOverloadPacket is type(torch.ops.aten.mm)
+    assert trace.tree_leaves(({"a": 1}, [2])) == [1, 2]
+    assert trace.tree_map(lambda v: v + 1, (1, [2])) == (2, [3])
+    assert issubclass(trace.TorchDispatchMode, object) and hasattr(trace.TorchDispatchMode, "__torch_dispatch__")
     x = torch.ones(2, requires_grad=True)
     assert isinstance((x * 2).sum().grad_fn._sequence_nr(), int)
 

@@ -1,4 +1,4 @@
-"""symcx.validate: sweeps on cpu (CUDA tests skip without a GPU).
+"""symcx.validate(): sweeps on cpu (CUDA tests skip without a GPU).
 
 Oracles: FLOPs by hand (seed net, MLP) and FlopCounterMode on the real run; memory by
 hand-summed tensor bytes for a model small enough to list every allocation. Times are
@@ -19,8 +19,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import symcx.memory
 from symcx.errors import DeviceError, SymcxError
-from symcx.validate import SCHEMA, Validation, fit_line, validate
-from symcx.validate import measure
+from symcx.validation import SCHEMA, Validation, fit_line, validate
+from symcx.validation import measure
 from symcx.zoo import MLP, MnistCNN
 
 # Seed net per sample, by hand: conv1 2·26·26·3·3·1·32 = 389,376; conv2 2·24·24·3·3·32·64 =

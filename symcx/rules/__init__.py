@@ -19,10 +19,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import networkx as nx
-import torch
 
 from ..cost import Cost, OpCall
 from ..errors import RuleError, UnsupportedOpError
+from ..trace import OpOverload, OpOverloadPacket
 
 __all__ = ["rule", "register", "lookup", "is_free", "annotate_costs", "ZERO_COST", "Rule"]
 
@@ -62,9 +62,9 @@ def _key(op: Any) -> str:
     """Registry key of an aten op given as OpOverload, OpOverloadPacket or string."""
     if isinstance(op, str):
         return op
-    if isinstance(op, torch._ops.OpOverload):
+    if isinstance(op, OpOverload):
         return op.name().replace("::", ".")
-    if isinstance(op, torch._ops.OpOverloadPacket):
+    if isinstance(op, OpOverloadPacket):
         return op._qualified_op_name.replace("::", ".")
     raise RuleError(f"cannot register a rule for {op!r}: expected an aten op or its name")
 
@@ -155,4 +155,4 @@ def annotate_costs(G: nx.DiGraph, *, strict: bool = False, options: Mapping[str,
 
 
 # Rule modules register themselves on import; keep this list in one place.
-from . import conv, matmul, norm, pointwise, pool  # noqa: E402,F401
+from . import attention, conv, matmul, misc, norm, pointwise, pool, rnn  # noqa: E402,F401

@@ -21,11 +21,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from torch.utils import _pytree as pytree
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import DeviceError
 from ..memory import measure_peak_bytes
+from ..trace import tree_map
 
 __all__ = [
     "resolve_device",
@@ -102,7 +102,7 @@ def make_batch(example: Any, batch: int, device: torch.device, batch_dim: int = 
         index = torch.arange(batch, device=x.device) % x.shape[d]
         return x.index_select(d, index).to(device)
 
-    return pytree.tree_map(grow, example)
+    return tree_map(grow, example)
 
 
 def _sync(dev: torch.device) -> None:

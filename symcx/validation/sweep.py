@@ -25,11 +25,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch.utils import _pytree as pytree
 
 from ..analysis import analyze
 from ..errors import DeviceError, SymcxError
-from ..trace import _default_loss
+from ..trace import default_loss, tree_leaves, tree_map
 from . import measure
 from .fit import fit_line
 from .predict import Formulas, formulas
@@ -51,7 +50,7 @@ def _call(model: torch.nn.Module, batch: Any) -> Any:
 def _storage_bytes(tensors: Any) -> int:
     """Bytes of the distinct storages under ``tensors`` (tied weights counted once)."""
     seen: dict[int, int] = {}
-    for x in pytree.tree_leaves(tensors):
+    for x in tree_leaves(tensors):
         if isinstance(x, torch.Tensor):
             st = x.untyped_storage()
             seen[st.data_ptr()] = st.nbytes()
@@ -195,9 +194,9 @@ def validate(
 
     Examples
     --------
-    >>> import torch, symcx.validate
+    >>> import torch, symcx
     >>> mlp = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
-    >>> v = symcx.validate.validate(mlp, torch.randn(1, 4), batch_sizes=[2, 4, 8], repeats=2, warmup=0)
+    >>> v = symcx.validate(mlp, torch.randn(1, 4), batch_sizes=[2, 4, 8], repeats=2, warmup=0)
     >>> [(r.batch_size, r.flops[0].measured, r.flops[0].expected) for r in v.sizes]
     [(2, 72, 72), (4, 144, 144), (8, 288, 288)]
     >>> v.ok
@@ -208,9 +207,9 @@ def validate(
     first = next(iter(model.parameters()), None)
     home = first.device if first is not None else dev
     was_training = model.training
-    loss_fn = loss or _default_loss
-    example = pytree.tree_map(lambda x: x.to(dev) if isinstance(x, torch.Tensor) else x, example_input)
-    shapes = [tuple(x.shape) for x in pytree.tree_leaves(example_input) if isinstance(x, torch.Tensor)]
+    loss_fn = loss or default_loss
+    example = tree_map(lambda x: x.to(dev) if isinstance(x, torch.Tensor) else x, example_input)
+    shapes = [tuple(x.shape) for x in tree_leaves(example_input) if isinstance(x, torch.Tensor)]
     try:
         try:
             model.to(dev)

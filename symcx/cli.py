@@ -1,0 +1,370 @@
+"""The ``symcx`` command line: ``analyze`` a model's cost, ``validate`` it against measurements.
+
+This is the only module that prints. Exit codes: 0 done; 2 bad arguments or input (unknown
+model, malformed ``--input``, missing file, a class that is not an ``nn.Module``, an
+unwritable ``--output``, ``--device cuda`` without CUDA), with one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+import sympy
+
+from . import __version__
+from .errors import SymcxError
+from .models import example_input, load_model, parse_input, parse_symbolic
+from .symbols import N, n, symbol
+from .zoo import BUNDLED
+
+__all__ = ["main", "build_parser", "write_atomic"]
+
+_MODEL_HELP = (
+    "the model: path/to/file.py:ClassOrFactory, package.module:factory, "
+    f"or a bundled name ({', '.join(BUNDLED)}); called with no arguments"
+)
+_INPUT_HELP = (
+    "input shape without the batch dim, sizes joined by 'x' (1x28x28); several inputs "
+    "joined by ',', integer inputs with a dtype suffix (128:long). Default: the model's example_input()"
+)
+_ANALYZE_EPILOG = """examples:
+  symcx analyze mnist-cnn
+  symcx analyze mnist-cnn --input 1x28x28 --format latex --output seed.tex
+  symcx analyze mnist-cnn --batch 64 --epochs 1 --samples 60000 --format json
+  symcx analyze mlp --widths letters
+  symcx analyze my_net.py:Net --input 3x32x32 --symbolic H,W
+
+FLOPs follow FlopCounterMode (1 multiply-add = 2 FLOPs; matmul, convolution, attention);
+"other FLOPs" count what it ignores (elementwise ops, norms, pooling, softmax)."""
+_VALIDATE_EPILOG = """examples:
+  symcx validate mnist-cnn
+  symcx validate mnist-cnn --device cuda --batch-sizes 1,64,512 --backward --plot fit.png"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _arg(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse ``type=`` that reports a SymcxError as a bad argument."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except SymcxError as err:
+            raise argparse.ArgumentTypeError(str(err)) from err
+
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise SymcxError(f"expected a positive integer, not {text!r}")
+    return int(text)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise SymcxError(f"expected a non-negative integer, not {text!r}")
+    return int(text)
+
+
+def _batch(text: str) -> int | None:
+    """``t`` (keep the batch symbolic) or a positive integer."""
+    return None if text == "t" else _positive_int(text)
+
+
+def _amount(text: str) -> Any:
+    """A positive integer, or a symbol name (``n``, ``N``, ``E``…)."""
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    if text.isidentifier() and text != "t":
+        return symbol(text)
+    raise SymcxError(f"expected a positive integer or a symbol name, not {text!r}")
+
+
+def _batch_sizes(text: str) -> list[int]:
+    try:
+        return [_positive_int(x.strip()) for x in text.split(",")]
+    except SymcxError as err:
+        raise SymcxError(f"malformed --batch-sizes {text!r}: {err}; e.g. 1,16,64") from err
+
+
+def _input_spec(text: str) -> str:
+    parse_input(text)
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``symcx`` argument parser (subcommands ``analyze`` and ``validate``)."""
+    parser = _Parser(
+        prog="symcx",
+        description="Symbolic time and memory complexity of PyTorch models: exact FLOP and memory "
+        "formulas in the batch size t (and any dims you name), LaTeX/Markdown/JSON reports, and "
+        "validation against measured runs.",
+        epilog="Run 'symcx COMMAND --help' for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"symcx {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    a = sub.add_parser("analyze", help="per-layer FLOPs, params, memory and big-O of one training step",
+                       description="Trace one training step of MODEL with a symbolic batch size t and report\n"
+                       "per-layer forward/backward FLOPs (with derivations), parameters, saved bytes,\n"
+                       "totals, training totals over n epochs of N samples, big-O and the memory of a step.",
+                       epilog=_ANALYZE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
+    a.add_argument("--input", type=_arg(_input_spec), metavar="SHAPE", help=_INPUT_HELP)
+    a.add_argument("--format", choices=("table", "latex", "markdown", "json"), default="table",
+                   help="output format (default: table, a rich table on the terminal)")
+    a.add_argument("--output", metavar="FILE", help="write to FILE (whole or not at all) instead of stdout")
+    a.add_argument("--batch", type=_arg(_batch), default=None, metavar="t|SIZE",
+                   help="keep the batch symbolic (t, default) or also evaluate every total at this size")
+    a.add_argument("--symbolic", metavar="NAMES",
+                   help="input dims to make symbolic: H,W (last two dims), L (dim 1), or NAME=DIM / NAME=INPUT:DIM")
+    a.add_argument("--widths", choices=("symbolic", "letters"),
+                   help="make every layer width a symbol: d_0, d_1, ... (symbolic) or i, j, k, ... (letters)")
+    a.add_argument("--epochs", type=_arg(_amount), default=n, metavar="n",
+                   help="epochs for the training totals: a number or a symbol name (default: n)")
+    a.add_argument("--samples", type=_arg(_amount), default=N, metavar="N",
+                   help="training-set size for the training totals: a number or a symbol name (default: N)")
+    a.add_argument("--optimizer", default="sgd",
+                   help="optimizer state in the memory table: sgd, sgd-momentum, adam or adamw (default: sgd)")
+    a.add_argument("--numbers", choices=("separators", "scientific", "plain"), default="separators",
+                   help="how integers print: 1,199,882 (separators, default), 1.20e6 (scientific), or plain")
+    a.add_argument("--fragment", action="store_true",
+                   help="with --format latex: a fragment to \\input, not a whole document")
+    a.add_argument("--strict", action="store_true", help="fail on an op that has no cost rule instead of listing it")
+
+    v = sub.add_parser("validate", help="measure FLOPs, time and memory per batch size and compare with the formulas",
+                       description="Run MODEL at each batch size on a device; record FlopCounterMode's count,\n"
+                       "the median time after warm-up and the peak memory; compare with symcx's formulas\n"
+                       "and fit time against predicted FLOPs.",
+                       epilog=_VALIDATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    v.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
+    v.add_argument("--input", type=_arg(_input_spec), metavar="SHAPE", help=_INPUT_HELP)
+    v.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default: cpu)")
+    v.add_argument("--batch-sizes", type=_arg(_batch_sizes), default=[1, 16, 64, 256], metavar="LIST",
+                   help="comma-separated batch sizes (default: 1,16,64,256)")
+    v.add_argument("--backward", action="store_true", help="time and measure full training steps, not forward only")
+    v.add_argument("--repeats", type=_arg(_positive_int), default=20, help="timed runs per batch size (default: 20)")
+    v.add_argument("--warmup", type=_arg(_count), default=3, help="untimed runs first (default: 3)")
+    v.add_argument("--output", metavar="FILE", help="write the results as JSON to FILE")
+    v.add_argument("--plot", metavar="FILE", help="plot measured against predicted to FILE (png, pdf, svg)")
+    return parser
+
+
+def _file_mode(path: str) -> int:
+    """The mode a new file at ``path`` would get (the old file's, else 0o666 less the umask)."""
+    if os.path.exists(path):
+        return os.stat(path).st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all: a temporary file beside it, then ``os.replace``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".symcx-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode(path))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _check_writable(path: str | None) -> None:
+    """Fail before any work when ``path`` cannot be written."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise SymcxError(f"cannot write {path}: no directory {folder}")
+    if os.path.isdir(path):
+        raise SymcxError(f"cannot write {path}: it is a directory")
+
+
+def _tables(analysis: Any, args: argparse.Namespace, at: dict[str, int] | None) -> list[Any]:
+    """The analysis as rich renderables: per-layer table, totals, big-O, memory, notes."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from .export.json import MEMORY, TOTALS, TRAINING, report
+    from .export.markdown import MarkdownPrinter
+
+    p = MarkdownPrinter({"numbers": args.numbers})
+
+    def fmt(expr: Any) -> str:
+        return p.doprint(sympy.sympify(expr))
+
+    layers = Table(title="Per-layer costs of one training step (t = batch size)", title_justify="left")
+    for col in ("Layer", "Type", "Output"):
+        layers.add_column(col, overflow="fold")
+    for col in ("Forward FLOPs", "Backward FLOPs", "Other FLOPs", "Params", "Saved bytes"):
+        layers.add_column(col, justify="right", overflow="fold")
+    for row in analysis.layers:
+        kind = "" if row.name.rsplit(".", 1)[-1].startswith(row.type) else row.type
+        layers.add_row(row.name, kind, p.product(row.out_shape, "×") or "scalar",
+                       *[fmt(e) for e in (row.forward_flops, row.backward_flops,
+                                          row.forward_other_flops + row.backward_other_flops,
+                                          row.params, row.saved_bytes)])
+    rep = report(analysis, epochs=args.epochs, samples=args.samples, optimizer=args.optimizer)
+    values = {symbol(k): v for k, v in (at or {}).items()}
+
+    def quantities(title: str, items: list[tuple[str, Any]]) -> Any:
+        table = Table(title=title, title_justify="left")
+        table.add_column("Quantity", overflow="fold")
+        table.add_column("Formula", justify="right", overflow="fold")
+        if values:
+            table.add_column("at " + ", ".join(f"{k} = {v}" for k, v in (at or {}).items()), justify="right",
+                             overflow="fold")
+        for label, expr in items:
+            table.add_row(label, fmt(expr), *([fmt(sympy.sympify(expr).subs(values))] if values else []))
+        return table
+
+    items = [(TOTALS[k], e) for k, e in rep["totals"].items()]
+    items += [(TRAINING[k], e) for k, e in rep["training"].items() if k not in ("epochs", "samples", "flops_per_step")]
+    out = [layers, quantities(f"Totals of one step, and of training (epochs {fmt(args.epochs)}, samples {fmt(args.samples)})",
+                                   items)]
+    out.append(Text(f"Big-O: one step O({fmt(rep['big_o']['step'])}), training O({fmt(rep['big_o']['training'])})"))
+    if rep["memory"] is not None:
+        mem = rep["memory"]
+        out.append(quantities(f"Memory of one training step, bytes (optimizer: {args.optimizer})",
+                              [(MEMORY[k], mem[k]) for k in MEMORY]))
+        out.append(Text(f"The peak is reached in {mem['peak_layer']} (op {mem['peak_node']})."))
+    for a in analysis.assumptions:
+        out.append(Text(f"Valid for {a}."))
+    for (op, layer), count in sorted(analysis.unsupported.items()):
+        out.append(Text(f"Not counted (no cost rule): {op} in {layer} (x{count})", style="yellow"))
+    for note in analysis.deviations:
+        out.append(Text(note, style="dim"))
+    return out
+
+
+def _console() -> Any:
+    """A rich console on stdout; a pipe gets whole lines, not 80 columns."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=150)
+
+
+def _render_table(renderables: list[Any], to_file: bool) -> str | None:
+    from rich.console import Console
+
+    if not to_file:
+        console = _console()
+        for r in renderables:
+            console.print(r)
+        return None
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=150, color_system=None, force_terminal=False)
+    for r in renderables:
+        console.print(r)
+    return "".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines())
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from .analysis import analyze
+    from .export import to_json, to_latex, to_markdown
+
+    _check_writable(args.output)
+    model = load_model(args.model)
+    x = example_input(model, args.input)
+    dims = parse_symbolic(args.symbolic, x) if args.symbolic else None
+    widths = {"symbolic": "d", "letters": "letters", None: False}[args.widths]
+    analysis = analyze(model, x, dims=dims, widths=widths, strict=args.strict)
+    at = {"t": args.batch} if args.batch is not None else None
+    common = dict(at=at, epochs=args.epochs, samples=args.samples, optimizer=args.optimizer)
+    if args.format == "table":
+        text = _render_table(_tables(analysis, args, at), to_file=args.output is not None)
+    elif args.format == "latex":
+        text = to_latex(analysis, standalone=not args.fragment, numbers=args.numbers,
+                        title=f"symcx analysis of {args.model}", **common)
+    elif args.format == "markdown":
+        text = to_markdown(analysis, numbers=args.numbers, title=f"symcx analysis of {args.model}", **common)
+    else:
+        text = to_json(analysis, **common) + "\n"
+    if args.output is not None:
+        write_atomic(args.output, text or "")
+        print(f"wrote {args.output}", file=sys.stderr)
+    elif text is not None:
+        sys.stdout.write(text)
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    _check_writable(args.output)
+    _check_writable(args.plot)
+    model = load_model(args.model)
+    x = example_input(model, args.input)
+    try:
+        from .validation import validate
+    except ImportError as err:
+        raise SymcxError(f"validation is not available in this install: {err}") from err
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task: list[Any] = []
+
+        def progress(done: int, total: int, label: str) -> None:
+            if not task:
+                task.append(bar.add_task(label, total=total))
+            bar.update(task[0], completed=done, total=total, description=label)
+
+        result = validate(model, x, device=args.device, batch_sizes=args.batch_sizes, backward=args.backward,
+                          repeats=args.repeats, warmup=args.warmup, progress=progress)
+    _console().print(result.rich_table())
+    if args.output is not None:
+        write_atomic(args.output, result.to_json())
+        print(f"wrote {args.output}", file=sys.stderr)
+    if args.plot is not None:
+        ext = os.path.splitext(args.plot)[1]
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(args.plot)), prefix=".symcx-", suffix=ext)
+        os.close(fd)
+        try:
+            result.plot(tmp)
+            os.chmod(tmp, _file_mode(args.plot))
+            os.replace(tmp, args.plot)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code.
+
+    >>> main(["analyze", "no-such-model"])
+    2
+    """
+    args = build_parser().parse_args(argv)
+    command = {"analyze": _analyze, "validate": _validate}[args.command]
+    try:
+        return command(args)
+    except (SymcxError, OSError) as err:
+        message = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        print(f"symcx {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("symcx: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,405 @@
+"""An :class:`~symcx.analysis.Analysis` as LaTeX: per-layer table, derivations, totals, big-O, memory.
+
+:class:`SymcxLatexPrinter` is sympy's ``LatexPrinter`` with ``_print_<Class>`` methods for
+symcx's own objects and with integers printed with thousands separators (``1{,}199{,}882``)
+or in scientific form (``1.20 \\times 10^{6}``). A fragment needs ``amsmath``, ``array`` and
+``booktabs``; ``standalone=True`` gives a whole document that compiles with the packages
+of Debian's ``texlive-latex-base`` and ``texlive-latex-recommended``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import sympy
+from sympy.printing.latex import LatexPrinter
+from sympy.printing.precedence import PRECEDENCE
+
+from ..analysis import O, Analysis, LayerRow
+from ..symbols import N, n
+from .json import MEMORY, TOTALS, TRAINING, backward_derivations, report
+
+__all__ = ["SymcxLatexPrinter", "to_latex"]
+
+_ENVIRONMENTS = ("tabular", "longtable", "array")
+_NUMBERS = ("separators", "scientific", "plain")
+_SPECIALS = {"_": r"\_", "#": r"\#", "$": r"\$", "%": r"\%", "&": r"\&", "{": r"\{", "}": r"\}"}
+_MATH_ESCAPES = {**_SPECIALS, "~": r"\sim{}", "^": r"\wedge{}", "\\": r"\backslash{}"}
+#: Text mode in the default OT1 encoding, whose fonts every TeX has as Type 1: no T1-only glyphs.
+_TEXT_ESCAPES = {**_SPECIALS, **{ch: rf"\ensuremath{{{m}}}" for ch, m in
+                                 (("~", r"\sim"), ("^", r"\wedge"), ("\\", r"\backslash"), ("<", "<"), (">", ">"),
+                                  ("|", "|"))}}
+#: Visible characters of a formula line in the totals before it is cut (a4 with 1.5 cm margins).
+_LINE = 60
+#: Layer names longer than this get a fixed-width column in which they wrap (after ``.`` and ``_``).
+_NAME_CHARS = 26
+#: Most rows a standalone document sets in a ``tabular`` (one page) before it takes a ``longtable``.
+_TABULAR_ROWS = 60
+_FLOP_COLUMNS = ("Layer", "Type", "Forward FLOPs", "Backward FLOPs", "Other FLOPs")
+_SIZE_COLUMNS = ("Layer", "Output shape", "Params", "Output bytes", "Saved bytes")
+_PREAMBLE = r"""\documentclass[10pt]{article}
+\usepackage[a4paper,margin=1.5cm]{geometry}
+\usepackage{amsmath}
+\usepackage{array}
+\usepackage{graphicx}
+\usepackage{booktabs}
+\usepackage{longtable}
+\allowdisplaybreaks
+\setlength{\parindent}{0pt}
+\renewcommand{\labelitemi}{\ensuremath{\bullet}}% Type 1 fonts only (the text bullet is a bitmap)
+\newsavebox{\symcxbox}
+% a table wider than the text is scaled down to fit
+\newcommand{\symcxfit}[1]{\sbox{\symcxbox}{#1}%
+  \ifdim\wd\symcxbox>\linewidth\resizebox{\linewidth}{!}{\usebox{\symcxbox}}\else\usebox{\symcxbox}\fi}
+\begin{document}"""
+
+
+def _visible(latex: str) -> int:
+    """Rough count of the characters ``latex`` shows (a command counts one, braces none)."""
+    latex = re.sub(r"\\(left|right|bigl|bigr)\b", "", latex)
+    return len(re.sub(r"[{}_^ ]", "", re.sub(r"\\[a-zA-Z]+", "x", latex)))
+
+
+def _pack(items: list[str]) -> list[str]:
+    """Join consecutive pieces while a line stays within ``_LINE`` visible characters."""
+    lines = [items[0]]
+    for item in items[1:]:
+        if _visible(lines[-1] + item) <= _LINE:
+            lines[-1] += " " + item
+        else:
+            lines.append(item)
+    return lines
+
+
+def _math_name(text: str, font: str = r"\mathtt") -> str:
+    """``text`` in a math-mode font, LaTeX specials escaped (``max\\_pool2d``)."""
+    return font + "{" + "".join(_MATH_ESCAPES.get(ch, ch) for ch in text) + "}"
+
+
+def _text(text: str, breakable: bool = False) -> str:
+    """``text`` for text mode, LaTeX specials escaped; ``breakable``: lines may break after ``.``/``_``."""
+    out = "".join(_TEXT_ESCAPES.get(ch, ch) for ch in text)
+    return out.replace(".", r".\allowbreak{}").replace(r"\_", r"\_\allowbreak{}") if breakable else out
+
+
+def _own_name(row: LayerRow) -> bool:
+    """Whether the row is named after its type (a functional op: ``relu_1``), so the type says nothing."""
+    return row.name.rsplit(".", 1)[-1].startswith(row.type)
+
+
+class SymcxLatexPrinter(LatexPrinter):
+    """sympy's LaTeX printer, taught symcx's :class:`Analysis` and :class:`LayerRow`.
+
+    Settings beyond sympy's (whose ``fold_short_frac`` is on here: ``N / t``):
+
+    ``standalone`` (False)
+        A whole ``article`` document rather than a fragment.
+    ``environment`` (None)
+        The per-layer tables: ``"tabular"``, ``"longtable"`` (breaks across pages; its columns
+        align from the second pdflatex run on) or ``"array"`` (math mode only, for
+        MathJax/Jupyter). None: ``tabular``, or ``longtable`` in a standalone document of more
+        than 60 layers.
+    ``numbers`` ("separators")
+        Integers as ``1{,}199{,}882``, ``"scientific"`` (``1.20 \\times 10^{6}`` from
+        ``10^{digits+1}`` up) or ``"plain"``.
+    ``digits`` (3)
+        Significant digits in scientific form.
+    ``at`` (None)
+        Symbol values (``{"t": 64}``): every total is also shown evaluated there.
+    ``epochs``, ``samples`` (n, N)
+        For the training totals.
+    ``optimizer`` ("sgd")
+        For the memory table, where this symcx has ``Analysis.memory``.
+    ``title`` (None)
+        The standalone document's heading (default ``symcx analysis``).
+
+    Examples
+    --------
+    >>> import sympy
+    >>> SymcxLatexPrinter().doprint(sympy.Integer(1199882) * sympy.Symbol("t"))
+    '1{,}199{,}882 t'
+    >>> SymcxLatexPrinter({"numbers": "scientific"}).doprint(sympy.Integer(1199882))
+    '1.20 \\\\times 10^{6}'
+    """
+
+    _default_settings: dict[str, Any] = {
+        **LatexPrinter._default_settings,
+        "fold_short_frac": True,
+        "standalone": False,
+        "environment": None,
+        "numbers": "separators",
+        "digits": 3,
+        "at": None,
+        "epochs": n,
+        "samples": N,
+        "optimizer": "sgd",
+        "title": None,
+    }
+
+    def __init__(self, settings: dict[str, Any] | None = None) -> None:
+        super().__init__(settings)
+        s = self._settings
+        if s["numbers"] not in _NUMBERS:
+            raise ValueError(f"numbers must be one of {_NUMBERS}, not {s['numbers']!r}")
+        if s["environment"] not in (None, *_ENVIRONMENTS):
+            raise ValueError(f"environment must be one of {_ENVIRONMENTS}, not {s['environment']!r}")
+        if not isinstance(s["digits"], int) or s["digits"] < 1:
+            raise ValueError(f"digits must be a positive int, not {s['digits']!r}")
+
+    # --- numbers -------------------------------------------------------------------------
+    def _print_Integer(self, expr: sympy.Integer) -> str:
+        value = int(expr)
+        style, digits = self._settings["numbers"], self._settings["digits"]
+        if style == "scientific" and abs(value) >= 10 ** (digits + 1):
+            mantissa, exponent = f"{value:.{digits - 1}e}".split("e")
+            return rf"{mantissa} \times 10^{{{int(exponent)}}}"
+        if style == "separators":
+            return f"{value:,}".replace(",", "{,}")
+        return str(value)
+
+    _print_int = _print_Integer
+
+    # --- symcx objects -------------------------------------------------------------------
+    def _math(self, expr: Any) -> str:
+        """An expression as math-mode LaTeX."""
+        return self._print(sympy.sympify(expr))
+
+    def _product(self, factors: Any) -> str:
+        """Factors joined by ``\\times``, unevaluated, parenthesized where needed."""
+        return r" \times ".join(self.parenthesize(sympy.sympify(f), PRECEDENCE["Mul"], strict=True) for f in factors)
+
+    def _row(self, name: str, cells: list[str]) -> str:
+        """A table row: the layer name, then math cells (empty ones stay empty)."""
+        if self._settings["environment"] == "array":
+            return " & ".join([_math_name(name), *cells]) + r" \\"
+        return " & ".join([rf"\texttt{{{_text(name, breakable=True)}}}", *(f"${c}$" if c else "" for c in cells)]) + r" \\"
+
+    def _print_LayerRow(self, row: LayerRow) -> str:
+        """The row's FLOPs: name, type, forward, backward, other (forward + backward)."""
+        kind = "" if _own_name(row) else _math_name(row.type, r"\mathrm")
+        other = row.forward_other_flops + row.backward_other_flops
+        return self._row(row.name, [kind, *map(self._math, (row.forward_flops, row.backward_flops, other))])
+
+    def _size_row(self, row: LayerRow) -> str:
+        """The row's sizes: name, output shape, params, output bytes, bytes saved for backward."""
+        shape = self._product(row.out_shape) or r"\text{scalar}"
+        return self._row(row.name, [shape, *map(self._math, (row.params, row.bytes_out, row.saved_bytes))])
+
+    def _derivation(self, product: tuple[Any, ...]) -> list[str]:
+        """One product unevaluated, ``2 \\times t \\times 32 \\times …``, cut into lines at ``\\times``."""
+        factors = [self.parenthesize(sympy.sympify(f), PRECEDENCE["Mul"], strict=True) for f in product]
+        return _pack([factors[0], *(r"\times " + f for f in factors[1:])])
+
+    def _derivation_lines(self, analysis: Analysis) -> list[str]:
+        backward = backward_derivations(analysis)
+        lines = []
+        for row in analysis.layers:
+            for phase, factors, total in (("forward", row.derivation, row.forward_flops),
+                                          ("backward", backward.get(row.name, ()), row.backward_flops)):
+                if not factors:
+                    continue
+                label = _math_name(row.name) + r"\ \text{" + phase + "}"
+                if len(row.name) > _NAME_CHARS and self._settings["environment"] != "array":
+                    lines.append(rf"\intertext{{\texttt{{{_text(row.name, breakable=True)}}} {phase}:}}")
+                    label = ""
+                body = []
+                for k, product in enumerate(factors):
+                    pieces = self._derivation(product)
+                    body.append(("" if k == 0 else "+ ") + pieces[0])
+                    body += [r"\quad " + p for p in pieces[1:]]
+                result = self._math(total)
+                if len(body) == 1 and _visible(body[0] + result) <= _LINE:
+                    lines.append(f"{label} &= {body[0]} = {result}")
+                    continue
+                lines.append(f"{label} &= {body[0]}")
+                lines += [rf"&\phantom{{=}} {b}" for b in body[1:]]
+                lines.append(f"&= {result}")
+        return lines
+
+    def _pieces(self, expr: Any) -> list[str]:
+        """``expr`` cut into lines of about ``_LINE`` visible characters (at ``+`` and ``,``).
+
+        Continuation pieces start with their operator; parentheses that span lines are
+        ``\\bigl(``/``\\bigr)``, which, unlike ``\\left``/``\\right``, may.
+        """
+        expr = sympy.sympify(expr)
+        text = self._print(expr)
+        if _visible(text) <= _LINE:
+            return [text]
+        if expr.is_Add:
+            items = []
+            for k, term in enumerate(self._as_ordered_terms(expr)):
+                sub = self._pieces(term)
+                if k and not sub[0].startswith("-"):
+                    sub[0] = "+ " + sub[0]
+                items += sub
+            return _pack(items)
+        if isinstance(expr, (sympy.Max, sympy.Min)):
+            items = []
+            for k, arg in enumerate(expr.args):
+                sub = self._pieces(arg)
+                sub[-1] += "," if k < len(expr.args) - 1 else ""
+                items += sub
+            name = r"\max" if isinstance(expr, sympy.Max) else r"\min"
+            items[0] = name + r"\bigl(" + items[0]
+            items[-1] += r"\bigr)"
+            return _pack(items)
+        if expr.is_Mul:
+            longest = max(expr.args, key=lambda f: _visible(self._print(f)))
+            if longest.is_Add or isinstance(longest, (sympy.Max, sympy.Min)):
+                rest = self._print(sympy.Mul(*[f for f in expr.args if f is not longest]))
+                sub = self._pieces(longest)
+                wrap = not isinstance(longest, (sympy.Max, sympy.Min))
+                sub[0] = f"{rest} " + (r"\bigl(" if wrap else "") + sub[0]
+                sub[-1] += r"\bigr)" if wrap else ""
+                return sub
+        return [text]
+
+    def _equation(self, label: str, expr: Any, at_values: dict) -> list[str]:
+        """``label &= expr`` over as many lines as it needs, and its value at ``at`` if that differs."""
+        pieces = self._pieces(expr)
+        lines = [f"{label} &= {pieces[0]}", *[rf"&\phantom{{=}}\quad {p}" for p in pieces[1:]]]
+        value = sympy.sympify(expr).subs(at_values) if at_values else expr
+        if value == expr:
+            return lines
+        where = r" \quad \text{at } " + ", ".join(f"{self._math(k)} = {self._math(v)}" for k, v in at_values.items())
+        values = self._pieces(value)
+        if len(pieces) == 1 and len(values) == 1 and _visible(pieces[0] + values[0]) <= _LINE:
+            lines[0] += f" && = {values[0]}{where}"
+            return lines
+        lines += [f"&= {values[0]}", *[rf"&\phantom{{=}}\quad {p}" for p in values[1:]]]
+        lines[-1] += where
+        return lines
+
+    def _totals_lines(self, analysis: Analysis) -> tuple[list[str], list[str]]:
+        s = self._settings
+        rep = report(analysis, epochs=s["epochs"], samples=s["samples"], optimizer=s["optimizer"])
+        at_values = {sympy.Symbol(str(k), positive=True, integer=True): sympy.sympify(v)
+                     for k, v in (s["at"] or {}).items()}
+        lines = []
+        for k, v in rep["totals"].items():
+            lines += self._equation(rf"\text{{{TOTALS[k]}}}", v, at_values)
+        for k, v in rep["training"].items():
+            if k not in ("epochs", "samples", "flops_per_step"):
+                lines += self._equation(rf"\text{{{TRAINING[k]}}}", v, at_values)
+        lines += self._equation(r"\text{Big-O, one step}", O(rep["big_o"]["step"]), {})
+        lines += self._equation(r"\text{Big-O, training}", O(rep["big_o"]["training"]), {})
+        if self._settings["environment"] == "array":  # no itemized notes in math mode: keep the gaps visible
+            lines += [rf"\text{{Not counted (no cost rule)}} &\ {_math_name(op)}\ \text{{in}}\ {_math_name(layer)} "
+                      rf"\times {count}" for (op, layer), count in sorted(analysis.unsupported.items())]
+        memory = []
+        if rep["memory"] is not None:
+            mem = rep["memory"]
+            for k in MEMORY:
+                memory += self._equation(rf"\text{{{MEMORY[k]}}}", mem[k], at_values)
+            memory.append(rf"\text{{Peak reached in}} &\ {_math_name(mem['peak_layer'])}\ "
+                          rf"(\text{{op }} {_math_name(mem['peak_node'])})")
+        return lines, memory
+
+    def _notes(self, analysis: Analysis) -> list[str]:
+        s = self._settings
+        notes = [r"FLOPs follow FlopCounterMode (one multiply-add is 2 FLOPs; matmul, convolution, "
+                 r"attention). Other FLOPs: elementwise ops, norms, pooling, softmax, reductions."]
+        epochs, samples = self._math(s["epochs"]), self._math(s["samples"])
+        notes.append(rf"Training: epochs ${epochs}$, samples ${samples}$, $\lceil {samples} / t \rceil$ steps per "
+                     "epoch (the last, partial batch counted as a full one).")
+        notes += [rf"Valid for ${self._math(a)}$." for a in analysis.assumptions]
+        notes += [rf"Not counted (no cost rule): ${_math_name(op)}$ in ${_math_name(layer)}$ ($\times {count}$)."
+                  for (op, layer), count in sorted(analysis.unsupported.items())]
+        notes += [_text(d, breakable=True) for d in analysis.deviations]
+        return notes
+
+    def _align(self, lines: list[str]) -> str:
+        if not lines:
+            return ""
+        env = "aligned" if self._settings["environment"] == "array" else "align*"
+        body = " \\\\\n".join(lines)
+        block = f"\\begin{{{env}}}\n{body}\n\\end{{{env}}}"
+        return f"$$\n{block}\n$$" if env == "aligned" else block
+
+    def _table(self, columns: tuple[str, ...], rows: list[str], names: list[str]) -> str:
+        env = self._settings["environment"]
+        if env is None:  # longtable breaks across pages, but aligns its columns only on a second run
+            env = "longtable" if self._settings["standalone"] and len(rows) > _TABULAR_ROWS else "tabular"
+        spec = "ll" + "r" * (len(columns) - 2)
+        if env != "array" and max(map(len, names), default=0) > _NAME_CHARS:
+            spec = r">{\raggedright\arraybackslash}p{4.2cm}" + spec[1:]
+        if env == "array":
+            head = " & ".join(rf"\text{{{c}}}" for c in columns) + r" \\ \hline"
+            return "$$\n\\begin{array}{" + spec + "}\n" + "\n".join([head, *rows]) + "\n\\end{array}\n$$"
+        head = " & ".join(columns) + r" \\"
+        if env == "longtable":
+            lines = [rf"\begin{{longtable}}{{@{{}}{spec}@{{}}}}", r"\toprule", head, r"\midrule", r"\endhead",
+                     *rows, r"\bottomrule", r"\end{longtable}"]
+            return "{\\footnotesize\\setlength{\\tabcolsep}{4pt}\n" + "\n".join(lines) + "\n}"
+        fit = self._settings["standalone"]  # \symcxfit is defined in the standalone preamble
+        lines = [r"\begin{center}\footnotesize\setlength{\tabcolsep}{4pt}" + (r"\symcxfit{%" if fit else ""),
+                 rf"\begin{{tabular}}{{@{{}}{spec}@{{}}}}", r"\toprule", head, r"\midrule",
+                 *rows, r"\bottomrule", r"\end{tabular}" + ("}" if fit else ""), r"\end{center}"]
+        return "\n".join(lines)
+
+    def _print_Analysis(self, analysis: Analysis) -> str:
+        """The whole report: table, derivations, totals, big-O, memory, notes."""
+        s = self._settings
+        totals, memory = self._totals_lines(analysis)
+        symbols = ", ".join(f"${self._math(v)}$" for v in analysis.symbols.values()) or "none"
+        array = s["environment"] == "array"
+        parts = []
+        if not array:
+            parts.append(f"% symcx analysis; symbols: {', '.join(analysis.symbols) or 'none'}")
+            parts.append(rf"Per-layer FLOPs of one training step (symbols: {symbols}; batch size $t$):")
+        names = [row.name for row in analysis.layers]
+        parts.append(self._table(_FLOP_COLUMNS, [self._print(row) for row in analysis.layers], names))
+        if not array:
+            parts.append("Per-layer sizes (bytes saved for backward: what autograd keeps until the backward pass):")
+        parts.append(self._table(_SIZE_COLUMNS, [self._size_row(row) for row in analysis.layers], names))
+        derivations = self._derivation_lines(analysis)
+        if derivations and not array:
+            parts.append("FLOPs of each matmul, convolution and attention, factor by factor:")
+        parts.append(self._align(derivations))
+        if not array:
+            parts.append("Totals of one training step, and over training:")
+        parts.append(self._align(totals))
+        if memory:
+            if not array:
+                parts.append(rf"Memory of one training step, in bytes (optimizer: {_text(s['optimizer'])}).")
+            parts.append(self._align(memory))
+        if not array:
+            parts.append("\\begin{itemize}\\raggedright\n" + "\n".join(rf"\item {x}" for x in self._notes(analysis))
+                         + "\n\\end{itemize}")
+        body = "\n\n".join(p for p in parts if p)
+        if not s["standalone"]:
+            return body
+        title = _text(s["title"] or "symcx analysis")
+        return f"{_PREAMBLE}\n\\section*{{{title}}}\n\n{body}\n\n\\end{{document}}\n"
+
+
+def to_latex(analysis: Analysis, *, standalone: bool = False, **settings: Any) -> str:
+    """The analysis as LaTeX: a fragment, or a whole document with ``standalone=True``.
+
+    Parameters
+    ----------
+    analysis : Analysis
+    standalone : bool
+        A compilable ``article`` (amsmath, array, booktabs, longtable, geometry) instead of
+        a fragment (which needs amsmath, array and booktabs). A document with a ``longtable`` (more
+        than 60 layers) needs two pdflatex runs for its columns to align.
+    **settings
+        :class:`SymcxLatexPrinter` settings (``numbers``, ``digits``, ``at``, ``epochs``,
+        ``samples``, ``optimizer``, ``environment``, ``title``) and sympy's own
+        (``mul_symbol``, ``symbol_names``…). An unknown name raises ``TypeError``.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> import torch, symcx
+    >>> a = symcx.analyze(torch.nn.Conv2d(1, 32, 3), torch.randn(2, 1, 28, 28))
+    >>> tex = to_latex(a)
+    >>> r"2 \\times t \\times 32 \\times 1 \\times 3 \\times 3 \\times 26 \\times 26 = 389{,}376 t" in tex
+    True
+    """
+    return SymcxLatexPrinter({"standalone": standalone, **settings}).doprint(analysis)

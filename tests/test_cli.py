@@ -1,0 +1,214 @@
+"""The command line, run as ``python -m symcx`` in a subprocess; model specs and file writing in process."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import sympy
+import torch
+
+from symcx import cli
+from symcx.errors import SymcxError
+from symcx.models import example_input, load_model, parse_input, parse_symbolic
+
+REPO = Path(__file__).resolve().parents[1]
+
+NET_PY = textwrap.dedent("""
+    import torch
+
+    class NotAModule:
+        pass
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    def make():
+        return Net()
+
+    def three():
+        return 3
+
+    class NeedsArgs(torch.nn.Module):
+        def __init__(self, width):
+            super().__init__()
+""")
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-m", "symcx", *args], cwd=cwd or REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture()
+def workdir(tmp_path):
+    (tmp_path / "net.py").write_text(NET_PY)
+    return tmp_path
+
+
+# --- subprocess runs: one per format and per bad argument ------------------------------------
+def test_table_on_the_terminal():
+    out = run("analyze", "mnist-cnn")
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == ""
+    for text in ("conv1", "Conv2d", "389,376*t", "21,233,664*t", "23,984,896*t", "1,199,882", "O(N*n)",
+                 "max_pool2d_with_indices", "Peak (training step)"):
+        assert text in out.stdout, text
+
+
+def test_latex_to_a_file_whole(workdir):
+    out = run("analyze", "mnist-cnn", "--input", "1x28x28", "--format", "latex", "--batch", "64",
+              "--output", "seed.tex", cwd=workdir)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "" and out.stderr == "wrote seed.tex\n"
+    tex = (workdir / "seed.tex").read_text()
+    assert tex.startswith(r"\documentclass") and tex.endswith("\\end{document}\n")
+    # 2*26*26*3*3*1*32 = 389,376; at t = 64 the forward is 23,984,896*64 = 1,535,033,344
+    assert r"= 2 \times t \times 32 \times 1 \times 3 \times 3 \times 26 \times 26 = 389{,}376 t" in tex
+    assert r"= 1{,}535{,}033{,}344 \quad \text{at } t = 64" in tex
+    assert sorted(p.name for p in workdir.iterdir()) == ["net.py", "seed.tex"]  # no temporary left
+
+
+def test_markdown_with_letter_widths():
+    out = run("analyze", "mlp", "--widths", "letters", "--format", "markdown")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("## symcx analysis of mlp\n")
+    # the seed's O(t*(ij + jk + kl)) with 2 FLOPs per multiply-add
+    assert "| Forward FLOPs | `2*i*j*t + 2*j*k*t + 2*k*l*t` |" in out.stdout
+    assert "Big-O: one step `O(i*j*t + j*k*t + k*l*t)`" in out.stdout
+
+
+def test_json_with_batch_epochs_and_samples():
+    out = run("analyze", "mnist-cnn", "--format", "json", "--batch", "64", "--epochs", "1", "--samples", "60000")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["totals"]["forward_flops"] == "23984896*t"  # the formula stays symbolic
+    assert doc["values"]["totals"]["forward_flops"] == 23984896 * 64
+    # ceil(60000/64) = 938 steps of (23,984,896 + 47,580,416) * 64 FLOPs, one epoch
+    assert doc["values"]["training"]["total_flops"] == math.ceil(60000 / 64) * (23984896 + 47580416) * 64
+
+
+def test_model_file_factory_with_symbolic_dims(workdir):
+    out = run("analyze", "net.py:make", "--input", "3x16x16", "--symbolic", "H,W", "--format", "json", cwd=workdir)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    syms = {s: sympy.Symbol(s, positive=True, integer=True) for s in doc["symbols"]}
+    t, H, W = syms["t"], syms["H"], syms["W"]
+    # 2 * 8 out * 3 in * 3*3 kernel per output position, (H-2)*(W-2) positions, t samples
+    got = sympy.sympify(doc["totals"]["forward_flops"], locals=syms)
+    assert sympy.expand(got - 2 * 8 * 3 * 3 * 3 * (H - 2) * (W - 2) * t) == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["analyze", "foo"], "symcx analyze: error: unknown model 'foo': give path/to/file.py:Name"),
+    (["analyze", "mnist-cnn", "--input", "1x28xq"], "malformed --input '1x28xq': expected positive sizes"),
+    (["analyze", "nope.py:Net", "--input", "3x8x8"], "symcx analyze: error: file not found: nope.py"),
+    (["analyze", "net.py:NotAModule", "--input", "3x8x8"],
+     "symcx analyze: error: net.py:NotAModule is a class but not a torch.nn.Module subclass"),
+    (["validate", "mnist-cnn", "--batch-sizes", "0,x"], "malformed --batch-sizes '0,x'"),
+    (["analyze", "mnist-cnn", "--output", "missing/out.tex"], "cannot write missing/out.tex: no directory"),
+])
+def test_bad_arguments_one_line_exit_2(workdir, args, message):
+    (workdir / "keep.txt").write_text("old")
+    if "--output" not in args:
+        args = [*args, "--output", "keep.txt"] if args[0] == "analyze" else args
+    out = run(*args, cwd=workdir)
+    assert out.returncode == 2
+    assert out.stdout == ""
+    assert out.stderr.count("\n") == 1 and message in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    assert (workdir / "keep.txt").read_text() == "old"  # written whole or not at all
+    assert sorted(p.name for p in workdir.iterdir()) == ["keep.txt", "net.py"]
+
+
+def test_help_runs_as_a_module():
+    out = run("--help")
+    assert out.returncode == 0
+    assert "analyze" in out.stdout and "validate" in out.stdout and out.stdout.startswith("usage: symcx")
+
+
+# --- in process ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("command, options", [
+    ("analyze", ["--input", "--format", "--output", "--batch", "--symbolic", "--widths", "--epochs", "--samples",
+                 "--optimizer", "--numbers", "--fragment", "--strict", "MODEL", "mnist-cnn", "examples:"]),
+    ("validate", ["--input", "--device", "--batch-sizes", "--backward", "--repeats", "--warmup", "--output",
+                  "--plot", "MODEL"]),
+])
+def test_subcommand_help_is_complete(capsys, command, options):
+    with pytest.raises(SystemExit) as stop:
+        cli.main([command, "--help"])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    for option in options:
+        assert option in text, option
+
+
+def test_write_atomic_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
+    fresh = tmp_path / "fresh.txt"
+    cli.write_atomic(str(fresh), "text")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert fresh.read_text() == "text" and fresh.stat().st_mode & 0o777 == 0o666 & ~umask
+    fresh.unlink()
+    target = tmp_path / "out.json"
+    target.write_text("old")
+    target.chmod(0o640)
+    cli.write_atomic(str(target), "new")
+    assert target.read_text() == "new" and target.stat().st_mode & 0o777 == 0o640
+
+    def broken_fsync(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="disk full"):
+        cli.write_atomic(str(target), "newer")
+    assert target.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_load_model_specs(workdir):
+    assert type(load_model("mlp")).__name__ == "MLP"
+    assert isinstance(load_model("torch.nn:Identity"), torch.nn.Identity)
+    assert type(load_model(f"{workdir / 'net.py'}:make")).__name__ == "Net"
+    cases = {
+        "net.py": "say which class or factory",
+        f"{workdir / 'net.py'}:three": "returned an object of type int, not a torch.nn.Module",
+        f"{workdir / 'net.py'}:NeedsArgs": "cannot build",
+        f"{workdir / 'net.py'}:Missing": "has no attribute 'Missing' (nn.Module classes there: NeedsArgs, Net)",
+        "no_such_package_xyz:make": "cannot import module 'no_such_package_xyz'",
+    }
+    for spec, message in cases.items():
+        with pytest.raises(SymcxError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            load_model(spec)
+
+
+def test_input_and_symbolic_parsing():
+    assert parse_input("1x28x28") == [((1, 28, 28), torch.float32)]
+    assert parse_input("16,16:long") == [((16,), torch.float32), ((16,), torch.int64)]
+    for bad in ("", "1x", "x28", "0x28", "1x28:nonsense", "1.5x2"):
+        with pytest.raises(SymcxError, match="malformed --input"):
+            parse_input(bad)
+    mlp = load_model("mlp")
+    assert example_input(mlp, "784").shape == (2, 784)
+    with pytest.raises(SymcxError, match="has no example_input"):
+        example_input(torch.nn.Identity(), None)
+    image = torch.randn(2, 3, 32, 32)
+    assert parse_symbolic("H,W", image) == {"H": 2, "W": 3}
+    assert parse_symbolic("L", torch.randn(2, 16)) == {"L": 1}
+    assert parse_symbolic("S=2", image) == {"S": 2}
+    with pytest.raises(SymcxError, match="cannot tell which dim 'Q'"):
+        parse_symbolic("Q", image)
+    with pytest.raises(SymcxError, match="malformed --symbolic"):
+        parse_symbolic("H=x", image)

@@ -1,0 +1,177 @@
+"""LaTeX export: exact strings for the seed net, options, escaping, and a real pdflatex run."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections import Counter
+
+import pytest
+import torch
+
+import symcx
+from symcx.analysis import Analysis
+from symcx.export import to_latex
+from symcx.zoo import MLP, MnistCNN
+
+PDFLATEX = shutil.which("pdflatex")
+
+
+@pytest.fixture(scope="module")
+def seed():
+    return symcx.analyze(MnistCNN(), torch.randn(1, 1, 28, 28))
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    return symcx.analyze(MLP(), torch.randn(1, 784), widths="letters")
+
+
+def test_conv_derivations_are_the_homework_products(seed):
+    tex = to_latex(seed)
+    # 2*26*26*3*3*1*32 = 389,376 per sample (the seed's FLOPs#1), factors in the rule's order
+    assert (r"\mathtt{conv1}\ \text{forward} &= 2 \times t \times 32 \times 1 \times 3 \times 3 \times 26 \times 26"
+            r" = 389{,}376 t") in tex
+    # 2*24*24*3*3*32*64 = 21,233,664 per sample (FLOPs#2)
+    assert (r"\mathtt{conv2}\ \text{forward} &= 2 \times t \times 64 \times 32 \times 3 \times 3 \times 24 \times 24"
+            r" = 21{,}233{,}664 t") in tex
+    line = next(x for x in tex.splitlines() if x.startswith(r"\mathtt{conv1}\ \text{forward}"))
+    factors = line.split("&= ")[1].split(" = ")[0].split(r" \times ")
+    assert sorted(factors) == sorted(["2", "t", "26", "26", "3", "3", "1", "32"])
+
+
+def test_backward_derivation_of_a_linear_layer(seed):
+    tex = to_latex(seed)
+    # grad input t×10 @ 10×128 and grad weight 10×t @ t×128: 2*128*10 each = 5,120 per sample
+    assert (r"\mathtt{fc2}\ \text{backward} &= 2 \times t \times 10 \times 128 \\" "\n"
+            r"&\phantom{=} + 2 \times 10 \times t \times 128 \\" "\n"
+            r"&= 5{,}120 t") in tex
+
+
+def test_totals_params_and_big_o(seed):
+    tex = to_latex(seed)
+    # 389,376 + 21,233,664 + 2*9216*128 + 2*128*10 = 23,984,896 per sample
+    assert r"\text{Forward FLOPs} &= 23{,}984{,}896 t \\" in tex
+    # 320 + 18,496 + 1,179,776 + 1,290 = 1,199,882
+    assert r"\text{Parameters} &= 1{,}199{,}882 \\" in tex
+    assert r"\text{Big-O, training} &= \mathcal{O}\left(N n\right)" in tex
+    assert r"\text{Steps per epoch} &= \left\lceil{N / t}\right\rceil" in tex
+
+
+def test_number_styles_and_values_at_a_batch_size(seed):
+    assert r"\text{Parameters} &= 1.20 \times 10^{6} \\" in to_latex(seed, numbers="scientific")
+    assert r"\text{Parameters} &= 1.1999 \times 10^{6} \\" in to_latex(seed, numbers="scientific", digits=5)
+    assert r"\text{Parameters} &= 1199882 \\" in to_latex(seed, numbers="plain")
+    # 23,984,896 * 64 = 1,535,033,344
+    assert (r"\text{Forward FLOPs} &= 23{,}984{,}896 t && = 1{,}535{,}033{,}344 \quad \text{at } t = 64"
+            in to_latex(seed, at={"t": 64}))
+
+
+def test_symbols_print_as_named(mlp):
+    tex = to_latex(mlp)
+    # the seed's O(t*(ij + jk + kl)): 2 FLOPs per multiply-add
+    assert r"\text{Forward FLOPs} &= 2 i j t + 2 j k t + 2 k l t \\" in tex
+    assert r"\mathtt{net.0}\ \text{forward} &= 2 \times t \times i \times j = 2 i j t" in tex
+
+
+def test_layer_names_are_escaped(seed):
+    tex = to_latex(seed)
+    assert r"\texttt{max\_\allowbreak{}pool2d\_\allowbreak{}with\_\allowbreak{}indices} & " in tex
+    assert r"\texttt{\_\allowbreak{}log\_\allowbreak{}softmax} & " in tex
+    assert re.search(r"(?<!\\)_(?!\{)", tex) is None  # every underscore escaped or a math subscript
+    assert r"\mathtt{\_log\_softmax}" in seed._repr_latex_()
+
+
+def test_standalone_document_and_fragment(seed):
+    frag = to_latex(seed)
+    assert r"\documentclass" not in frag and r"\begin{tabular}" in frag and r"\begin{align*}" in frag
+    doc = to_latex(seed, standalone=True, title="Homework 3, Q1 & Q2")
+    assert doc.startswith(r"\documentclass") and doc.rstrip().endswith(r"\end{document}")
+    assert r"\section*{Homework 3, Q1 \& Q2}" in doc and r"\begin{tabular}" in doc
+    assert r"\begin{longtable}" in to_latex(seed, standalone=True, environment="longtable")
+
+
+def test_unknown_and_bad_options(seed):
+    with pytest.raises(TypeError, match="Unknown setting 'colour'"):
+        to_latex(seed, colour="red")
+    with pytest.raises(ValueError, match="numbers must be one of"):
+        to_latex(seed, numbers="roman")
+    with pytest.raises(ValueError, match="environment must be one of"):
+        to_latex(seed, environment="figure")
+
+
+def test_uncounted_ops_are_listed(seed):
+    gaps = Analysis(seed.graph, seed.trace, Counter({("aten.fft_r2c", "fc1"): 2}))
+    tex = to_latex(gaps)
+    assert r"\item Not counted (no cost rule): $\mathtt{aten.fft\_r2c}$ in $\mathtt{fc1}$ ($\times 2$)." in tex
+    assert r"\text{Not counted (no cost rule)} &\ \mathtt{aten.fft\_r2c}" in gaps._repr_latex_()
+
+
+def test_memory_section_is_shown_and_optional(seed):
+    assert r"\text{Peak (training step)} &=" in to_latex(seed)
+
+    class NoMemory(Analysis):
+        def memory(self, **kwargs):
+            raise AttributeError("memory")
+
+    tex = to_latex(NoMemory(seed.graph, seed.trace, seed.unsupported))
+    assert "Peak" not in tex and r"\text{Forward FLOPs}" in tex
+
+
+def test_jupyter_latex_is_math_mode_only(seed):
+    out = seed._repr_latex_()
+    assert out.startswith("$$\n\\begin{array}")
+    for text_mode_only in (r"\toprule", r"\begin{itemize}", r"\begin{align*}", "%"):
+        assert text_mode_only not in out
+    assert seed.to_latex() == to_latex(seed)
+
+
+def test_long_formulas_are_cut_into_lines(mlp):
+    tex = to_latex(mlp)
+    peak = tex[tex.index(r"\text{Peak (training step)}"):].split(r"\text{Peak (inference)}")[0]
+    assert r"\max\bigl(" in peak and r"\bigr)" in peak and peak.count(r"&\phantom{=}\quad") >= 2
+
+
+def _long_names():
+    model = torch.nn.Sequential()
+    model.add_module("a_rather_long_encoder_projection_layer", torch.nn.Linear(8, 4))
+    return symcx.analyze(model, torch.randn(2, 8))
+
+
+def test_long_layer_names_wrap():
+    tex = to_latex(_long_names(), standalone=True)
+    assert r">{\raggedright\arraybackslash}p{4.2cm}" in tex
+    assert r"\texttt{a\_\allowbreak{}rather\_\allowbreak{}long" in tex
+    assert r"\intertext{\texttt{a\_\allowbreak{}rather" in tex
+
+
+def _compile(tex: str, folder, runs: int = 1) -> str:
+    (folder / "doc.tex").write_text(tex)
+    for _ in range(runs):
+        run = subprocess.run([PDFLATEX, "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
+                             cwd=folder, capture_output=True, text=True, timeout=120)
+        log = (folder / "doc.log").read_text(errors="replace")
+        assert run.returncode == 0, log[-3000:]
+    assert (folder / "doc.pdf").stat().st_size > 0
+    return log
+
+
+@pytest.mark.skipif(PDFLATEX is None, reason="pdflatex is not installed (apt-get install texlive-latex-base "
+                    "texlive-latex-recommended); CI installs it")
+@pytest.mark.parametrize("which", ["seed", "seed-longtable", "mlp-symbolic-widths", "long-names"])
+def test_standalone_compiles_with_pdflatex(which, seed, tmp_path):
+    runs = 1
+    if which == "seed":
+        tex = to_latex(seed, standalone=True, at={"t": 64})
+    elif which == "seed-longtable":
+        tex, runs = to_latex(seed, standalone=True, environment="longtable"), 2
+    elif which == "long-names":
+        tex = to_latex(_long_names(), standalone=True)
+    else:
+        tex = to_latex(symcx.analyze(MLP(), torch.randn(1, 784), widths=True), standalone=True)
+    log = _compile(tex, tmp_path, runs)
+    assert not re.search(r"^! ", log, re.M)
+    assert not re.search(r"\.\d+pk", log)  # Type 1 fonts only, no bitmap font generated
+    assert "Overfull \\hbox" not in log  # the tables and totals fit the page
+    assert "Rerun LaTeX" not in log  # a user's single run (two for a longtable) gives the final layout
