@@ -13,11 +13,14 @@ __all__ = ["TensorInfo", "OpCall", "Cost", "ZERO", "numel", "product"]
 
 @dataclasses.dataclass(frozen=True)
 class TensorInfo:
-    """A tensor as a rule sees it: symbolic shape, dtype name and element size in bytes."""
+    """A tensor as a rule sees it: symbolic shape, dtype name, element size in bytes, and whether
+    autograd tracks it (in the forward, it depends on a trainable parameter) — fused kernels
+    without an output mask need that to know which gradients are computed."""
 
     shape: tuple[sympy.Expr, ...]
     dtype: str
     itemsize: int
+    requires_grad: bool = False
 
     @property
     def numel(self) -> sympy.Expr:

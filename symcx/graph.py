@@ -53,16 +53,20 @@ def op_name(target: Any) -> tuple[str, str]:
     return name, name
 
 
-def _info(trace: Trace, value: Any) -> Any:
-    """Fake tensors become ``TensorInfo``; SymInts become sympy; containers recurse."""
+def _info(trace: Trace, value: Any, tracked: frozenset[str] | set[str] = frozenset(), grad: bool = False) -> Any:
+    """Fake tensors become ``TensorInfo``; SymInts become sympy; containers recurse.
+
+    ``tracked`` names the fx nodes autograd tracks; ``grad`` marks the value being converted.
+    """
     if isinstance(value, torch.Tensor):
-        return TensorInfo(trace.shape(value), str(value.dtype).replace("torch.", ""), value.element_size())
+        dtype = str(value.dtype).replace("torch.", "")
+        return TensorInfo(trace.shape(value), dtype, value.element_size(), grad and value.is_floating_point())
     if isinstance(value, (torch.SymInt, torch.SymFloat)):
         return trace.expr(value)
     if isinstance(value, (list, tuple)):
-        return type(value)(_info(trace, v) for v in value)
+        return type(value)(_info(trace, v, tracked, grad) for v in value)
     if isinstance(value, torch.fx.Node):
-        return _info(trace, value.meta.get("val"))
+        return _info(trace, value.meta.get("val"), tracked, value.name in tracked)
     return value
 
 
@@ -92,6 +96,7 @@ def build_graph(trace: Trace) -> nx.DiGraph:
     fwd_layer_by_seq: dict[int, str] = {}
     fwd_module_by_seq: dict[int, str] = {}
     first_user_layer: dict[str, str] = {}
+    tracked: set[str] = set()  # forward values that depend on a trainable parameter
     nodes = list(trace.gm.graph.nodes)
     for order, node in enumerate(nodes):
         tag = node.meta.get("custom") or {}
@@ -99,6 +104,8 @@ def build_graph(trace: Trace) -> nx.DiGraph:
         if node.op == "placeholder":
             if node.name in trace.param_nodes:
                 attrs.update(phase="param", param=trace.param_nodes[node.name])
+                if trace.param_nodes[node.name] in trace.trainable:
+                    tracked.add(node.name)
             elif node.name in trace.buffer_nodes:
                 attrs.update(phase="buffer", param=trace.buffer_nodes[node.name])
             else:
@@ -123,9 +130,11 @@ def build_graph(trace: Trace) -> nx.DiGraph:
             else:
                 attrs.update(module="", layer="loss")
             attrs["seq_nr"] = seq
-            args = tuple(_info(trace, a) for a in node.args)
-            kwargs = {k: _info(trace, v) for k, v in node.kwargs.items()}
-            out = _info(trace, node.meta.get("val"))
+            if attrs["phase"] in ("forward", "loss") and any(src.name in tracked for src in node.all_input_nodes):
+                tracked.add(node.name)
+            args = tuple(_info(trace, a, tracked) for a in node.args)
+            kwargs = {k: _info(trace, v, tracked) for k, v in node.kwargs.items()}
+            out = _info(trace, node.meta.get("val"), tracked, node.name in tracked)
             attrs["call"] = OpCall(name, args, kwargs, out)
             attrs["out"] = out
             attrs["bytes"] = _new_bytes(node.target, packet, out)

@@ -84,11 +84,20 @@ PER_ELEMENT: dict[str, int] = {
     "aten.softplus": 4,
     "aten.softplus_backward": 4,
     "aten.mish": 7,
+    "aten.mish_backward": 13,  # g · (tanh(sp) + x·σ(x)·(1 − tanh²(sp))), sp = softplus(x) recomputed
+    "aten.celu": 5,  # max(0, x) + min(0, α·(exp(x/α) − 1)): divide, exp, subtract, multiply, select
+    "aten._prelu_kernel": 2,  # compare, multiply (as leaky_relu)
+    "aten._prelu_kernel_backward": 4,  # grad-input: compare, multiply; grad-weight: multiply, add
+    "aten.log_sigmoid_forward": 4,  # min(x, 0) − log1p(exp(−|x|)): abs, exp, log1p, subtract
+    "aten.log_sigmoid_backward": 4,  # g · (1 − σ(x)) from the saved exp(−|x|): add, divide, select, multiply
+    "aten.glu": 5,  # a · σ(b) per output element: sigmoid 4, multiply
     "aten._softmax": 5,  # max, subtract, exp, sum, divide
     "aten._log_softmax": 5,  # max, subtract, exp, sum, subtract log-sum
+    "aten._safe_softmax": 8,  # softmax (5), then zero fully masked rows: is −inf, all, where
     "aten._softmax_backward_data": 4,  # y · (g − Σ g·y): multiply, sum, subtract, multiply
     "aten._log_softmax_backward_data": 4,  # g − exp(y)·Σg: exp, sum, multiply, subtract
     "aten.nll_loss_backward": 1,  # scatter −w into the grad
+    "aten.mse_loss_backward": 3,  # 2·(x − y)·g/N per grad-input element: subtract, multiply, scale
     "aten.embedding_dense_backward": 1,  # scatter-add of each grad row (per weight element)
     "aten.scatter_add": 1,
     "aten.index_add": 1,
@@ -113,7 +122,6 @@ PER_INPUT_ELEMENT: dict[str, int] = {
     "aten.norm": 2,
     "aten.linalg_vector_norm": 2,
     "aten.mse_loss": 3,
-    "aten.mse_loss_backward": 3,
     "aten.cumsum": 1,
     "aten.any": 1,
     "aten.all": 1,
@@ -124,6 +132,12 @@ for _op, _k in PER_ELEMENT.items():
 for _op, _k in PER_INPUT_ELEMENT.items():
     register(_op, reduction(_k))
 
+
+
+@rule("aten.glu_backward")
+def glu_backward_flops(call: OpCall) -> Cost:
+    """9 per grad-output element: σ(b) recomputed (4), grad-a = g·σ(b) (1), grad-b = g·a·σ(b)·(1 − σ(b)) (4)."""
+    return Cost(other_flops=9 * call.args[0].numel)
 
 
 @rule("aten.nll_loss_forward", "aten.nll_loss2d_forward")

@@ -1,0 +1,126 @@
+"""Fused recurrent kernels: oneDNN's LSTM layer (``aten.mkldnn_rnn_layer``) and its backward.
+
+On CPU, PyTorch sends ``nn.LSTM`` (and only the LSTM: ``nn.GRU`` and ``nn.RNN`` run as
+per-step ``mm``/``addmm`` cells, counted by the matmul rules) to one oneDNN call per layer and
+direction. FlopCounterMode has no formula for it and counts 0; symcx counts the matrix
+products of the same layer run as explicit per-step cells, which is what FlopCounterMode
+counts when oneDNN is switched off. With sequence length ``T``, batch ``B``, input width
+``I``, ``G·H`` gate rows (``G = 4`` for an LSTM, ``H`` hidden units) and hidden width ``P``
+(``P = H``):
+
+- forward, input and hidden products at every step: ``2·T·B·GH·I + 2·T·B·GH·P``;
+- backward, grad ``W_ih`` ``2·T·B·GH·I`` and grad ``W_hh`` ``2·T·B·GH·P`` over every step, the
+  gradient of the hidden state ``2·B·GH·P`` per step for steps ``1..T−1`` (and step 0 only when
+  the initial state needs a gradient; the default zero state does not), and grad-input
+  ``2·T·B·GH·I`` only when the layer's input needs a gradient.
+
+Biases are not counted in ``flops`` (as FlopCounterMode). ``other_flops`` counts the cell's
+elementwise work per step, batch element and hidden unit, with the constants of
+:mod:`symcx.rules.pointwise` (sigmoid 4, tanh 1, their backward 3):
+
+- forward 18 + 4·(1 + 2·bias): 4 gate sums (input product + hidden product, + two biases),
+  3 sigmoids (12), 2 tanh (2), ``c' = f·c + i·g`` (3), ``h' = o·tanh(c')`` (1);
+- backward 23 + 8·bias: ``dh`` sum (1), ``do`` (1 + 3), ``dc`` (1 + 3 + 1), ``df``, ``di``,
+  ``dg`` (4 each), ``dc_prev`` (1), and one add per gate element into each bias gradient.
+
+The oneDNN kernel has no output mask: whether the input and the initial state need a
+gradient is read from ``TensorInfo.requires_grad``, which the graph sets on every forward
+value that depends on a trainable parameter.
+"""
+
+from __future__ import annotations
+
+import sympy
+
+from ..cost import Cost, OpCall, TensorInfo
+from ..errors import RuleError
+from . import rule
+
+__all__ = ["rnn_forward_cost", "rnn_backward_cost", "LSTM_FORWARD_OPS", "LSTM_BACKWARD_OPS", "FCM_NOTE"]
+
+TWO = sympy.Integer(2)
+FCM_NOTE = "FlopCounterMode has no formula for oneDNN's LSTM kernel and counts 0"
+#: Elementwise operations per step, batch element and hidden unit (see the module docstring).
+LSTM_FORWARD_OPS, LSTM_BACKWARD_OPS, LSTM_GATES = 18, 23, 4
+LSTM_MODE = 2
+
+
+def rnn_forward_cost(seq, batch, input_size, gate_rows, hidden) -> Cost:
+    """``2·T·B·GH·I + 2·T·B·GH·P``: the input and hidden products of every step.
+
+    >>> rnn_forward_cost(10, 3, 16, 4 * 32, 32).flops  # 2*3*10*4*32*(16 + 32)
+    368640
+    """
+    factors = ((TWO, seq, batch, gate_rows, input_size), (TWO, seq, batch, gate_rows, hidden))
+    return Cost(flops=sympy.Add(*[sympy.Mul(*f) for f in factors]), factors=factors)
+
+
+def rnn_backward_cost(
+    seq, batch, input_size, gate_rows, hidden, *, input_grad: bool, state_grad: bool
+) -> Cost:
+    """Weight gradients over every step, hidden-state gradients, grad-input if asked.
+
+    >>> rnn_backward_cost(10, 3, 16, 128, 32, input_grad=False, state_grad=False).flops
+    589824
+    """
+    seq = sympy.sympify(seq)
+    steps = seq if state_grad else seq - 1
+    factors = [
+        (TWO, seq, batch, gate_rows, input_size),
+        (TWO, seq, batch, gate_rows, hidden),
+        (TWO, steps, batch, gate_rows, hidden),
+    ]
+    if input_grad:
+        factors.append((TWO, seq, batch, gate_rows, input_size))
+    return Cost(flops=sympy.Add(*[sympy.Mul(*f) for f in factors]), factors=tuple(factors))
+
+
+def _needs_grad(x: TensorInfo) -> bool:
+    """Whether autograd wants a gradient for ``x``."""
+    return x.requires_grad
+
+
+def _sizes(call: OpCall, x: TensorInfo, w_ih: TensorInfo, w_hh: TensorInfo, packed):
+    """(T, B, I, G·H, P) of one layer-direction call.
+
+    The input is (T, B, I) whatever ``batch_first`` says: PyTorch transposes it before the call.
+    """
+    if packed:
+        raise RuleError(
+            f"{call.op}: packed sequences (batch_sizes={list(packed)}) are not supported; "
+            f"pad the batch instead of packing it"
+        )
+    seq, batch, input_size = x.shape
+    return seq, batch, input_size, w_ih.shape[0], w_hh.shape[1]
+
+
+def _check_lstm(call: OpCall, mode: int) -> None:
+    """oneDNN's mode enum (RNN_RELU 0, RNN_TANH 1, LSTM 2, GRU 3): PyTorch sends only LSTMs."""
+    if mode != LSTM_MODE:
+        raise RuleError(f"{call.op}: mode {mode} is not an LSTM ({LSTM_MODE}); no rule for that cell on oneDNN")
+
+
+@rule("aten.mkldnn_rnn_layer")
+def mkldnn_rnn_layer_flops(call: OpCall) -> Cost:
+    """One LSTM layer and direction on oneDNN: ``2·T·B·4H·(I + H)``; FlopCounterMode counts 0."""
+    x, w_ih, w_hh = call.args[0], call.args[1], call.args[2]
+    packed = call.arg(8, "batch_sizes", ())
+    seq, batch, i, gh, p = _sizes(call, x, w_ih, w_hh, packed)
+    _check_lstm(call, call.arg(9, "mode", LSTM_MODE))
+    bias = 1 if call.arg(12, "has_biases", True) else 0
+    cost = rnn_forward_cost(seq, batch, i, gh, p)
+    other = (LSTM_FORWARD_OPS + LSTM_GATES * (1 + 2 * bias)) * seq * batch * gh / LSTM_GATES
+    return Cost(flops=cost.flops, other_flops=other, factors=cost.factors, fcm_flops=sympy.Integer(0), note=FCM_NOTE)
+
+
+@rule("aten.mkldnn_rnn_layer_backward")
+def mkldnn_rnn_layer_backward_flops(call: OpCall) -> Cost:
+    """Its backward: weight grads, hidden-state grads for steps 1..T−1, grad-input if needed."""
+    x, w_ih, w_hh, hx = call.args[0], call.args[1], call.args[2], call.args[5]
+    packed = call.arg(20, "batch_sizes", ())
+    seq, batch, i, gh, p = _sizes(call, x, w_ih, w_hh, packed)
+    _check_lstm(call, call.arg(14, "mode", LSTM_MODE))
+    bias = 1 if call.arg(17, "has_biases", True) else 0
+    cost = rnn_backward_cost(seq, batch, i, gh, p, input_grad=_needs_grad(x), state_grad=_needs_grad(hx))
+    other = (LSTM_BACKWARD_OPS + 2 * LSTM_GATES * bias) * seq * batch * gh / LSTM_GATES
+    return Cost(flops=cost.flops, other_flops=other, factors=cost.factors, fcm_flops=sympy.Integer(0), note=FCM_NOTE)

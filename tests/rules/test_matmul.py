@@ -1,0 +1,145 @@
+"""Matrix-product rules against FlopCounterMode on an explicit ``torch.bmm`` of the operands
+broadcast to full batch shape (vectors as 1-row or 1-column matrices): 2·batch·m·k·n forward,
+and one such product per operand that needs a gradient backward.
+
+FlopCounterMode has no formula for ``mv`` and ``dot`` (what ``@`` runs for a vector operand)
+and counts them 0; symcx counts 2·m·k and 2·k. Their backward forms the gradient of the matrix
+(or of both vectors) as an elementwise outer product, ``mul``: symcx counts it in
+``other_flops``, one multiply per element, not as a matrix product.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import symcx
+
+from .conftest import evaluate, fcm_counts, needs_grad, run_step
+
+
+def as_bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` as one ``torch.bmm`` over the broadcast batch (vectors made matrices)."""
+    a2 = a.unsqueeze(0) if a.dim() == 1 else a
+    b2 = b.unsqueeze(-1) if b.dim() == 1 else b
+    batch = torch.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
+    (m, k), n = a2.shape[-2:], b2.shape[-1]
+    a3 = a2.expand(*batch, m, k).reshape(-1, m, k)
+    b3 = b2.expand(*batch, k, n).reshape(-1, k, n)
+    return torch.bmm(a3, b3)
+
+
+@st.composite
+def matmul_shapes(draw):
+    m, k, n = (draw(st.integers(1, 6)) for _ in range(3))
+    rank = draw(st.integers(0, 3))
+    batch = [draw(st.integers(1, 3)) for _ in range(rank)]
+    # each operand takes a suffix of the batch, some of its sizes broadcast from 1
+    a_batch = [s if draw(st.booleans()) else 1 for s in batch[draw(st.integers(0, rank)):]]
+    b_batch = [s if draw(st.booleans()) else 1 for s in batch[draw(st.integers(0, rank)):]]
+    a = (k,) if draw(st.integers(0, 4)) == 0 else (*a_batch, m, k)
+    b = (k,) if draw(st.integers(0, 4)) == 0 else (*b_batch, k, n)
+    return a, b, draw(st.booleans()), draw(st.booleans())
+
+
+@settings(max_examples=300, deadline=None)
+@given(matmul_shapes())
+def test_matmul_rules_match_bmm(case):
+    a_shape, b_shape, a_grad, b_grad = case
+    a = needs_grad(torch.randn(a_shape), a_grad)
+    b = needs_grad(torch.randn(b_shape), b_grad or not a_grad)
+    step = run_step(torch.matmul, a, b)
+    forward, backward = fcm_counts(as_bmm, a, b)
+    assert step.flops("forward") == forward
+    assert (step.fcm_view("forward"), step.fcm_view("backward")) == (step.fcm_forward, step.fcm_backward)
+    if not {"aten.mv", "aten.dot"} & set(step.ops("forward")):  # mm or bmm ran: as the oracle
+        assert step.flops("backward") == backward
+        assert (step.fcm_forward, step.fcm_backward) == (forward, backward)
+        return
+    # mv or dot: the vector's gradient is again a matrix-vector product, 2·batch·m·k·n; the
+    # matrix's (or, for dot, both vectors') an elementwise outer product, not counted in flops
+    assert (step.fcm_forward, step.fcm_backward) == (0, 0)
+    vector = a if a.dim() == 1 else b
+    by_hand = 0 if a.dim() == b.dim() == 1 or not vector.requires_grad else forward
+    assert step.flops("backward") == by_hand
+
+
+@st.composite
+def linear_cases(draw):
+    lead = tuple(draw(st.integers(1, 4)) for _ in range(draw(st.integers(0, 3))))
+    return draw(st.integers(1, 16)), draw(st.integers(1, 16)), draw(st.booleans()), lead, draw(st.booleans())
+
+
+@settings(max_examples=200, deadline=None)
+@given(linear_cases())
+def test_linear_matches_flop_counter_mode(case):
+    in_f, out_f, bias, lead, input_grad = case
+    layer = nn.Linear(in_f, out_f, bias=bias)
+    x = needs_grad(torch.randn(*lead, in_f), input_grad)
+    step = run_step(layer, x)
+    rows = math.prod(lead)
+    # by hand: forward 2·rows·in·out; backward grad-weight 2·rows·in·out, grad-input the same if asked
+    assert step.flops("forward") == step.fcm_forward == 2 * rows * in_f * out_f
+    assert step.flops("backward") == step.fcm_backward == 2 * rows * in_f * out_f * (1 + input_grad)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 5), st.integers(1, 5), st.integers(1, 5))
+def test_baddbmm_and_addmm_match_flop_counter_mode(b, m, k, n):
+    x, y = needs_grad(torch.randn(b, m, k), True), needs_grad(torch.randn(b, k, n), True)
+    c = needs_grad(torch.randn(b, m, n), True)
+    step = run_step(lambda c, x, y: torch.baddbmm(c, x, y, beta=0.5), c, x, y)
+    assert (step.flops("forward"), step.flops("backward")) == (step.fcm_forward, step.fcm_backward)
+    assert step.flops("forward") == 2 * b * m * k * n
+    step = run_step(lambda c, x, y: torch.addmm(c[0], x[0], y[0]), c, x, y)
+    assert (step.flops("forward"), step.flops("backward")) == (step.fcm_forward, step.fcm_backward)
+
+
+# --- end to end: symcx.analyze ------------------------------------------------------------------
+
+
+class Mixer(nn.Module):
+    """``x @ W`` with a 3-d input and a weight matrix, then a batched product with itself."""
+
+    def __init__(self, k, n):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(k, n))
+
+    def forward(self, x):
+        y = x @ self.w  # (t, m, n)
+        return y.transpose(1, 2) @ y  # (t, n, n): bmm
+
+
+MLPS = [
+    [7, 5, 3],
+    [16, 32, 32, 10],
+    [4, 9],
+    [12, 6, 6, 6, 2],
+]
+
+
+@pytest.mark.parametrize("widths", MLPS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_analyze_mlp_matches_flop_counter_mode(widths, bias):
+    layers = []
+    for i, o in zip(widths, widths[1:]):
+        layers += [nn.Linear(i, o, bias=bias), nn.ReLU()]
+    model = nn.Sequential(*layers[:-1])
+    a = symcx.analyze(model, torch.randn(3, widths[0]))
+    for batch in (1, 6):
+        assert (evaluate(a.forward_flops, t=batch), evaluate(a.backward_flops, t=batch)) == fcm_counts(
+            model, torch.randn(batch, widths[0]))
+
+
+@pytest.mark.parametrize("m,k,n", [(4, 3, 5), (2, 6, 2), (7, 1, 3)])
+def test_analyze_broadcast_matmul_matches_flop_counter_mode(m, k, n):
+    model = Mixer(k, n)
+    a = symcx.analyze(model, torch.randn(3, m, k), dims={"M": 1})
+    for batch, rows in ((2, 3), (5, 8)):
+        got = (evaluate(a.forward_flops, t=batch, M=rows), evaluate(a.backward_flops, t=batch, M=rows))
+        assert got == fcm_counts(model, torch.randn(batch, rows, k))
