@@ -25,6 +25,7 @@ from typing import Any
 
 import sympy
 import torch
+import torch._decomp.decompositions
 import torch.fx.traceback as fx_traceback
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
@@ -65,6 +66,8 @@ PRIVATE_APIS = (
     "torch.utils._pytree (tree_leaves, tree_map, tree_flatten, tree_unflatten)",
     "torch.utils._sympy.functions (translated in symbols.py)",
     "torch._ops.OpOverload / OpOverloadPacket (op names, rule keys)",
+    "torch._decomp.decompositions.select_one_layer_lstm_function / mkldnn_one_layer_lstm",
+    "torch._C._get_mkldnn_enabled",
     "torch.utils._python_dispatch.TorchDispatchMode (memory.measure_peak_bytes)",
 )
 
@@ -160,6 +163,35 @@ def default_loss(out: Any) -> torch.Tensor:
     for leaf in leaves[1:]:
         total = total + leaf.sum()
     return total
+
+
+@contextlib.contextmanager
+def _eager_lstm_kernels():
+    """Trace ``nn.LSTM`` to the kernel eager CPU training runs (oneDNN), as eager does.
+
+    PyTorch's LSTM decomposition picks oneDNN's ``mkldnn_rnn_layer`` only when the input needs
+    no gradient, and otherwise unrolls per-step cells, fixing the sequence length; eager mode
+    runs oneDNN in both cases (measured, torch 2.13). symcx follows eager.
+    """
+    decomp = torch._decomp.decompositions
+    original = decomp.select_one_layer_lstm_function
+
+    def select(input, hx, params):
+        tensors = [input, *hx, *(p for layer in params for p in layer)]
+        if (
+            torch._C._get_mkldnn_enabled()
+            and all(x.device.type == "cpu" for x in tensors)
+            and all(x.dtype in (torch.float, torch.bfloat16) for x in tensors)
+            and hx[0].size(2) == hx[1].size(2)  # no projections
+        ):
+            return decomp.mkldnn_one_layer_lstm
+        return original(input, hx, params)
+
+    decomp.select_one_layer_lstm_function = select
+    try:
+        yield
+    finally:
+        decomp.select_one_layer_lstm_function = original
 
 
 @contextlib.contextmanager
@@ -332,7 +364,7 @@ def _trace_once(
         return out, grads
 
     try:
-        with fx_traceback.preserve_node_meta(), _quiet_fake_tensor_log():
+        with fx_traceback.preserve_node_meta(), _quiet_fake_tensor_log(), _eager_lstm_kernels():
             gm = make_fx(joint, tracing_mode="symbolic")(params, buffers, fargs, fkwargs)
     except (TraceError, ShapeError):
         raise

@@ -36,6 +36,10 @@ def test_private_torch_apis_still_exist():
     assert trace.tree_leaves(({"a": 1}, [2])) == [1, 2]
     assert trace.tree_map(lambda v: v + 1, (1, [2])) == (2, [3])
     assert issubclass(trace.TorchDispatchMode, object) and hasattr(trace.TorchDispatchMode, "__torch_dispatch__")
+    import torch._decomp.decompositions as decomp
+
+    assert callable(decomp.select_one_layer_lstm_function) and callable(decomp.mkldnn_one_layer_lstm)
+    assert isinstance(torch._C._get_mkldnn_enabled(), bool)
     x = torch.ones(2, requires_grad=True)
     assert isinstance((x * 2).sum().grad_fn._sequence_nr(), int)
 
@@ -150,3 +154,27 @@ def test_mode_is_restored():
     model = MnistCNN().eval()
     symcx.analyze(model, torch.randn(2, 1, 28, 28))
     assert not model.training
+
+
+class EmbeddedLSTM(nn.Module):
+    """An LSTM whose input needs a gradient: eager CPU runs oneDNN; the trace must too."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 16)
+        self.rnn = nn.LSTM(16, 32, batch_first=True, num_layers=2)
+
+    def forward(self, x):
+        return self.rnn(self.lin(x))[0]
+
+
+def test_lstm_after_a_trainable_layer_keeps_the_length_symbolic():
+    a = symcx.analyze(EmbeddedLSTM(), torch.randn(3, 10, 8), dims={"L": 1})
+    L = symcx.symbol("L")
+    assert a.route == "symbolic" and a.unsupported == {}
+    assert any(d.get("packet") == "aten.mkldnn_rnn_layer" for _, d in a.graph.nodes(data=True))
+    # per-step cells by hand: Linear 2·t·L·8·16; layer 0 2·t·L·4·32·(16+32); layer 1 2·t·L·4·32·(32+32)
+    assert a.forward_flops == (256 + 12288 + 16384) * t * L
+    # backward: Linear grad-W 256; layer 0 grad-W 4096 + 8192, grad-input 4096, grad-h 8192 per step 1..L-1;
+    # layer 1 grad-W 8192 + 8192, grad-input 8192, grad-h 8192 per step 1..L-1
+    assert sympy.expand(a.backward_flops - (41216 * t * L + 16384 * t * (L - 1))) == 0
