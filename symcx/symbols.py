@@ -95,7 +95,7 @@ def to_plain(expr: sympy.Expr) -> sympy.Expr:
     >>> from symcx.trace import torch_sympy_functions
     >>> FloorDiv = torch_sympy_functions.FloorDiv
     >>> to_plain(FloorDiv(sympy.Symbol("x") + 2, 2))
-    floor(x/2 + 1)
+    floor(x/2) + 1
     """
     expr = sympy.sympify(expr)
     if expr.is_Number or expr.is_Symbol:

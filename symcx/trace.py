@@ -109,14 +109,18 @@ class Trace:
     module_types: dict[str, str]
     leaf_modules: frozenset[str]
     route: str = "symbolic"
+    _exprs: dict[Any, sympy.Expr] = dataclasses.field(default_factory=dict, repr=False)
 
     def expr(self, value: Any) -> sympy.Expr:
-        """A size (int, SymInt or sympy expr) as plain sympy in user symbols."""
+        """A size (int, SymInt or sympy expr) as plain sympy in user symbols (memoized)."""
         if isinstance(value, (torch.SymInt, torch.SymFloat)):
             value = value.node.expr
         if isinstance(value, (int, float)):
             return sympy.Integer(value) if isinstance(value, int) else sympy.Float(value)
-        return to_plain(self.shape_env.replace(value)).xreplace(self.rename)
+        out = self._exprs.get(value)
+        if out is None:
+            out = self._exprs[value] = to_plain(self.shape_env.replace(value)).xreplace(self.rename)
+        return out
 
     def shape(self, tensor: torch.Tensor) -> tuple[sympy.Expr, ...]:
         """The shape of a (fake) tensor in user symbols."""
@@ -298,6 +302,10 @@ def _trace_once(
             raise ShapeError(f"dimension {d.name!r} names input {d.input}, but there are {len(tensor_pos)}")
         named[(d.input, d.dim)] = d.name
     fake_leaves = list(tensors)
+    # inputs follow the model: a model built on the meta device takes meta inputs
+    device = next((p.device for p in (*model.parameters(), *model.buffers())), None)
+    if device is None:
+        device = next((x.device for x in tensors if isinstance(x, torch.Tensor)), torch.device("cpu"))
     input_syms: dict[sympy.Symbol, str] = {}
     for k, pos in enumerate(tensor_pos):
         x = tensors[pos]
@@ -321,7 +329,7 @@ def _trace_once(
                     f"dimension {name!r} has example size {shape[d]}; sizes 0 and 1 are specialized "
                     f"by the tracer, so give an example size of 2 or more"
                 )
-        real = torch.empty(shape, dtype=x.dtype, device=x.device)
+        real = torch.empty(shape, dtype=x.dtype, device=device)
         fake = mode.from_tensor(real, symbolic_context=_context(real, set() if static else set(dyn)))
         for d, name in ({} if static else dyn).items():
             sym = fake.shape[d].node.expr
@@ -357,11 +365,13 @@ def _trace_once(
         if not isinstance(scalar, torch.Tensor) or scalar.numel() != 1:
             raise TraceError("the loss must return a scalar tensor")
         wrt = [params[k] for k in params if k in trainable]
+        # only tensors leave the traced function (an output may hold caches, e.g. HF's DynamicCache)
+        outs = [x for x in tree_leaves(out) if isinstance(x, torch.Tensor)]
         if not wrt or not scalar.requires_grad:
-            return out, ()
+            return outs, ()
         _tag_backward([scalar.grad_fn])
         grads = torch.autograd.grad(scalar, wrt, allow_unused=True)
-        return out, grads
+        return outs, grads
 
     try:
         with fx_traceback.preserve_node_meta(), _quiet_fake_tensor_log(), _eager_lstm_kernels():

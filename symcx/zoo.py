@@ -67,8 +67,18 @@ class MLP(nn.Module):
         return torch.randn(2, self.in_features)
 
 
+def _zoo_model(name: str) -> nn.Module:
+    """Build a model of :mod:`symcx.zoo_models` (imported on first use: it is larger)."""
+    from . import zoo_models
+
+    return getattr(zoo_models, name)()
+
+
 #: Bundled model names for the command line.
 BUNDLED: dict[str, Callable[[], nn.Module]] = {
     "mnist-cnn": MnistCNN,
     "mlp": MLP,
+    "resnet18": lambda: _zoo_model("ResNet18"),
+    "resnet50": lambda: _zoo_model("ResNet50"),
+    "transformer": lambda: _zoo_model("GPT"),
 }

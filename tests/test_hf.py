@@ -1,0 +1,120 @@
+"""Hugging Face models built from tiny configs with random weights (no downloads) against
+FlopCounterMode: GPT-2, BERT and ViT, eager and SDPA attention, two batch sizes and two
+sequence lengths, forward and backward.
+
+With SDPA, GPT-2 and BERT pass an explicit mask, which sends attention down the unfused path
+(``bmm`` + ``_safe_softmax``) that FlopCounterMode counts in full; ViT passes none and gets the
+fused CPU flash kernel, which FlopCounterMode counts as 0, so there the oracle is
+FlopCounterMode plus the attention formula by hand.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import sympy
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import symcx
+from symcx import t
+
+tf = pytest.importorskip("transformers")
+
+IMPLS = ["eager", "sdpa"]
+SIZES_TL = [(2, 8), (3, 12)]
+VOCAB, WIDTH, HEADS, LAYERS, POSITIONS = 100, 64, 4, 2, 64
+
+
+def fcm_step(model: torch.nn.Module, **inputs: torch.Tensor) -> tuple[int, int]:
+    """(forward, backward) FLOPs FlopCounterMode counts on a real step, loss ``logits.sum()``.
+
+    Without labels these models return only ``logits``, so this is symcx's default loss too.
+    """
+    model.train()
+    with FlopCounterMode(display=False) as f:
+        out = model(**inputs)
+        forward = f.get_total_flops()
+        out.logits.sum().backward()
+    return forward, f.get_total_flops() - forward
+
+
+def gpt2(impl: str):
+    config = tf.GPT2Config(
+        n_layer=LAYERS, n_embd=WIDTH, n_head=HEADS, vocab_size=VOCAB, n_positions=POSITIONS,
+        use_cache=False, bos_token_id=0, eos_token_id=0,
+    )
+    return tf.GPT2LMHeadModel._from_config(config, attn_implementation=impl)
+
+
+def bert(impl: str):
+    config = tf.BertConfig(
+        num_hidden_layers=LAYERS, hidden_size=WIDTH, num_attention_heads=HEADS, intermediate_size=2 * WIDTH,
+        vocab_size=VOCAB, max_position_embeddings=POSITIONS,
+    )
+    return tf.BertForSequenceClassification._from_config(config, attn_implementation=impl)
+
+
+def vit(impl: str):
+    config = tf.ViTConfig(
+        num_hidden_layers=LAYERS, hidden_size=WIDTH, num_attention_heads=HEADS, intermediate_size=2 * WIDTH,
+        image_size=32, patch_size=8, num_labels=10,
+    )
+    return tf.ViTForImageClassification._from_config(config, attn_implementation=impl)
+
+
+@functools.cache
+def analyzed(build, impl: str) -> tuple[torch.nn.Module, symcx.Analysis]:
+    """The model and its analysis, once per test session (text models with ``L`` symbolic)."""
+    model = build(impl)
+    if build is vit:
+        a = symcx.analyze(model, torch.randn(2, 3, 32, 32))
+    else:
+        a = symcx.analyze(model, {"input_ids": torch.randint(0, VOCAB, (2, 16))}, dims={"L": 1})
+    assert not a.unsupported, dict(a.unsupported)
+    assert a.route == "symbolic"
+    return model, a
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("build", [gpt2, bert], ids=["gpt2", "bert"])
+def test_text_models_match_flop_counter(build, impl):
+    model, a = analyzed(build, impl)
+    L = a.symbols["L"]
+    # the score-matrix products, Q·Kᵀ and P·V, 2·t·L·L·WIDTH each per layer
+    assert a.forward_flops.coeff(L, 2) == LAYERS * 2 * 2 * t * WIDTH
+    for batch, length in SIZES_TL:
+        forward, backward = fcm_step(model, input_ids=torch.randint(0, VOCAB, (batch, length)))
+        at = a.subs(t=batch, L=length)
+        assert (at.forward_flops, at.backward_flops) == (forward, backward)
+
+
+def test_bert_formula_is_bounded_by_its_position_table():
+    _, a = analyzed(bert, "eager")
+    assert a.assumptions == [sympy.Le(a.symbols["L"], POSITIONS)]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_vit_matches_flop_counter(impl):
+    model, a = analyzed(vit, impl)
+    for batch in (2, 3):
+        forward, backward = fcm_step(model, pixel_values=torch.randn(batch, 3, 32, 32))
+        at = a.subs(t=batch)
+        if impl == "sdpa":
+            # fused CPU flash attention, counted 0 by FlopCounterMode: 16 patches + [CLS] = 17
+            # positions; per layer forward Q·Kᵀ and P·V, backward five such products
+            one = 2 * batch * 17 * 17 * WIDTH
+            assert (at.flop_counter_flops("forward"), at.flop_counter_flops("backward")) == (forward, backward)
+            forward, backward = forward + LAYERS * 2 * one, backward + LAYERS * 5 * one
+        assert (at.forward_flops, at.backward_flops) == (forward, backward)
+
+
+def test_gpt2_rows_keep_module_names():
+    _, a = analyzed(gpt2, "eager")
+    rows = {r.name: r for r in a.layers}
+    L = a.symbols["L"]
+    c_attn = rows["transformer.h.0.attn.c_attn"]  # GPT-2's Conv1D: WIDTH -> 3·WIDTH per token
+    assert c_attn.type == "Conv1D"
+    assert c_attn.forward_flops == 2 * t * L * WIDTH * 3 * WIDTH
+    assert rows["lm_head"].forward_flops == 2 * t * L * WIDTH * VOCAB
