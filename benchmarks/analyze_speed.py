@@ -1,6 +1,6 @@
 """Wall time of ``symcx.analyze`` on big graphs, beside FlopCounterMode (and fvcore) in the same run.
 
-Models: ResNet-50 (input 2×3×224×224); GPT-2 small, 12 layers (Hugging Face's
+Models: the seed homework's MNIST CNN (input 2×1×28×28) and a 32-layer MLP; ResNet-50 (input 2×3×224×224); GPT-2 small, 12 layers (Hugging Face's
 ``GPT2LMHeadModel`` from its default config when ``transformers`` is installed, and
 ``symcx.zoo_models.gpt2_small``; input 2×128 token ids); ReLU MLPs of width 256 at depths 8,
 48 and 64 (input 2×256). symcx analyzes one training step (forward, loss, backward) with the
@@ -8,13 +8,13 @@ batch symbolic (GPT-2 also with the sequence length symbolic); FlopCounterMode c
 forward+backward on the CPU at the same input, and symcx's formula at that size must equal its
 count; fvcore (forward only, ``torch.jit.trace``) is timed when importable.
 
-Floors (exit status 1 when one fails): GPT-2 analysis (batch symbolic, the first GPT-2 listed)
+Floors (exit status 1 when one fails): the seed net analyzes in under 1 s; GPT-2 analysis (batch symbolic, the first GPT-2 listed)
 under 5 s and at most 10× FlopCounterMode's time; MLP depth 8 → 64 (×8) at most ×10 in time.
 
 Each time is one call (the MLPs: the best of three), after one small warm-up analysis; the
 process's CPU seconds are shown beside the wall seconds, as on a shared machine they move less.
 
-    python benchmarks/analyze_speed.py [--threads N] [--skip resnet50,gpt2,mlp]
+    python benchmarks/analyze_speed.py [--threads N] [--skip seed,resnet50,gpt2,mlp]
 """
 
 from __future__ import annotations
@@ -33,9 +33,10 @@ from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
 import symcx
-from symcx.zoo import MLP
+from symcx.zoo import MLP, MnistCNN
 from symcx.zoo_models import ResNet50, gpt2_small
 
+SEED_FLOOR_S = 1.0
 GPT2_FLOOR_S = 5.0
 GPT2_FCM_RATIO = 10.0
 DEPTH_RATIO = 10.0
@@ -141,7 +142,7 @@ def table(rows: list[dict[str, Any]]) -> Table:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads; 0 keeps torch's default")
-    parser.add_argument("--skip", default="", help="comma-separated: resnet50, gpt2, mlp")
+    parser.add_argument("--skip", default="", help="comma-separated: seed, resnet50, gpt2, mlp")
     args = parser.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     if args.threads > 0:
@@ -155,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     symcx.analyze(MLP((16, 16, 4)), torch.randn(2, 16))  # warm-up: first-call costs of torch's tracer
     rows: list[dict[str, Any]] = []
     verdicts: list[tuple[str, bool]] = []
+
+    if "seed" not in skip:
+        seed = measure("seed MNIST CNN, t (best of 3)", MnistCNN(), torch.randn(2, 1, 28, 28), repeat=3)
+        rows += [seed, measure("MLP depth 32, t (best of 3)", MLP((256,) * 33), torch.randn(2, 256), repeat=3)]
+        verdicts.append((f"seed net analysis {seed['wall']:.2f} s < {SEED_FLOOR_S:.0f} s", seed["wall"] < SEED_FLOOR_S))
 
     if "resnet50" not in skip:
         rows.append(measure("ResNet-50, t", ResNet50(), torch.randn(2, 3, 224, 224)))

@@ -541,25 +541,25 @@ def trace_training_step(
 ) -> Trace:
     """Trace one training step (forward, loss, backward) of ``model`` with symbolic sizes.
 
-    Guards that bound a symbol (``t < 16``) are tested by re-tracing past the bound: a guard
-    whose re-trace gives the same graph is dropped (kept in ``dropped_guards``), one that
-    changes it stays in ``assumptions``.
+    Guards that bound a symbol (``t < 16``) are tested by a concrete (cheaper) re-trace past
+    the bound: a guard whose re-trace runs the same ops with the shapes the formulas predict is
+    dropped (kept in ``dropped_guards``); one that changes the graph stays in ``assumptions``.
     """
     hints = {"t": BATCH_HINT} if batch_dim is not None else {}
-    kw = dict(batch_dim=batch_dim, dims=dims, widths=widths, loss=loss)
-    trace = _trace_once(model, example_input, hints=hints, **kw)
+    trace = _trace_once(model, example_input, hints=hints, batch_dim=batch_dim, dims=dims, widths=widths, loss=loss)
     kept, dropped = [], []
     for guard in trace.assumptions:
         beyond = _violating_hints(guard, trace.hints)
         if beyond is None:
             kept.append(guard)
             continue
+        values = {**{str(s): v for s, v in trace.hints.items()}, **beyond}
         try:
-            other = _trace_once(model, example_input, hints={**hints, **beyond}, **kw)
+            other = trace_at(model, example_input, values, batch_dim=batch_dim, dims=dims, loss=loss)
         except Exception:  # the model does not run past the bound: the bound is real
             kept.append(guard)
             continue
-        (dropped if _same_graph(trace, other) else kept).append(guard)
+        (dropped if _same_graph_at(trace, other, values) else kept).append(guard)
     trace.assumptions, trace.dropped_guards = kept, dropped
     return trace
 
@@ -594,10 +594,18 @@ def _violating_hints(guard: sympy.Basic, hints: Mapping[sympy.Symbol, int]) -> d
     return None
 
 
-def _same_graph(a: Trace, b: Trace) -> bool:
-    """Same ops and the same output shapes in user symbols: the formulas of a hold for b."""
-    na = [n for n in a.gm.graph.nodes if n.op == "call_function"]
-    nb = [n for n in b.gm.graph.nodes if n.op == "call_function"]
+def _tensor_ops(trace: Trace) -> list[torch.fx.Node]:
+    """The aten calls of a trace, without size arithmetic (which only a symbolic trace has)."""
+    return [
+        n for n in trace.gm.graph.nodes
+        if n.op == "call_function" and isinstance(n.target, OpOverload) and not n.target._opname.startswith("sym_")
+    ]
+
+
+def _same_graph_at(symbolic: Trace, concrete: Trace, values: Mapping[str, int]) -> bool:
+    """The concrete trace runs the same ops, with the shapes the symbolic one gives at ``values``."""
+    at = {symbol(k): v for k, v in values.items()}
+    na, nb = _tensor_ops(symbolic), _tensor_ops(concrete)
     if len(na) != len(nb):
         return False
     for x, y in zip(na, nb):
@@ -605,6 +613,6 @@ def _same_graph(a: Trace, b: Trace) -> bool:
             return False
         vx, vy = x.meta.get("val"), y.meta.get("val")
         if isinstance(vx, torch.Tensor) and isinstance(vy, torch.Tensor):
-            if a.shape(vx) != b.shape(vy):
+            if [e.subs(at) for e in symbolic.shape(vx)] != list(vy.shape):
                 return False
     return True
