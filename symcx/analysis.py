@@ -19,7 +19,7 @@ import torch
 
 from .cost import TensorInfo
 from .errors import SymcxError, TraceError
-from .fallback import interpolated_graph
+from .fallback import fitted_layer_memory, fitted_memory, interpolated_graph
 from .graph import ALIAS_OPS, build_graph
 from .rules import annotate_costs, is_free
 from .symbols import N, n, t
@@ -279,11 +279,20 @@ class Analysis:
         """Bytes of all parameters."""
         return self._s(sympy.Add(*[d["out"].nbytes for _, d in self._param_nodes()]))
 
-    @functools.cached_property
-    def _saved_by_layer(self) -> dict[str, sympy.Expr]:
+    def _memory(self, **kwargs: Any) -> Memory:
+        """The memory model over the graph; on the grouped interpolation route, fitted per field."""
         from .memory import step_memory
 
-        return {row.name: row.saved_bytes for row in step_memory(self.graph).by_layer}
+        if "grid" in self.graph.graph:
+            mem = fitted_memory(self.graph.graph["grid"], **kwargs)
+            return mem if "values" not in kwargs else _subs_memory(mem, kwargs["values"])
+        return step_memory(self.graph, **kwargs)
+
+    @functools.cached_property
+    def _saved_by_layer(self) -> dict[str, sympy.Expr]:
+        if "grid" in self.graph.graph:
+            return {row.name: row.saved_bytes for row in fitted_layer_memory(self.graph.graph["grid"])}
+        return {row.name: row.saved_bytes for row in self._memory().by_layer}
 
     @property
     def activation_bytes(self) -> sympy.Expr:
@@ -415,9 +424,7 @@ class Analysis:
         >>> mem.params, mem.optimizer, mem.activations, mem.peak_layer
         (92, 200, 12*t, '1')
         """
-        from .memory import step_memory
-
-        return step_memory(self.graph, optimizer=optimizer, dtype=dtype, training=training, values=self._values)
+        return self._memory(optimizer=optimizer, dtype=dtype, training=training, values=self._values)
 
     def max_batch_size(self, budget_bytes: int, optimizer: str = "sgd") -> int:
         """Largest batch ``t`` whose training-step peak fits in ``budget_bytes`` (0 if none).
@@ -463,6 +470,14 @@ class Analysis:
         from .export.markdown import to_markdown
 
         return to_markdown(self)
+
+
+def _subs_memory(mem: Memory, values: Mapping[sympy.Symbol, Any]) -> Memory:
+    """``mem`` with ``values`` substituted in every expression."""
+    if not values:
+        return mem
+    fields = ("params", "buffers", "inputs", "grads", "optimizer", "activations", "peak", "inference_peak")
+    return dataclasses.replace(mem, **{f: sympy.sympify(getattr(mem, f)).subs(values) for f in fields})
 
 
 def _dim_specs(dims: Mapping[str, Any] | None) -> list[DimSpec]:

@@ -131,10 +131,10 @@ def test_symbolic_widths_evaluate_at_the_seed_sizes():
     assert doc["values"]["totals"]["params"] == 784 * 512 + 512 + 512 * 256 + 256 + 256 * 10 + 10
 
 
-def test_memory_is_null_without_a_memory_model(seed):
+def test_memory_is_null_without_a_memory_formula(seed):
     class NoMemory(Analysis):
         def memory(self, **kwargs):
-            raise AttributeError("memory")
+            raise symcx.SymcxError("no memory formula")
 
     doc = json.loads(to_json(NoMemory(seed.graph, seed.trace, seed.unsupported), at={"t": 2}))
     assert doc["memory"] is None and doc["values"]["memory"] is None

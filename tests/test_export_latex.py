@@ -113,7 +113,7 @@ def test_memory_section_is_shown_and_optional(seed):
 
     class NoMemory(Analysis):
         def memory(self, **kwargs):
-            raise AttributeError("memory")
+            raise symcx.SymcxError("no memory formula")
 
     tex = to_latex(NoMemory(seed.graph, seed.trace, seed.unsupported))
     assert "Peak" not in tex and r"\text{Forward FLOPs}" in tex

@@ -49,3 +49,28 @@ def test_interpolated_matches_flop_counter_mode_off_the_grid(pinned, batch):
 
 def test_symbolic_route_is_the_default():
     assert symcx.analyze(nn.Linear(3, 2), torch.randn(2, 3)).route == "symbolic"
+
+
+class GRUAfterLinear(nn.Module):
+    """A 2-layer bidirectional GRU: one cell per step, so the graph grows with L."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 16)
+        self.rnn = nn.GRU(16, 32, batch_first=True, num_layers=2, bidirectional=True)
+
+    def forward(self, x):
+        return self.rnn(self.lin(x))[0]
+
+
+def test_graph_that_grows_with_length_is_fitted_per_layer_and_op():
+    a = symcx.analyze(GRUAfterLinear(), torch.randn(3, 10, 8), dims={"L": 1})
+    assert a.route == "interpolated" and a.unsupported == {}
+    for batch, length in ((2, 5), (3, 17)):
+        fwd, bwd = fcm_forward_backward(GRUAfterLinear(), torch.randn(batch, length, 8))
+        at = a.subs(t=batch, L=length)
+        assert (at.forward_flops, at.backward_flops) == (fwd, bwd)
+    # its training peak moves between program points across the grid: no single formula
+    with pytest.raises(symcx.SymcxError, match="no memory formula"):
+        a.memory()
+    assert a.activation_bytes != 0  # saved bytes per layer still fit

@@ -219,19 +219,19 @@ def test_gru_and_rnn_match_flop_counter_at_a_fixed_length(cell):
         check(a, model, torch.randn(batch, 4, 16))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="nn.GRU and nn.RNN run one cell per step on CPU, so the traced graph grows with L: the "
-    "symbolic trace pins L and the interpolation fallback refuses a graph that changes with L",
-)
 @pytest.mark.parametrize("cell", ["gru", "rnn"])
 def test_gru_and_rnn_with_symbolic_length(cell):
     model = LSTMClassifier(4, 8, 1, 2, cell=cell, bidirectional=False)
     a = symcx.analyze(model, model.example_input(3), dims={"L": 1})
+    # one cell per step: the graph grows with L, so the grouped interpolation route is taken
+    assert a.route == "interpolated" and "pins 'L'" in a.fallback_reason
     for batch, length in SIZES_TL:
         forward, backward = fcm_step(model, torch.randn(batch, length, 4))
         at = a.subs(t=batch, L=length)
         assert (at.forward_flops, at.backward_flops) == (forward, backward)
+    # memory is fitted from the memory model of each concrete trace
+    assert a.activation_bytes.free_symbols <= {symcx.t, symcx.symbol("L")}
+    assert sympy.expand(a.memory().activations - a.activation_bytes) == 0
 
 
 # --- bundled names -----------------------------------------------------------------------------

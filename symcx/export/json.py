@@ -20,6 +20,7 @@ import sympy
 
 from ..analysis import Analysis, LayerRow, big_o
 from ..symbols import N, n, symbol
+from ..errors import SymcxError
 
 __all__ = ["SCHEMA", "TOTALS", "TRAINING", "MEMORY", "report", "backward_derivations", "to_json"]
 
@@ -75,10 +76,13 @@ _ROW_EXPRS = (
 
 
 def _memory(analysis: Analysis, optimizer: str) -> Any:
-    """``analysis.memory(optimizer=...)``, or None where this symcx has no memory model."""
+    """``analysis.memory(optimizer=...)``, or None where no memory formula exists for it.
+
+    (The interpolation route has none when the peak moves between program points.)
+    """
     try:
         return analysis.memory(optimizer=optimizer)
-    except AttributeError:
+    except SymcxError:
         return None
 
 
