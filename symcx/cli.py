@@ -348,7 +348,9 @@ def _validate(args: argparse.Namespace) -> int:
                 os.unlink(tmp)
             raise
         print(f"wrote {args.plot}", file=sys.stderr)
-    return 0
+    for line in result.failures:
+        print(f"symcx validate: FLOP mismatch: {line}", file=sys.stderr)
+    return 0 if result.ok else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

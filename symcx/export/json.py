@@ -75,6 +75,26 @@ _ROW_EXPRS = (
 )
 
 
+#: Integer styles the printers offer.
+NUMBERS = ("separators", "scientific", "plain")
+
+
+def check_number_settings(settings: Mapping[str, Any]) -> None:
+    """Refuse a ``numbers`` style or ``digits`` count the printers cannot honour."""
+    if settings["numbers"] not in NUMBERS:
+        raise ValueError(f"numbers must be one of {NUMBERS}, not {settings['numbers']!r}")
+    if not isinstance(settings["digits"], int) or settings["digits"] < 1:
+        raise ValueError(f"digits must be a positive int, not {settings['digits']!r}")
+
+
+def scientific(value: int, digits: int) -> tuple[str, int] | None:
+    """(mantissa, exponent) of ``value`` to ``digits`` significant digits, None below 10^(digits+1)."""
+    if abs(value) < 10 ** (digits + 1):
+        return None
+    mantissa, exponent = f"{value:.{digits - 1}e}".split("e")
+    return mantissa, int(exponent)
+
+
 def _memory(analysis: Analysis, optimizer: str) -> Any:
     """``analysis.memory(optimizer=...)``, or None where no memory formula exists for it.
 

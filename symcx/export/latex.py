@@ -18,12 +18,11 @@ from sympy.printing.precedence import PRECEDENCE
 
 from ..analysis import O, Analysis, LayerRow
 from ..symbols import N, n
-from .json import MEMORY, TOTALS, TRAINING, backward_derivations, report
+from .json import MEMORY, TOTALS, TRAINING, backward_derivations, check_number_settings, report, scientific
 
 __all__ = ["SymcxLatexPrinter", "to_latex"]
 
 _ENVIRONMENTS = ("tabular", "longtable", "array")
-_NUMBERS = ("separators", "scientific", "plain")
 _SPECIALS = {"_": r"\_", "#": r"\#", "$": r"\$", "%": r"\%", "&": r"\&", "{": r"\{", "}": r"\}"}
 _MATH_ESCAPES = {**_SPECIALS, "~": r"\sim{}", "^": r"\wedge{}", "\\": r"\backslash{}"}
 #: Text mode in the default OT1 encoding, whose fonts every TeX has as Type 1: no T1-only glyphs.
@@ -140,20 +139,17 @@ class SymcxLatexPrinter(LatexPrinter):
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
         super().__init__(settings)
         s = self._settings
-        if s["numbers"] not in _NUMBERS:
-            raise ValueError(f"numbers must be one of {_NUMBERS}, not {s['numbers']!r}")
+        check_number_settings(s)
         if s["environment"] not in (None, *_ENVIRONMENTS):
             raise ValueError(f"environment must be one of {_ENVIRONMENTS}, not {s['environment']!r}")
-        if not isinstance(s["digits"], int) or s["digits"] < 1:
-            raise ValueError(f"digits must be a positive int, not {s['digits']!r}")
 
     # --- numbers -------------------------------------------------------------------------
     def _print_Integer(self, expr: sympy.Integer) -> str:
         value = int(expr)
-        style, digits = self._settings["numbers"], self._settings["digits"]
-        if style == "scientific" and abs(value) >= 10 ** (digits + 1):
-            mantissa, exponent = f"{value:.{digits - 1}e}".split("e")
-            return rf"{mantissa} \times 10^{{{int(exponent)}}}"
+        style = self._settings["numbers"]
+        sci = scientific(value, self._settings["digits"]) if style == "scientific" else None
+        if sci is not None:
+            return rf"{sci[0]} \times 10^{{{sci[1]}}}"
         if style == "separators":
             return f"{value:,}".replace(",", "{,}")
         return str(value)

@@ -14,11 +14,10 @@ from sympy.printing.str import StrPrinter
 
 from ..analysis import Analysis, LayerRow
 from ..symbols import N, n
-from .json import MEMORY, TOTALS, TRAINING, backward_derivations, report
+from .json import MEMORY, TOTALS, TRAINING, backward_derivations, check_number_settings, report, scientific
 
 __all__ = ["MarkdownPrinter", "to_markdown"]
 
-_NUMBERS = ("separators", "scientific", "plain")
 _COLUMNS = ("Layer", "Type", "Output", "Forward FLOPs", "Backward FLOPs", "Other FLOPs", "Params", "Saved bytes")
 
 
@@ -56,18 +55,14 @@ class MarkdownPrinter(StrPrinter):
 
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
         super().__init__(settings)
-        if self._settings["numbers"] not in _NUMBERS:
-            raise ValueError(f"numbers must be one of {_NUMBERS}, not {self._settings['numbers']!r}")
-        digits = self._settings["digits"]
-        if not isinstance(digits, int) or digits < 1:
-            raise ValueError(f"digits must be a positive int, not {digits!r}")
+        check_number_settings(self._settings)
 
     def _print_Integer(self, expr: sympy.Integer) -> str:
         value = int(expr)
-        style, digits = self._settings["numbers"], self._settings["digits"]
-        if style == "scientific" and abs(value) >= 10 ** (digits + 1):
-            mantissa, exponent = f"{value:.{digits - 1}e}".split("e")
-            return f"{mantissa}e{int(exponent)}"
+        style = self._settings["numbers"]
+        sci = scientific(value, self._settings["digits"]) if style == "scientific" else None
+        if sci is not None:
+            return f"{sci[0]}e{sci[1]}"
         return f"{value:,}" if style == "separators" else str(value)
 
     _print_int = _print_Integer
