@@ -103,7 +103,20 @@ def to_plain(expr: sympy.Expr) -> sympy.Expr:
     for cls, fn in _table():
         if expr.has(cls):
             expr = expr.replace(lambda e, c=cls: type(e) is c, lambda e, f=fn: f(*e.args))
+    if expr.has(sympy.floor):
+        expr = expr.replace(lambda e: isinstance(e, sympy.floor), _floor_as_ceiling)
     return expr
+
+
+def _floor_as_ceiling(e: sympy.Expr) -> sympy.Expr:
+    """``floor((A - r)/q)`` as ``ceiling((A - r + 1)/q) - 1`` for integer-valued A and r ≥ 1: a
+    strided conv's ``floor((H - 1)/2) + 1`` then reads ``ceiling(H/2)``. Other floors stay."""
+    num, den = sympy.fraction(sympy.together(e.args[0]))
+    num = sympy.expand(num)
+    constant = num.as_coeff_Add()[0]
+    if den.is_Integer and den > 1 and constant < 0 and all(s.is_integer for s in num.free_symbols):
+        return sympy.ceiling((num + 1) / den) - 1
+    return e
 
 
 def evaluate(expr, values: dict) -> int | float:
