@@ -52,7 +52,11 @@ ZERO_COST = frozenset(
         "aten.index", "aten.tril", "aten.triu", "aten.masked_fill", "aten.masked_fill_",
         "aten.bernoulli", "aten.bernoulli_", "aten.rand", "aten.rand_like", "aten.randn", "aten.randn_like",
         "aten.split_with_sizes_copy", "aten.unsafe_split", "aten.roll", "aten.flip",
-        "aten.pad", "aten.eye", "aten._linalg_check_errors", "getitem", "mul", "add", "sub", "floordiv", "truediv", "mod",
+        "aten.pad", "aten.eye", "aten._linalg_check_errors",
+        "aten._unsafe_index", "aten.pixel_shuffle", "aten.pixel_unshuffle", "aten.im2col",
+        "aten.reflection_pad1d", "aten.reflection_pad2d", "aten.reflection_pad3d",
+        "aten.replication_pad1d", "aten.replication_pad2d", "aten.replication_pad3d",
+        "aten.channel_shuffle", "aten.native_channel_shuffle", "getitem", "mul", "add", "sub", "floordiv", "truediv", "mod",
         "sym_float", "sym_int", "sym_max", "sym_min", "sym_not", "eq", "ne", "lt", "le", "gt", "ge",
     }
 )
@@ -155,4 +159,4 @@ def annotate_costs(G: nx.DiGraph, *, strict: bool = False, options: Mapping[str,
 
 
 # Rule modules register themselves on import; keep this list in one place.
-from . import attention, conv, matmul, misc, norm, pointwise, pool, rnn  # noqa: E402,F401
+from . import attention, conv, indexing, matmul, misc, norm, pointwise, pool, rnn  # noqa: E402,F401

@@ -101,7 +101,6 @@ PER_ELEMENT: dict[str, int] = {
     "aten.embedding_dense_backward": 1,  # scatter-add of each grad row (per weight element)
     "aten.scatter_add": 1,
     "aten.index_add": 1,
-    "aten.index_put": 1,
 }
 
 #: Operations per input element (reductions).
