@@ -75,6 +75,16 @@ _ROW_EXPRS = (
 )
 
 
+#: Settings every printer of a report takes, with their defaults.
+REPORT_SETTINGS: dict[str, Any] = {
+    "numbers": "separators",
+    "digits": 3,
+    "at": None,
+    "epochs": n,
+    "samples": N,
+    "optimizer": "sgd",
+}
+
 #: Integer styles the printers offer.
 NUMBERS = ("separators", "scientific", "plain")
 

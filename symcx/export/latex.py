@@ -17,8 +17,16 @@ from sympy.printing.latex import LatexPrinter
 from sympy.printing.precedence import PRECEDENCE
 
 from ..analysis import O, Analysis, LayerRow
-from ..symbols import N, n
-from .json import MEMORY, TOTALS, TRAINING, backward_derivations, check_number_settings, report, scientific
+from .json import (
+    MEMORY,
+    REPORT_SETTINGS,
+    TOTALS,
+    TRAINING,
+    backward_derivations,
+    check_number_settings,
+    report,
+    scientific,
+)
 
 __all__ = ["SymcxLatexPrinter", "to_latex"]
 
@@ -127,12 +135,7 @@ class SymcxLatexPrinter(LatexPrinter):
         "fold_short_frac": True,
         "standalone": False,
         "environment": None,
-        "numbers": "separators",
-        "digits": 3,
-        "at": None,
-        "epochs": n,
-        "samples": N,
-        "optimizer": "sgd",
+        **REPORT_SETTINGS,
         "title": None,
     }
 

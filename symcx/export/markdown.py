@@ -13,8 +13,16 @@ from sympy.printing.precedence import PRECEDENCE
 from sympy.printing.str import StrPrinter
 
 from ..analysis import Analysis, LayerRow
-from ..symbols import N, n
-from .json import MEMORY, TOTALS, TRAINING, backward_derivations, check_number_settings, report, scientific
+from .json import (
+    MEMORY,
+    REPORT_SETTINGS,
+    TOTALS,
+    TRAINING,
+    backward_derivations,
+    check_number_settings,
+    report,
+    scientific,
+)
 
 __all__ = ["MarkdownPrinter", "to_markdown"]
 
@@ -44,12 +52,7 @@ class MarkdownPrinter(StrPrinter):
 
     _default_settings: dict[str, Any] = {
         **StrPrinter._default_settings,
-        "numbers": "separators",
-        "digits": 3,
-        "at": None,
-        "epochs": n,
-        "samples": N,
-        "optimizer": "sgd",
+        **REPORT_SETTINGS,
         "title": "symcx analysis",
     }
 
