@@ -8,7 +8,6 @@ docs/conventions.md; each is the operation count of the textbook formula in its 
 
 from __future__ import annotations
 
-
 from ..cost import Cost, OpCall, TensorInfo
 from . import register, rule
 
