@@ -23,7 +23,7 @@ import sympy
 import torch
 
 from .cost import OpCall, TensorInfo
-from .trace import OpOverload, Trace
+from .trace import OpOverload, TensorMeta, Trace
 
 __all__ = ["build_graph", "op_name", "ALIAS_OPS", "GRAD_SEEDS"]
 
@@ -54,14 +54,15 @@ def op_name(target: Any) -> tuple[str, str]:
 
 
 def _info(trace: Trace, value: Any, tracked: frozenset[str] | set[str] = frozenset(), grad: bool = False) -> Any:
-    """Fake tensors become ``TensorInfo``; SymInts become sympy; containers recurse.
+    """Tensor snapshots become ``TensorInfo``; sizes (SymInts, ShapeEnv sympy) become sympy in
+    user symbols; containers recurse.
 
     ``tracked`` names the fx nodes autograd tracks; ``grad`` marks the value being converted.
     """
-    if isinstance(value, torch.Tensor):
+    if isinstance(value, TensorMeta):
         dtype = str(value.dtype).replace("torch.", "")
         return TensorInfo(trace.shape(value), dtype, value.element_size(), grad and value.is_floating_point())
-    if isinstance(value, (torch.SymInt, torch.SymFloat)):
+    if isinstance(value, (torch.SymInt, torch.SymFloat, sympy.Expr)):
         return trace.expr(value)
     if isinstance(value, (list, tuple)):
         return type(value)(_info(trace, v, tracked, grad) for v in value)
@@ -91,13 +92,13 @@ def _new_bytes(target: Any, packet: str, out: Any) -> sympy.Expr:
 
 
 def build_graph(trace: Trace) -> nx.DiGraph:
-    """One node per fx node of ``trace.gm``, edges along data flow, costs not yet attached."""
+    """One node per fx node of ``trace.graph``, edges along data flow, costs not yet attached."""
     G = nx.DiGraph()
     fwd_layer_by_seq: dict[int, str] = {}
     fwd_module_by_seq: dict[int, str] = {}
     first_user_layer: dict[str, str] = {}
     tracked: set[str] = set()  # forward values that depend on a trainable parameter
-    nodes = list(trace.gm.graph.nodes)
+    nodes = list(trace.graph.nodes)
     for order, node in enumerate(nodes):
         tag = node.meta.get("custom") or {}
         attrs: dict[str, Any] = {"kind": node.op, "order": order, "module": "", "layer": ""}

@@ -171,7 +171,7 @@ def _arg_value(node: torch.fx.Node, schema: torch.FunctionSchema, name: str) -> 
 
 
 def _value_storages(
-    G: nx.DiGraph, gm: torch.fx.GraphModule, dtype: str | None
+    G: nx.DiGraph, graph: torch.fx.Graph, dtype: str | None
 ) -> tuple[dict[str, Any], dict[str, _Storage]]:
     """Each fx value as a nested structure of storage keys (None where no tensor), and the storages."""
     values: dict[str, Any] = {}
@@ -184,7 +184,7 @@ def _value_storages(
         storages[key] = _Storage(key, name, _nbytes(info, dtype), data["order"], data["order"])
         return key
 
-    for node in gm.graph.nodes:
+    for node in graph.nodes:
         name = node.name
         data = G.nodes[name]
         out = data.get("out")
@@ -250,16 +250,16 @@ def _autograd_node_ends(G: nx.DiGraph) -> dict[int, int]:
     return ends
 
 
-def _lives(G: nx.DiGraph, gm: torch.fx.GraphModule, dtype: str | None) -> dict[str, _Storage]:
+def _lives(G: nx.DiGraph, graph: torch.fx.Graph, dtype: str | None) -> dict[str, _Storage]:
     """Storages with their last reader (whole step and forward alone) and saved flag."""
-    values, storages = _value_storages(G, gm, dtype)
+    values, storages = _value_storages(G, graph, dtype)
 
     def seed(name: str) -> bool:  # the backward's initial gradient, not an activation
         return G.nodes[name].get("packet") in GRAD_SEEDS
 
     node_end = _autograd_node_ends(G)
 
-    for node in gm.graph.nodes:
+    for node in graph.nodes:
         if node.op not in ("call_function", "output") or node.target is operator.getitem:
             continue
         data = G.nodes[node.name]
@@ -431,7 +431,7 @@ def step_memory(
     dtype = _dtype_name(dtype)
     trace = G.graph["trace"]
     values = dict(values or {})
-    storages = _lives(G, trace.gm, dtype)
+    storages = _lives(G, trace.graph, dtype)
 
     def total(phase: str, trainable: bool = False) -> sympy.Expr:
         return sympy.Add(*[

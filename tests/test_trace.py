@@ -15,14 +15,23 @@ from symcx.zoo import MnistCNN
 
 def test_private_torch_apis_still_exist():
     """Each private API trace.py relies on; a torch upgrade that moves one fails here first."""
-    import torch.fx.traceback as fx_traceback
+    from torch._dispatch.python import enable_python_dispatcher
     from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: F401
     from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
     from torch.utils import _pytree  # noqa: F401
     from torch.utils._sympy import functions
 
-    assert callable(fx_traceback.preserve_node_meta) and callable(fx_traceback.get_current_meta)
-    assert "custom" in torch.fx.proxy._COPY_META_FIELDS
+    from torch.utils._python_dispatch import autograd_would_have_decomposed
+    from torch.utils.weak import WeakTensorKeyDictionary
+
+    assert callable(enable_python_dispatcher) and callable(autograd_would_have_decomposed)
+    assert not autograd_would_have_decomposed(torch.ops.aten.mm.default, [torch.ones(1)])
+    assert isinstance(torch.autograd._get_sequence_nr(), int)
+    assert torch.ops.prim.device.default is not None and torch.ops.aten.lift_fresh_copy.default is not None
+    weak = WeakTensorKeyDictionary()
+    key = torch.ones(1)
+    weak[key] = 1
+    assert weak.get(key) == 1
     assert hasattr(DimDynamic, "DYNAMIC") and hasattr(DimDynamic, "STATIC")
     env = ShapeEnv(duck_shape=False)
     assert env.duck_shape is False and env.guards == [] and callable(env.replace)
@@ -47,7 +56,7 @@ def test_private_torch_apis_still_exist():
 def test_backward_ops_map_to_their_forward_module():
     trace = trace_training_step(MnistCNN(), torch.randn(2, 1, 28, 28))
     conv_bwd = [
-        n for n in trace.gm.graph.nodes if n.target is torch.ops.aten.convolution_backward.default
+        n for n in trace.graph.nodes if n.target is torch.ops.aten.convolution_backward.default
     ]
     assert len(conv_bwd) == 2
     a = symcx.analyze(MnistCNN(), torch.randn(2, 1, 28, 28))
@@ -178,3 +187,36 @@ def test_lstm_after_a_trainable_layer_keeps_the_length_symbolic():
     # backward: Linear grad-W 256; layer 0 grad-W 4096 + 8192, grad-input 4096, grad-h 8192 per step 1..L-1;
     # layer 1 grad-W 8192 + 8192, grad-input 8192, grad-h 8192 per step 1..L-1
     assert sympy.expand(a.backward_flops - (41216 * t * L + 16384 * t * (L - 1))) == 0
+
+
+@pytest.mark.parametrize("name", ["cnn", "gru", "block"])
+def test_recorder_records_the_ops_make_fx_traces(name):
+    """symcx's dispatch recorder sees the same aten calls as torch's own make_fx on the same step."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from symcx.trace import OpOverload
+
+    torch.manual_seed(0)
+    model, x = {
+        "cnn": (MnistCNN(), torch.randn(2, 1, 28, 28)),
+        "gru": (nn.GRU(4, 6, batch_first=True), torch.randn(2, 3, 4)),
+        "block": (nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), torch.randn(2, 5, 16)),
+    }[name]
+    params = dict(model.named_parameters())
+
+    def step(params, x):
+        out = torch.func.functional_call(model, params, (x,))
+        loss = symcx.trace.default_loss(out)
+        return torch.autograd.grad(loss, list(params.values()))
+
+    reference = make_fx(step, tracing_mode="symbolic")(params, x)
+
+    def aten(graph):
+        return [
+            str(n.target) for n in graph.nodes
+            if isinstance(n.target, OpOverload) and not n.target._opname.startswith("sym_")
+        ]
+
+    ours = trace_training_step(model, x).graph
+    assert aten(ours) == aten(reference.graph)
+    assert len(aten(ours)) > 20
