@@ -279,14 +279,23 @@ class Analysis:
         """Bytes of all parameters."""
         return self._s(sympy.Add(*[d["out"].nbytes for _, d in self._param_nodes()]))
 
-    def _memory(self, **kwargs: Any) -> Memory:
-        """The memory model over the graph; on the grouped interpolation route, fitted per field."""
+    def _memory(
+        self, optimizer: str = "sgd", dtype: Any = None, training: bool = True, values: Mapping | None = None
+    ) -> Memory:
+        """The memory model over the graph (memoized); on the grouped interpolation route, fitted
+        per field."""
         from .memory import step_memory
 
-        if "grid" in self.graph.graph:
-            mem = fitted_memory(self.graph.graph["grid"], **kwargs)
-            return mem if "values" not in kwargs else _subs_memory(mem, kwargs["values"])
-        return step_memory(self.graph, **kwargs)
+        key = (optimizer, str(dtype), training, None if values is None else tuple(map(str, values.items())))
+        cache = self.__dict__.setdefault("_memory_cache", {})
+        if key not in cache:
+            kwargs = dict(optimizer=optimizer, dtype=dtype, training=training)
+            if "grid" in self.graph.graph:
+                mem = fitted_memory(self.graph.graph["grid"], **kwargs)
+                cache[key] = mem if values is None else _subs_memory(mem, values)
+            else:
+                cache[key] = step_memory(self.graph, values=values, **kwargs)
+        return cache[key]
 
     @functools.cached_property
     def _saved_by_layer(self) -> dict[str, sympy.Expr]:
@@ -424,7 +433,7 @@ class Analysis:
         >>> mem.params, mem.optimizer, mem.activations, mem.peak_layer
         (92, 200, 12*t, '1')
         """
-        return self._memory(optimizer=optimizer, dtype=dtype, training=training, values=self._values)
+        return self._memory(optimizer=optimizer, dtype=dtype, training=training, values=self._values or None)
 
     def max_batch_size(self, budget_bytes: int, optimizer: str = "sgd") -> int:
         """Largest batch ``t`` whose training-step peak fits in ``budget_bytes`` (0 if none).

@@ -17,10 +17,13 @@ tensor bytes allocated while a function runs.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 import operator
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from fractions import Fraction
 from typing import Any
 
 import networkx as nx
@@ -334,6 +337,49 @@ def _probes(symbols: list[sympy.Symbol], hints: Mapping[sympy.Symbol, int]) -> l
     return probes
 
 
+Monomials = dict[tuple[int, ...], Fraction]
+
+
+def _monomials(expr: sympy.Expr, symbols: list[sympy.Symbol]) -> Monomials | None:
+    """``expr`` as {exponents: coefficient} over ``symbols``, or None when it is no polynomial
+    with rational coefficients (floors, ceilings)."""
+    index = {s: k for k, s in enumerate(symbols)}
+    for expand in (False, True):
+        candidate = sympy.expand(expr) if expand else expr
+        out: Monomials = {}
+        for term, coeff in candidate.as_coefficients_dict().items():
+            if not coeff.is_Rational:
+                return None
+            exps = [0] * len(symbols)
+            if term != 1:
+                for base, e in term.as_powers_dict().items():
+                    if base not in index or not (e.is_Integer and e >= 0):
+                        break
+                    exps[index[base]] += int(e)
+                else:
+                    term = 1
+            if term != 1:
+                break  # a factor that is not a plain symbol: try the expanded form
+            key = tuple(exps)
+            out[key] = out.get(key, 0) + Fraction(int(coeff.p), int(coeff.q))
+        else:
+            return out
+    return None
+
+
+def _evaluate(mono: Monomials, point: tuple[int, ...]) -> Fraction:
+    return sum((c * math.prod(v**e for v, e in zip(point, exps)) for exps, c in mono.items()), Fraction(0))
+
+
+def _shift(mono: Monomials) -> Monomials:
+    """The polynomial with every symbol ``s`` replaced by ``s + 1`` (binomial expansion)."""
+    out: Monomials = {}
+    for exps, c in mono.items():
+        for ks in itertools.product(*(range(e + 1) for e in exps)):
+            out[ks] = out.get(ks, 0) + c * math.prod(math.comb(e, k) for e, k in zip(exps, ks))
+    return out
+
+
 def _peak(
     points: list[tuple[str, sympy.Expr]], hints: Mapping[sympy.Symbol, int]
 ) -> tuple[list[tuple[str, sympy.Expr]], str]:
@@ -341,6 +387,7 @@ def _peak(
 
     A point is dropped when another is at least as large at every probe and :func:`_dominates`
     proves it for all sizes; the probes only spare the proof where it would fail anyway.
+    Polynomial points (the usual case) are compared on their coefficients, in plain Python.
     """
     if not points:
         return [("", ZERO)], ""
@@ -350,12 +397,24 @@ def _peak(
     exprs = list(unique)
     symbols = sorted(set().union(*(e.free_symbols for e in exprs)), key=str)
     probes = _probes(symbols, hints)
-    values = [tuple(e.xreplace(p) for p in probes) for e in exprs]
+    monos = [_monomials(e, symbols) for e in exprs]
+    values = [
+        tuple(_evaluate(m, tuple(int(p[s]) for s in symbols)) for p in probes) if m is not None
+        else tuple(e.xreplace(p) for p in probes)
+        for e, m in zip(exprs, monos)
+    ]
     ranked = sorted(range(len(exprs)), key=lambda i: -values[i][0])
+    shifted = {i: _shift(m) for i, m in enumerate(monos) if m is not None}
+
+    def dominates(j: int, i: int) -> bool:
+        if i in shifted and j in shifted:
+            a, b = shifted[j], shifted[i]
+            return all(a.get(k, 0) - b.get(k, 0) >= 0 for k in a.keys() | b.keys())
+        return _dominates(exprs[j], exprs[i], symbols)
+
     kept: list[int] = []
     for i in ranked:
-        if any(all(a >= b for a, b in zip(values[j], values[i])) and _dominates(exprs[j], exprs[i], symbols)
-               for j in kept):
+        if any(all(a >= b for a, b in zip(values[j], values[i])) and dominates(j, i) for j in kept):
             continue
         kept.append(i)
     return [(unique[exprs[i]], exprs[i]) for i in kept], unique[exprs[ranked[0]]]

@@ -16,6 +16,8 @@ from __future__ import annotations
 import functools
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import sympy
 import torch
 from torch import nn
@@ -464,3 +466,25 @@ def test_training_peak_matches_cuda_allocator(name):
         predicted[batch] = int((mem.peak - mem.resident).subs(t, batch))
     check_within_tolerance(f"{name} (cuda allocator)", measured, predicted)
     check_within_tolerance(f"{name} (cuda live tensors)", tracked, predicted)
+
+
+@given(
+    coeffs=st.lists(st.integers(-50, 50), min_size=6, max_size=6),
+    point=st.tuples(st.integers(1, 40), st.integers(1, 40)),
+)
+@settings(max_examples=200, deadline=None)
+def test_peak_compares_polynomials_on_their_coefficients(coeffs, point):
+    """The plain-Python polynomial helpers agree with sympy: values, and the s -> s + 1 shift."""
+    from fractions import Fraction
+
+    from symcx.memory import _evaluate, _monomials, _shift
+
+    a, b = sympy.symbols("L t", positive=True, integer=True)
+    c0, c1, c2, c3, c4, c5 = coeffs
+    expr = c0 + c1 * a + c2 * b + c3 * a * b + c4 * b**2 + sympy.Rational(c5, 3) * a**2 * b
+    mono = _monomials(4 * (expr + 1) - 4, [a, b])  # unexpanded on purpose
+    assert mono is not None
+    assert _evaluate(mono, point) == 4 * Fraction(str(expr.subs({a: point[0], b: point[1]})))
+    shifted = sympy.Poly(sympy.expand(expr.subs({a: a + 1, b: b + 1}) * 4), a, b).as_dict()
+    assert {k: v for k, v in _shift(mono).items() if v} == {k: Fraction(str(v)) for k, v in shifted.items()}
+    assert _monomials(sympy.floor(a / 2) + b, [a, b]) is None
