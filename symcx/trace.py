@@ -254,6 +254,7 @@ class _Recorder(TorchDispatchMode):
         self.graph = torch.fx.Graph()
         self.tag: dict[str, Any] = {"phase": "forward", "module": ""}
         self._nodes = WeakTensorKeyDictionary()
+        self._decomposes: dict[tuple[OpOverload, str | None], bool] = {}
         self._constants = 0
 
     def set_tag(self, **tag: Any) -> None:
@@ -297,11 +298,20 @@ class _Recorder(TorchDispatchMode):
                 sub.meta.update(val=_snapshot(item), custom=self.tag, seq_nr=node.meta["seq_nr"])
                 self._track(sub, item)
 
+    def _would_decompose(self, func: OpOverload, args: tuple, kwargs: dict) -> bool:
+        """``autograd_would_have_decomposed``, memoized by op and device type (all it reads)."""
+        leaves = tree_leaves((args, kwargs))
+        device = next((x.device.type for x in leaves if isinstance(x, torch.Tensor)), None)
+        key = (func, device)
+        if key not in self._decomposes:
+            self._decomposes[key] = autograd_would_have_decomposed(func, leaves)
+        return self._decomposes[key]
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is torch.ops.prim.device.default:  # a metadata query, as make_fx leaves it
             return func(*args, **kwargs)
-        if func not in self._SIZE_QUERIES and autograd_would_have_decomposed(func, tree_leaves((args, kwargs))):
+        if func not in self._SIZE_QUERIES and self._would_decompose(func, args, kwargs):
             with self:  # inference mode skipped autograd's decomposition: apply it here, as make_fx
                 out = func.decompose(*args, **kwargs)
                 if out is not NotImplemented:

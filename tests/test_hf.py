@@ -1,6 +1,6 @@
 """Hugging Face models built from tiny configs with random weights (no downloads) against
 FlopCounterMode: GPT-2, BERT and ViT, eager and SDPA attention, two batch sizes and two
-sequence lengths, forward and backward.
+sequence lengths, forward and backward; Llama, T5, Swin and ConvNeXt at two batch sizes.
 
 With SDPA, GPT-2 and BERT pass an explicit mask, which sends attention down the unfused path
 (``bmm`` + ``_safe_softmax``) that FlopCounterMode counts in full; ViT passes none and gets the
@@ -19,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import symcx
 from symcx import t
+from symcx.trace import default_loss
 
 tf = pytest.importorskip("transformers")
 
@@ -118,3 +119,53 @@ def test_gpt2_rows_keep_module_names():
     assert c_attn.type == "Conv1D"
     assert c_attn.forward_flops == 2 * t * L * WIDTH * 3 * WIDTH
     assert rows["lm_head"].forward_flops == 2 * t * L * WIDTH * VOCAB
+
+
+def llama():
+    config = tf.LlamaConfig(
+        num_hidden_layers=LAYERS, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=64, vocab_size=VOCAB, max_position_embeddings=POSITIONS,
+    )
+    return tf.LlamaForCausalLM(config), lambda batch: {"input_ids": torch.randint(0, VOCAB, (batch, 12))}
+
+
+def t5():
+    config = tf.T5Config(d_model=32, d_ff=64, num_layers=LAYERS, num_heads=4, d_kv=8, vocab_size=VOCAB)
+    return tf.T5ForConditionalGeneration(config), lambda batch: {
+        "input_ids": torch.randint(0, VOCAB, (batch, 12)), "decoder_input_ids": torch.randint(0, VOCAB, (batch, 7)),
+    }
+
+
+def swin():
+    config = tf.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=4)
+    return tf.SwinModel(config), lambda batch: {"pixel_values": torch.randn(batch, 3, 32, 32)}
+
+
+def convnext():
+    config = tf.ConvNextConfig(num_stages=2, hidden_sizes=[8, 16], depths=[1, 1])
+    return tf.ConvNextModel(config), lambda batch: {"pixel_values": torch.randn(batch, 3, 32, 32)}
+
+
+@pytest.mark.parametrize("build", [llama, t5, swin, convnext], ids=["llama", "t5", "swin", "convnext"])
+def test_more_families_count_what_flop_counter_counts(build):
+    """RoPE + grouped-query attention + RMSNorm + SiLU (Llama), encoder-decoder with relative
+    position bias (T5), shifted-window attention (Swin), depthwise conv + channels-last LayerNorm
+    (ConvNeXt): symcx's FlopCounterMode total equals a real step's at two batch sizes, nothing
+    unsupported."""
+    torch.manual_seed(0)
+    model, inputs = build()
+    model.train()
+    a = symcx.analyze(model, inputs(2))
+    assert not a.unsupported, dict(a.unsupported)
+    assert a.route == "symbolic"
+    for batch in (2, 3):
+        example = inputs(batch)
+        with FlopCounterMode(display=False) as f:
+            out = model(**example)
+            forward = f.get_total_flops()
+            default_loss(out).backward()
+        model.zero_grad(set_to_none=True)
+        at = a.subs(t=batch)
+        assert (at.flop_counter_flops("forward"), at.flop_counter_flops("backward")) == (
+            forward, f.get_total_flops() - forward
+        )

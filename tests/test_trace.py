@@ -220,3 +220,24 @@ def test_recorder_records_the_ops_make_fx_traces(name):
     ours = trace_training_step(model, x).graph
     assert aten(ours) == aten(reference.graph)
     assert len(aten(ours)) > 20
+
+
+def test_in_place_metadata_change_keeps_each_node_its_own_shape():
+    """An in-place view op (``unsqueeze_``) costs nothing and changes the tensor's shape: the node
+    that made the tensor keeps the shape it had then (the recorder snapshots sizes per op)."""
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 6)
+
+        def forward(self, x):
+            y = self.lin(x) * 2
+            y.unsqueeze_(1)
+            return y.sum(1)
+
+    a = symcx.analyze(Model(), torch.randn(3, 4))
+    assert not a.unsupported
+    shapes = {d["packet"]: d["out"].shape for _, d in a.graph.nodes(data=True) if d.get("phase") == "forward"}
+    assert shapes["aten.mul"] == (t, 6) and shapes["aten.unsqueeze_"] == (t, 1, 6)
+    assert a.forward_flops == 2 * 4 * 6 * t  # the Linear; mul is pointwise, FlopCounterMode's convention

@@ -56,8 +56,9 @@ ZERO_COST = frozenset(
         "aten._unsafe_index", "aten.pixel_shuffle", "aten.pixel_unshuffle", "aten.im2col",
         "aten.reflection_pad1d", "aten.reflection_pad2d", "aten.reflection_pad3d",
         "aten.replication_pad1d", "aten.replication_pad2d", "aten.replication_pad3d",
-        "aten.channel_shuffle", "aten.native_channel_shuffle", "getitem", "mul", "add", "sub", "floordiv", "truediv", "mod",
-        "sym_float", "sym_int", "sym_max", "sym_min", "sym_not", "eq", "ne", "lt", "le", "gt", "ge",
+        "aten.channel_shuffle", "aten.native_channel_shuffle", "getitem",
+        "aten.as_strided_", "aten.squeeze_", "aten.unsqueeze_", "aten.t_", "aten.transpose_", "aten.swapdims_",
+        "aten.swapaxes_", "aten.detach_",
     }
 )
 
