@@ -99,6 +99,10 @@ PER_ELEMENT: dict[str, int] = {
     "aten.embedding_dense_backward": 1,  # scatter-add of each grad row (per weight element)
     "aten.scatter_add": 1,
     "aten.index_add": 1,
+    "aten.xlogy": 3,  # x·log(y), 0 where x = 0: log, multiply, select
+    "aten.binary_cross_entropy_backward": 5,  # g·(x − y)/(x·(1 − x)): subtract, subtract, multiply, divide, multiply
+    "aten.smooth_l1_loss_backward": 7,  # d = x − y; g·(|d| < β ? d/β : sign d): subtract, abs, compare, divide, sign, select, multiply
+    "aten.huber_loss_backward": 7,  # as smooth_l1_loss_backward, δ in place of β
 }
 
 #: Operations per input element (reductions).
@@ -119,6 +123,10 @@ PER_INPUT_ELEMENT: dict[str, int] = {
     "aten.norm": 2,
     "aten.linalg_vector_norm": 2,
     "aten.mse_loss": 3,
+    "aten.binary_cross_entropy_with_logits": 7,  # (1 − y)·x + log1p(exp(−x)): subtract, multiply, negate, exp, log1p, add; summed
+    "aten.binary_cross_entropy": 9,  # −(y·log x + (1 − y)·log(1 − x)): 2 logs, 2 subtracts, 2 multiplies, add, negate; summed
+    "aten.smooth_l1_loss": 7,  # d = x − y; |d| < β ? ½·d²/β : |d| − ½·β: subtract, abs, compare, multiply, divide, select; summed
+    "aten.huber_loss": 7,  # as smooth_l1_loss, δ in place of β
     "aten.cumsum": 1,
     "aten.any": 1,
     "aten.all": 1,

@@ -133,3 +133,29 @@ def test_analyze_cross_entropy_loss_by_hand():
     assert evaluate(a.forward_other_flops, t=3) == 5 * 4 * 3 + 3 + 1
     assert evaluate(a.backward_other_flops, t=3) == 4 * 3 + 4 * 4 * 3 + 4 * 3
     assert evaluate(a.forward_flops, t=3) == 2 * 3 * 5 * 4
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 5), min_size=1, max_size=3), st.sampled_from(["bce_logits", "bce", "smooth_l1", "huber"]))
+def test_fused_losses_by_hand(shape, loss):
+    """Per element: BCE with logits (1 − y)·x + log1p(exp(−x)), summed: 7; its backward runs as
+    sigmoid (4), subtract, multiply, mean divide: 7. BCE on probabilities −(y·log x + (1 − y)·log(1 − x)),
+    summed: 9; backward g·(x − y)/(x·(1 − x)): 5. Smooth L1 / Huber: subtract, abs, compare,
+    multiply, divide, select, summed: 7; backward subtract, abs, compare, divide, sign, select, multiply: 7."""
+    y = torch.rand(shape)
+    x = needs_grad(torch.rand(shape) * 0.8 + 0.1, True)
+    fn, forward, backward = {
+        "bce_logits": (lambda x: F.binary_cross_entropy_with_logits(x, y), 7, 7),
+        "bce": (lambda x: F.binary_cross_entropy(x, y), 9, 5),
+        "smooth_l1": (lambda x: F.smooth_l1_loss(x, y), 7, 7),
+        "huber": (lambda x: F.huber_loss(x, y, delta=0.5), 7, 7),
+    }[loss]
+    step = run_step(fn, x)
+    assert (step.other_flops("forward"), step.other_flops("backward")) == (forward * x.numel(), backward * x.numel())
+
+
+def test_xlogy_by_hand():
+    """x·log(y), 0 where x = 0: log, multiply, select per element (KL divergence runs it)."""
+    y = needs_grad(torch.rand(3, 4) + 0.1, True)
+    step = run_step(lambda y: torch.xlogy(torch.rand(3, 4), y).sum(), y)
+    assert step.other_flops("forward") == 3 * 12 + 12  # xlogy, then the sum
