@@ -10,20 +10,15 @@ engine does. Gradients, the model's outputs, the loss and its seed gradient live
 of the step. Everything is a sympy expression in bytes; the peak is ``sympy.Max`` of the
 program points no other point dominates. See docs/memory.md for the model and its limits.
 
-:func:`measure_peak_bytes` measures the same quantity on a real run: the peak of live
-tensor bytes allocated while a function runs.
+:func:`symcx.validation.live_bytes.measure_peak_bytes` measures the same quantity on a real
+run: the peak of live tensor bytes allocated while a function runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import math
 import operator
-import threading
-import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from fractions import Fraction
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import networkx as nx
@@ -33,7 +28,8 @@ import torch
 from .cost import TensorInfo
 from .errors import SymcxError
 from .graph import ALIAS_OPS, GRAD_SEEDS
-from .trace import OpOverload, TorchDispatchMode, tree_leaves
+from .trace import OpOverload
+from .peak import max_of, peak_points
 from .symbols import t
 
 __all__ = [
@@ -42,7 +38,6 @@ __all__ = [
     "OPTIMIZER_COPIES",
     "STEP_TEMPORARY_COPIES",
     "step_memory",
-    "measure_peak_bytes",
     "max_batch_size",
 ]
 
@@ -311,122 +306,6 @@ def _walk(
     return points
 
 
-def _dominates(a: sympy.Expr, b: sympy.Expr, symbols: list[sympy.Symbol]) -> bool:
-    """True when ``a >= b`` for every positive integer value of the symbols.
-
-    Sufficient test: with every symbol ``s`` written as ``s + 1`` (so it ranges over ``s >= 0``),
-    ``a - b`` expands to a polynomial with no negative coefficient. Floors and ceilings of
-    sizes are generators too; they are sizes, hence non-negative.
-    """
-    diff = sympy.expand((a - b).xreplace({s: s + 1 for s in symbols}))
-    if diff.is_Number:
-        return bool(diff >= 0)
-    try:
-        return all(c >= 0 for c in sympy.Poly(diff).coeffs())
-    except sympy.PolynomialError:
-        return False
-
-
-def _probes(symbols: list[sympy.Symbol], hints: Mapping[sympy.Symbol, int]) -> list[dict]:
-    """Symbol values to compare points at: the hints first, then corners of [1, 10**6]."""
-    big, one = sympy.Integer(10**6), sympy.Integer(1)
-    probes = [{s: sympy.Integer(hints.get(s, 8)) for s in symbols}, {s: one for s in symbols}, {s: big for s in symbols}]
-    for s in symbols:
-        probes.append({r: (big if r == s else one) for r in symbols})
-        probes.append({r: (one if r == s else big) for r in symbols})
-    return probes
-
-
-Monomials = dict[tuple[int, ...], Fraction]
-
-
-def _monomials(expr: sympy.Expr, symbols: list[sympy.Symbol]) -> Monomials | None:
-    """``expr`` as {exponents: coefficient} over ``symbols``, or None when it is no polynomial
-    with rational coefficients (floors, ceilings)."""
-    index = {s: k for k, s in enumerate(symbols)}
-    for expand in (False, True):
-        candidate = sympy.expand(expr) if expand else expr
-        out: Monomials = {}
-        for term, coeff in candidate.as_coefficients_dict().items():
-            if not coeff.is_Rational:
-                return None
-            exps = [0] * len(symbols)
-            if term != 1:
-                for base, e in term.as_powers_dict().items():
-                    if base not in index or not (e.is_Integer and e >= 0):
-                        break
-                    exps[index[base]] += int(e)
-                else:
-                    term = 1
-            if term != 1:
-                break  # a factor that is not a plain symbol: try the expanded form
-            key = tuple(exps)
-            out[key] = out.get(key, 0) + Fraction(int(coeff.p), int(coeff.q))
-        else:
-            return out
-    return None
-
-
-def _evaluate(mono: Monomials, point: tuple[int, ...]) -> Fraction:
-    return sum((c * math.prod(v**e for v, e in zip(point, exps)) for exps, c in mono.items()), Fraction(0))
-
-
-def _shift(mono: Monomials) -> Monomials:
-    """The polynomial with every symbol ``s`` replaced by ``s + 1`` (binomial expansion)."""
-    out: Monomials = {}
-    for exps, c in mono.items():
-        for ks in itertools.product(*(range(e + 1) for e in exps)):
-            out[ks] = out.get(ks, 0) + c * math.prod(math.comb(e, k) for e, k in zip(exps, ks))
-    return out
-
-
-def _peak(
-    points: list[tuple[str, sympy.Expr]], hints: Mapping[sympy.Symbol, int]
-) -> tuple[list[tuple[str, sympy.Expr]], str]:
-    """Points no other point dominates (largest at ``hints`` first), and the node largest at ``hints``.
-
-    A point is dropped when another is at least as large at every probe and :func:`_dominates`
-    proves it for all sizes; the probes only spare the proof where it would fail anyway.
-    Polynomial points (the usual case) are compared on their coefficients, in plain Python.
-    """
-    if not points:
-        return [("", ZERO)], ""
-    unique: dict[sympy.Expr, str] = {}
-    for node, expr in points:
-        unique.setdefault(sympy.sympify(expr), node)
-    exprs = list(unique)
-    symbols = sorted(set().union(*(e.free_symbols for e in exprs)), key=str)
-    probes = _probes(symbols, hints)
-    monos = [_monomials(e, symbols) for e in exprs]
-    values = [
-        tuple(_evaluate(m, tuple(int(p[s]) for s in symbols)) for p in probes) if m is not None
-        else tuple(e.xreplace(p) for p in probes)
-        for e, m in zip(exprs, monos)
-    ]
-    ranked = sorted(range(len(exprs)), key=lambda i: -values[i][0])
-    shifted = {i: _shift(m) for i, m in enumerate(monos) if m is not None}
-
-    def dominates(j: int, i: int) -> bool:
-        if i in shifted and j in shifted:
-            a, b = shifted[j], shifted[i]
-            return all(a.get(k, 0) - b.get(k, 0) >= 0 for k in a.keys() | b.keys())
-        return _dominates(exprs[j], exprs[i], symbols)
-
-    kept: list[int] = []
-    for i in ranked:
-        if any(all(a >= b for a, b in zip(values[j], values[i])) and dominates(j, i) for j in kept):
-            continue
-        kept.append(i)
-    return [(unique[exprs[i]], exprs[i]) for i in kept], unique[exprs[ranked[0]]]
-
-
-def _max(exprs: Iterable[sympy.Expr]) -> sympy.Expr:
-    """``Max`` of points already known not to dominate each other (sympy's own pairwise
-    comparison of them is slow and finds nothing more)."""
-    args = list(exprs)
-    return args[0] if len(args) == 1 else sympy.Max(*args, evaluate=False)
-
-
 # --- the public model ---------------------------------------------------------------------
 def _dtype_name(dtype: Any) -> str | None:
     if dtype is None:
@@ -510,18 +389,18 @@ def step_memory(
     def ev(e: sympy.Expr) -> sympy.Expr:
         return sympy.sympify(e).subs(values) if values else sympy.sympify(e)
 
-    inf_kept, inf_node = _peak(_walk(G, storages, ("forward",), "fwd_last"), hints)
-    inference_peak = ev(params + buffers + inputs + _max(e for _, e in inf_kept))
+    inf_kept, inf_node = peak_points(_walk(G, storages, ("forward",), "fwd_last"), hints)
+    inference_peak = ev(params + buffers + inputs + max_of(e for _, e in inf_kept))
     if training:
         phases = ("forward", "loss", "backward")
         points = _walk(G, storages, phases, "last")
         kept_to_end = sympy.Add(*[s.nbytes for s in storages.values()
                                   if s.last == _END and G.nodes[s.node]["phase"] in phases])
         points.append((STEP_NODE, kept_to_end + STEP_TEMPORARY_COPIES[optimizer] * grads))
-        kept, peak_node = _peak(points, hints)
+        kept, peak_node = peak_points(points, hints)
         resident = params + buffers + inputs + state
         candidates = tuple((v, ev(resident + e)) for v, e in kept)
-        peak = ev(resident + _max(e for _, e in kept))
+        peak = ev(resident + max_of(e for _, e in kept))
     else:
         candidates = tuple((v, ev(params + buffers + inputs + e)) for v, e in inf_kept)
         peak, peak_node = inference_peak, inf_node
@@ -622,93 +501,3 @@ def max_batch_size(peak: sympy.Expr, budget_bytes: int, symbol: sympy.Symbol = t
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     return lo
-
-
-# --- measurement --------------------------------------------------------------------------
-class _LiveTensorBytes(TorchDispatchMode):
-    """Counts the bytes of storages that ops allocate while active, until each storage dies."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live = 0
-        self.peak = 0
-        self._lock = threading.Lock()  # finalizers may run on autograd's device threads
-        self._finalizers: list[weakref.finalize] = []
-        self._seen: set[int] = set()
-
-    def _free(self, key: int, nbytes: int) -> None:
-        with self._lock:
-            self._seen.discard(key)
-            self.live -= nbytes
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inputs = {x.untyped_storage().data_ptr() for x in tree_leaves((args, kwargs)) if _dense(x)}
-        for x in tree_leaves(out):
-            if not _dense(x) or x.is_meta:
-                continue
-            storage = x.untyped_storage()
-            key, nbytes = id(storage), storage.nbytes()
-            with self._lock:
-                if key in self._seen or nbytes == 0 or storage.data_ptr() in inputs:
-                    continue
-                self._seen.add(key)
-                self.live += nbytes
-                self.peak = max(self.peak, self.live)
-            fin = weakref.finalize(storage, self._free, key, nbytes)
-            fin.atexit = False
-            self._finalizers.append(fin)
-        return out
-
-    def close(self) -> None:
-        for fin in self._finalizers:
-            fin.detach()
-        self._finalizers.clear()
-
-
-def _dense(x: Any) -> bool:
-    return isinstance(x, torch.Tensor) and x.layout == torch.strided
-
-
-def measure_peak_bytes(fn: Callable[[], Any]) -> int:
-    """Run ``fn()`` and return the peak bytes of live tensors it allocated (above the entry baseline).
-
-    Every aten op that runs while ``fn`` does (forward, autograd's backward, optimizer steps)
-    is seen through a ``TorchDispatchMode``; an output whose storage is not one of the op's
-    inputs' storages is a new allocation, counted once per storage until the storage is freed
-    (a ``weakref.finalize`` on it; torch keeps a storage's Python object as long as the
-    storage lives, so the finalizer fires when the memory is released). Views, in-place ops
-    and ``out=`` results add nothing. Memory a kernel allocates internally and frees before
-    returning (workspaces) is not a tensor and is not seen; nor are frees of tensors that
-    existed before ``fn`` ran, so the result is the peak of what ``fn`` allocated.
-
-    Why this mechanism: a dispatch mode sees allocations at the aten level, the level of the
-    joint graph, including the backward autograd runs in C++; the finalizer sits on the
-    storage, not the tensor, because autograd keeps saved tensors as other tensor objects over
-    the same storage; and CPU has no allocator counter like ``torch.cuda.max_memory_allocated``.
-    It works on any device.
-
-    Parameters
-    ----------
-    fn : callable
-        Run with no arguments; its return value is discarded after the measurement.
-
-    Returns
-    -------
-    int
-        Peak bytes allocated during the call and alive at the same time.
-
-    Examples
-    --------
-    >>> import torch
-    >>> x = torch.ones(1000)
-    >>> measure_peak_bytes(lambda: (x * 2) + 1)  # x*2 and the sum are both live: 2·4000
-    8000
-    """
-    mode = _LiveTensorBytes()
-    try:
-        with mode:
-            fn()
-        return mode.peak
-    finally:
-        mode.close()

@@ -72,7 +72,7 @@ PRIVATE_APIS = (
     "torch._ops.OpOverload / OpOverloadPacket (op names, rule keys)",
     "torch._decomp.decompositions.select_one_layer_lstm_function / mkldnn_one_layer_lstm",
     "torch._C._get_mkldnn_enabled",
-    "torch.utils._python_dispatch.TorchDispatchMode (memory.measure_peak_bytes)",
+    "torch.utils._python_dispatch.TorchDispatchMode (the recorder; validation.live_bytes)",
 )
 
 _TORCH_DIR = os.path.dirname(torch.__file__)

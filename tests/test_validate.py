@@ -17,7 +17,7 @@ from rich.console import Console
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import symcx.memory
+import symcx.validation.live_bytes
 from symcx.errors import DeviceError, SymcxError
 from symcx.validation import SCHEMA, Validation, fit_line, validate
 from symcx.validation import measure
@@ -258,7 +258,7 @@ def test_out_of_memory_at_one_size_is_recorded_and_the_sweep_goes_on(monkeypatch
     # MLP 32-64-10: the largest tensor at batch t is the hidden activation, 64·4·t bytes
     # (256·t); the largest parameter (and its gradient) is 32·64·4 = 8192 bytes. A 12 KiB cap
     # lets t = 4 and t = 8 run (1 KiB, 2 KiB) and fails t = 64 (16 KiB).
-    real = symcx.memory.measure_peak_bytes
+    real = symcx.validation.live_bytes.measure_peak_bytes
     allocated: list = []
 
     def capped(fn):

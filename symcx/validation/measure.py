@@ -4,7 +4,7 @@ Measurements take a ``step``: a no-argument callable that runs the model once on
 already on the device. Nothing here knows about sympy or formulas.
 
 On CUDA the peak is the caching allocator's own ``max_memory_allocated``. On CPU it is
-:func:`symcx.memory.measure_peak_bytes`, a ``TorchDispatchMode`` that adds the bytes of every
+:func:`symcx.validation.live_bytes.measure_peak_bytes`, a ``TorchDispatchMode`` that adds the bytes of every
 new storage an aten op returns and subtracts them when the storage is freed. That tracker
 was chosen over the profiler's memory events (``profile_memory=True``) because it counts
 at the level symcx predicts at (the tensors aten ops return), is deterministic, costs one
@@ -24,7 +24,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import DeviceError
-from ..memory import measure_peak_bytes
+from .live_bytes import measure_peak_bytes
 from ..trace import tree_map
 
 __all__ = [
@@ -43,7 +43,7 @@ __all__ = [
 #: How the peak memory is measured, by device type (named in every report).
 TRACKERS = {
     "cuda": "torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus memory_allocated before",
-    "cpu": "symcx.memory.measure_peak_bytes (TorchDispatchMode: live storages aten ops return)",
+    "cpu": "symcx.validation.live_bytes.measure_peak_bytes (TorchDispatchMode: live storages aten ops return)",
 }
 
 
@@ -155,7 +155,7 @@ def peak_bytes(step: Callable[[], None], dev: torch.device) -> tuple[int, int | 
 
     CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus the
     baseline ``memory_allocated`` before the run (parameters, the batch, anything else live).
-    CPU: :func:`symcx.memory.measure_peak_bytes`, which only sees storages created during
+    CPU: :func:`symcx.validation.live_bytes.measure_peak_bytes`, which only sees storages created during
     the run; the baseline is then None (the caller knows what it allocated before).
     """
     if dev.type == "cuda":

@@ -11,7 +11,7 @@ the same mode. Per batch size, in this order:
 
 1. one run under ``FlopCounterMode``, forward and backward counted apart;
 2. one run under the memory tracker (``torch.cuda.max_memory_allocated``, or
-   :func:`symcx.memory.measure_peak_bytes` on CPU);
+   :func:`symcx.validation.live_bytes.measure_peak_bytes` on CPU);
 3. ``warmup`` untimed runs, then ``repeats`` timed ones.
 
 An out-of-memory error or any other exception at one size is recorded in that size's row,

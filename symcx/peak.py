@@ -1,0 +1,135 @@
+"""The peak of a live-bytes curve whose points are sympy expressions in the size symbols.
+
+A point is dropped when another is at least as large for every positive integer value of the
+symbols; what remains is the peak, ``Max`` of the kept points. Polynomial points (the usual
+case) are compared on their coefficients in plain Python; others go through sympy.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Mapping
+from fractions import Fraction
+
+import sympy
+
+__all__ = ["peak_points", "max_of"]
+
+ZERO = sympy.Integer(0)
+
+
+def _dominates(a: sympy.Expr, b: sympy.Expr, symbols: list[sympy.Symbol]) -> bool:
+    """True when ``a >= b`` for every positive integer value of the symbols.
+
+    Sufficient test: with every symbol ``s`` written as ``s + 1`` (so it ranges over ``s >= 0``),
+    ``a - b`` expands to a polynomial with no negative coefficient. Floors and ceilings of
+    sizes are generators too; they are sizes, hence non-negative.
+    """
+    diff = sympy.expand((a - b).xreplace({s: s + 1 for s in symbols}))
+    if diff.is_Number:
+        return bool(diff >= 0)
+    try:
+        return all(c >= 0 for c in sympy.Poly(diff).coeffs())
+    except sympy.PolynomialError:
+        return False
+
+
+def _probes(symbols: list[sympy.Symbol], hints: Mapping[sympy.Symbol, int]) -> list[dict]:
+    """Symbol values to compare points at: the hints first, then corners of [1, 10**6]."""
+    big, one = sympy.Integer(10**6), sympy.Integer(1)
+    probes = [{s: sympy.Integer(hints.get(s, 8)) for s in symbols}, {s: one for s in symbols}, {s: big for s in symbols}]
+    for s in symbols:
+        probes.append({r: (big if r == s else one) for r in symbols})
+        probes.append({r: (one if r == s else big) for r in symbols})
+    return probes
+
+
+Monomials = dict[tuple[int, ...], Fraction]
+
+
+def _monomials(expr: sympy.Expr, symbols: list[sympy.Symbol]) -> Monomials | None:
+    """``expr`` as {exponents: coefficient} over ``symbols``, or None when it is no polynomial
+    with rational coefficients (floors, ceilings)."""
+    index = {s: k for k, s in enumerate(symbols)}
+    for expand in (False, True):
+        candidate = sympy.expand(expr) if expand else expr
+        out: Monomials = {}
+        for term, coeff in candidate.as_coefficients_dict().items():
+            if not coeff.is_Rational:
+                return None
+            exps = [0] * len(symbols)
+            if term != 1:
+                for base, e in term.as_powers_dict().items():
+                    if base not in index or not (e.is_Integer and e >= 0):
+                        break
+                    exps[index[base]] += int(e)
+                else:
+                    term = 1
+            if term != 1:
+                break  # a factor that is not a plain symbol: try the expanded form
+            key = tuple(exps)
+            out[key] = out.get(key, 0) + Fraction(int(coeff.p), int(coeff.q))
+        else:
+            return out
+    return None
+
+
+def _evaluate(mono: Monomials, point: tuple[int, ...]) -> Fraction:
+    return sum((c * math.prod(v**e for v, e in zip(point, exps)) for exps, c in mono.items()), Fraction(0))
+
+
+def _shift(mono: Monomials) -> Monomials:
+    """The polynomial with every symbol ``s`` replaced by ``s + 1`` (binomial expansion)."""
+    out: Monomials = {}
+    for exps, c in mono.items():
+        for ks in itertools.product(*(range(e + 1) for e in exps)):
+            out[ks] = out.get(ks, 0) + c * math.prod(math.comb(e, k) for e, k in zip(exps, ks))
+    return out
+
+
+def peak_points(
+    points: list[tuple[str, sympy.Expr]], hints: Mapping[sympy.Symbol, int]
+) -> tuple[list[tuple[str, sympy.Expr]], str]:
+    """Points no other point dominates (largest at ``hints`` first), and the node largest at ``hints``.
+
+    A point is dropped when another is at least as large at every probe and :func:`_dominates`
+    proves it for all sizes; the probes only spare the proof where it would fail anyway.
+    Polynomial points (the usual case) are compared on their coefficients, in plain Python.
+    """
+    if not points:
+        return [("", ZERO)], ""
+    unique: dict[sympy.Expr, str] = {}
+    for node, expr in points:
+        unique.setdefault(sympy.sympify(expr), node)
+    exprs = list(unique)
+    symbols = sorted(set().union(*(e.free_symbols for e in exprs)), key=str)
+    probes = _probes(symbols, hints)
+    monos = [_monomials(e, symbols) for e in exprs]
+    values = [
+        tuple(_evaluate(m, tuple(int(p[s]) for s in symbols)) for p in probes) if m is not None
+        else tuple(e.xreplace(p) for p in probes)
+        for e, m in zip(exprs, monos)
+    ]
+    ranked = sorted(range(len(exprs)), key=lambda i: -values[i][0])
+    shifted = {i: _shift(m) for i, m in enumerate(monos) if m is not None}
+
+    def dominates(j: int, i: int) -> bool:
+        if i in shifted and j in shifted:
+            a, b = shifted[j], shifted[i]
+            return all(a.get(k, 0) - b.get(k, 0) >= 0 for k in a.keys() | b.keys())
+        return _dominates(exprs[j], exprs[i], symbols)
+
+    kept: list[int] = []
+    for i in ranked:
+        if any(all(a >= b for a, b in zip(values[j], values[i])) and dominates(j, i) for j in kept):
+            continue
+        kept.append(i)
+    return [(unique[exprs[i]], exprs[i]) for i in kept], unique[exprs[ranked[0]]]
+
+
+def max_of(exprs: Iterable[sympy.Expr]) -> sympy.Expr:
+    """``Max`` of points already known not to dominate each other (sympy's own pairwise
+    comparison of them is slow and finds nothing more)."""
+    args = list(exprs)
+    return args[0] if len(args) == 1 else sympy.Max(*args, evaluate=False)
