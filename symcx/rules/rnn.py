@@ -1,4 +1,5 @@
-"""Fused recurrent kernels: oneDNN's LSTM layer (``aten.mkldnn_rnn_layer``) and its backward.
+"""Fused recurrent kernels: oneDNN's LSTM layer (``aten.mkldnn_rnn_layer``), cuDNN's whole
+RNN (``aten._cudnn_rnn``), and their backward.
 
 On CPU, PyTorch sends ``nn.LSTM`` (and only the LSTM: ``nn.GRU`` and ``nn.RNN`` run as
 per-step ``mm``/``addmm`` cells, counted by the matmul rules) to one oneDNN call per layer and
@@ -26,6 +27,14 @@ elementwise work per step, batch element and hidden unit, with the constants of
 The oneDNN kernel has no output mask: whether the input and the initial state need a
 gradient is read from ``TensorInfo.requires_grad``, which the graph sets on every forward
 value that depends on a trainable parameter.
+
+On CUDA, ``nn.LSTM``, ``nn.GRU`` and ``nn.RNN`` run as one ``_cudnn_rnn`` call for all layers
+and directions (gate rows ``G·H``: 4H LSTM, 3H GRU, H RNN). Each layer-direction is counted as
+above, with input width ``I`` for layer 0 and ``dirs·H`` above it; in the backward, grad-input
+is computed for every layer above the first (the lower layer needs it) and for the first when
+``output_mask[0]`` asks, and the step-0 state gradient when ``output_mask[1]`` does.
+``other_flops``: the LSTM's cell constants above; cuDNN's GRU and RNN cell arithmetic is not
+counted (the note says so). LSTM projections (``proj_size``) are refused.
 """
 
 from __future__ import annotations
@@ -36,13 +45,18 @@ from ..cost import Cost, OpCall, TensorInfo
 from ..errors import RuleError
 from . import rule
 
-__all__ = ["rnn_forward_cost", "rnn_backward_cost", "LSTM_FORWARD_OPS", "LSTM_BACKWARD_OPS", "FCM_NOTE"]
+__all__ = [
+    "rnn_forward_cost", "rnn_backward_cost", "LSTM_FORWARD_OPS", "LSTM_BACKWARD_OPS", "FCM_NOTE", "CUDNN_NOTE",
+]
 
 TWO = sympy.Integer(2)
 FCM_NOTE = "FlopCounterMode has no formula for oneDNN's LSTM kernel and counts 0"
 #: Elementwise operations per step, batch element and hidden unit (see the module docstring).
 LSTM_FORWARD_OPS, LSTM_BACKWARD_OPS, LSTM_GATES = 18, 23, 4
 LSTM_MODE = 2
+CUDNN_NOTE = "FlopCounterMode has no formula for cuDNN's RNN kernel and counts 0"
+#: cuDNN's cell modes (RNN_RELU, RNN_TANH, LSTM, GRU) and their gate rows per hidden unit.
+CUDNN_GATES = {0: 1, 1: 1, 2: 4, 3: 3}
 
 
 def rnn_forward_cost(seq, batch, input_size, gate_rows, hidden) -> Cost:
@@ -124,3 +138,62 @@ def mkldnn_rnn_layer_backward_flops(call: OpCall) -> Cost:
     cost = rnn_backward_cost(seq, batch, i, gh, p, input_grad=_needs_grad(x), state_grad=_needs_grad(hx))
     other = (LSTM_BACKWARD_OPS + 2 * LSTM_GATES * bias) * seq * batch * gh / LSTM_GATES
     return Cost(flops=cost.flops, other_flops=other, factors=cost.factors, fcm_flops=sympy.Integer(0), note=FCM_NOTE)
+
+
+def _cudnn_layers(call: OpCall, weights_at: int, mode_at: int):
+    """(T, B, [(I, G·H, P) per layer-direction], bias, mode) of a ``_cudnn_rnn`` call."""
+    x, weights, stride = call.args[0], call.args[weights_at], call.args[weights_at + 1]
+    mode = call.arg(mode_at, "mode")
+    proj = call.arg(mode_at + 2, "proj_size", 0)
+    batch_first = call.arg(mode_at + 4, "batch_first", False)
+    packed = call.arg(mode_at + 8, "batch_sizes", ())
+    if packed:
+        raise RuleError(
+            f"{call.op}: packed sequences (batch_sizes={list(packed)}) are not supported; "
+            f"pad the batch instead of packing it"
+        )
+    if mode not in CUDNN_GATES:
+        raise RuleError(f"{call.op}: unknown cuDNN RNN mode {mode}")
+    if proj not in (0, None):
+        raise RuleError(f"{call.op}: LSTM projections (proj_size={proj}) have no rule")
+    batch, seq = (x.shape[0], x.shape[1]) if batch_first else (x.shape[1], x.shape[0])
+    chunks = [weights[k : k + stride] for k in range(0, len(weights), stride)]
+    layers = [(w[0].shape[1], w[0].shape[0], w[1].shape[1]) for w in chunks]
+    return seq, batch, layers, stride >= 4, mode
+
+
+@rule("aten._cudnn_rnn")
+def cudnn_rnn_flops(call: OpCall) -> Cost:
+    """Every layer and direction of an RNN on cuDNN: ``2·T·B·GH·(I + H)`` each; FlopCounterMode counts 0."""
+    seq, batch, layers, bias, mode = _cudnn_layers(call, 1, 6)
+    costs = [rnn_forward_cost(seq, batch, i, gh, p) for i, gh, p in layers]
+    other, note = sympy.Integer(0), CUDNN_NOTE
+    if mode == LSTM_MODE:
+        other = sum(((LSTM_FORWARD_OPS + LSTM_GATES * (1 + 2 * bias)) * seq * batch * gh / LSTM_GATES
+                     for _, gh, _ in layers), sympy.Integer(0))
+    else:
+        note += "; the GRU/RNN cell's elementwise work is not in other_flops"
+    factors = tuple(f for c in costs for f in c.factors)
+    return Cost(flops=sympy.Add(*[c.flops for c in costs]), other_flops=other, factors=factors,
+                fcm_flops=sympy.Integer(0), note=note)
+
+
+@rule("aten._cudnn_rnn_backward")
+def cudnn_rnn_backward_flops(call: OpCall) -> Cost:
+    """Its backward: weight grads, state grads, grad-input for every layer above the first."""
+    seq, batch, layers, bias, mode = _cudnn_layers(call, 1, 10)
+    mask = call.arg(21, "output_mask", (True, True, True, True))
+    dirs = 2 if call.arg(17, "bidirectional", False) else 1
+    costs = [
+        rnn_backward_cost(seq, batch, i, gh, p, input_grad=k >= dirs or bool(mask[0]), state_grad=bool(mask[1]))
+        for k, (i, gh, p) in enumerate(layers)
+    ]
+    other, note = sympy.Integer(0), CUDNN_NOTE
+    if mode == LSTM_MODE:
+        other = sum(((LSTM_BACKWARD_OPS + 2 * LSTM_GATES * bias) * seq * batch * gh / LSTM_GATES
+                     for _, gh, _ in layers), sympy.Integer(0))
+    else:
+        note += "; the GRU/RNN cell's elementwise work is not in other_flops"
+    factors = tuple(f for c in costs for f in c.factors)
+    return Cost(flops=sympy.Add(*[c.flops for c in costs]), other_flops=other, factors=factors,
+                fcm_flops=sympy.Integer(0), note=note)

@@ -6,6 +6,8 @@ counted 0 by FlopCounterMode); ``nn.GRU`` and ``nn.RNN`` run per-step ``addmm`` 
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import sympy
 import torch
@@ -17,7 +19,10 @@ from torch import nn
 import symcx
 from symcx import symbol, t
 from symcx.errors import RuleError
-from symcx.rules.rnn import FCM_NOTE, mkldnn_rnn_layer_flops, rnn_backward_cost, rnn_forward_cost
+from symcx.rules.rnn import (
+    CUDNN_NOTE, FCM_NOTE, cudnn_rnn_backward_flops, cudnn_rnn_flops, mkldnn_rnn_layer_flops, rnn_backward_cost,
+    rnn_forward_cost,
+)
 
 from .conftest import evaluate, fcm_counts, needs_grad, op_call, run_step
 
@@ -154,6 +159,53 @@ def test_packed_sequences_are_refused():
     packed[8] = [2, 1]
     with pytest.raises(RuleError, match="packed sequences"):
         mkldnn_rnn_layer_flops(op_call(func, packed, kwargs, out))
+
+
+def _cudnn_calls(rnn: nn.RNNBase, x: torch.Tensor, hx, input_grad: bool, state_grad: bool):
+    """The ``_cudnn_rnn`` call and its backward as a CUDA run would make them (built by hand:
+    CPU-only torch cannot run cuDNN), with the real weights, input and initial state."""
+    mode = {nn.LSTM: 2, nn.GRU: 3}.get(type(rnn), 0 if getattr(rnn, "nonlinearity", "") == "relu" else 1)
+    dirs = 2 if rnn.bidirectional else 1
+    zeros = torch.zeros(rnn.num_layers * dirs, x.shape[0 if rnn.batch_first else 1], rnn.hidden_size)
+    h0, c0 = (hx if hx is not None else (zeros, zeros)) if mode == 2 else (hx if hx is not None else zeros, None)
+    weights = list(rnn._flat_weights)
+    stride = len(weights) // (rnn.num_layers * dirs)
+    tail = [rnn.hidden_size, 0, rnn.num_layers, rnn.batch_first, 0.0, True, rnn.bidirectional, [], None]
+    out = rnn(x, hx)[0]
+    fwd = op_call(torch.ops.aten._cudnn_rnn.default, [x, weights, stride, None, h0, c0, mode, *tail], {}, (out,))
+    mask = [input_grad, state_grad, state_grad and mode == 2, True]
+    bwd = op_call(
+        torch.ops.aten._cudnn_rnn_backward.default,
+        [x, weights, stride, None, h0, c0, out, out, None, None, mode, *tail, torch.empty(0), mask], {}, (x,),
+    )
+    return fwd, bwd
+
+
+@settings(max_examples=100, deadline=None)
+@given(rnn_configs())
+def test_cudnn_rules_match_per_step_cells(cfg):
+    """cuDNN's one call for all layers and directions counts what the per-step cells do."""
+    rnn, x, hx = _build(cfg)
+    fwd, bwd = _cudnn_calls(rnn, x, hx, cfg["input_grad"], cfg["learned_state"])
+    oracle = fcm_counts(lambda x, hx: per_step(rnn, x, hx), x, hx)
+    costs = cudnn_rnn_flops(fwd), cudnn_rnn_backward_flops(bwd)
+    assert (costs[0].flops, costs[1].flops) == oracle
+    assert all(c.fcm_flops == 0 and c.note.startswith(CUDNN_NOTE) for c in costs)
+
+
+def test_cudnn_lstm_other_flops_and_refusals():
+    """The LSTM cell constants (30 forward, 31 backward per step, batch element and unit, with
+    biases) as on oneDNN; projections and packed sequences are refused."""
+    rnn = nn.LSTM(5, 7, num_layers=2)
+    x = torch.randn(4, 3, 5)
+    fwd, bwd = _cudnn_calls(rnn, x, None, False, False)
+    assert cudnn_rnn_flops(fwd).other_flops == 2 * 30 * 4 * 3 * 7
+    assert cudnn_rnn_backward_flops(bwd).other_flops == 2 * 31 * 4 * 3 * 7
+    for index, value, message in ((8, 3, "projections"), (14, [3, 1], "packed sequences")):
+        args = list(fwd.args)
+        args[index] = value
+        with pytest.raises(RuleError, match=message):
+            cudnn_rnn_flops(dataclasses.replace(fwd, args=tuple(args)))
 
 
 # --- end to end: symcx.analyze -----------------------------------------------------------------
