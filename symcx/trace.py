@@ -43,6 +43,7 @@ from torch.utils._sympy import functions as torch_sympy_functions
 from torch.utils.weak import WeakTensorKeyDictionary
 
 from .errors import ShapeError, TraceError
+from .guards import as_bound, holds_everywhere, tightest, violating_hints
 from .symbols import symbol, to_plain, width_names
 
 __all__ = [
@@ -611,54 +612,10 @@ def _assumptions(
             continue
         if not isinstance(expr, (sympy.StrictLessThan, sympy.LessThan, sympy.StrictGreaterThan, sympy.GreaterThan)):
             continue
-        if _holds_everywhere(expr) or expr in out:
+        if holds_everywhere(expr) or expr in out:
             continue
-        out.append(_as_bound(expr))
-    return _tightest(out)
-
-
-def _as_bound(rel: sympy.Basic) -> sympy.Basic:
-    """A guard linear in one symbol as ``s >= c`` or ``s <= c`` (integers); others unchanged."""
-    syms = list(rel.free_symbols)
-    diff = sympy.expand(rel.lhs - rel.rhs)
-    if len(syms) != 1 or not diff.is_polynomial(syms[0]) or sympy.degree(diff, syms[0]) != 1:
-        return rel
-    s = syms[0]
-    a, b = diff.coeff(s, 1), diff.coeff(s, 0)
-    c = -b / a
-    # diff > 0, diff >= 0, diff < 0, diff <= 0, with a's sign deciding the direction
-    strict = isinstance(rel, (sympy.StrictGreaterThan, sympy.StrictLessThan))
-    greater = isinstance(rel, (sympy.StrictGreaterThan, sympy.GreaterThan)) == bool(a > 0)
-    if greater:
-        return sympy.Ge(s, sympy.floor(c) + 1 if strict else sympy.ceiling(c))
-    return sympy.Le(s, sympy.ceiling(c) - 1 if strict else sympy.floor(c))
-
-
-def _tightest(bounds: list[sympy.Basic]) -> list[sympy.Basic]:
-    """Keep the largest lower bound and the smallest upper bound of each symbol."""
-    best: dict[tuple[sympy.Symbol, bool], sympy.Basic] = {}
-    rest: list[sympy.Basic] = []
-    for b in bounds:
-        if isinstance(b, (sympy.GreaterThan, sympy.LessThan)) and b.lhs.is_Symbol and b.rhs.is_Number:
-            key = (b.lhs, isinstance(b, sympy.GreaterThan))
-            old = best.get(key)
-            if old is None or (b.rhs > old.rhs if key[1] else b.rhs < old.rhs):
-                best[key] = b
-        elif b not in rest:
-            rest.append(b)
-    return list(best.values()) + rest
-
-
-def _holds_everywhere(rel: sympy.Basic) -> bool:
-    """True when a guard holds at every probe point ≥ 2 (so it bounds nothing a user will hit)."""
-    syms = sorted(rel.free_symbols, key=str)
-    for value in (2, 3, 7, 64, 1000, 100003):
-        try:
-            if not bool(rel.subs({s: value for s in syms})):
-                return False
-        except TypeError:
-            return False
-    return True
+        out.append(as_bound(expr))
+    return tightest(out)
 
 
 def trace_training_step(
@@ -680,7 +637,7 @@ def trace_training_step(
     trace = _trace_once(model, example_input, hints=hints, batch_dim=batch_dim, dims=dims, widths=widths, loss=loss)
     kept, dropped = [], []
     for guard in trace.assumptions:
-        beyond = _violating_hints(guard, trace.hints)
+        beyond = violating_hints(guard, trace.hints)
         if beyond is None:
             kept.append(guard)
             continue
@@ -711,18 +668,6 @@ def trace_at(
     return _trace_once(
         model, example_input, batch_dim=batch_dim, dims=dims, widths=None, hints=values, loss=loss, static=True
     )
-
-
-def _violating_hints(guard: sympy.Basic, hints: Mapping[sympy.Symbol, int]) -> dict[str, int] | None:
-    """Example sizes (by name) just past ``guard``'s bound, or None when none is found."""
-    syms = sorted(guard.free_symbols, key=str)
-    if len(syms) != 1 or syms[0] not in hints:
-        return None
-    s = syms[0]
-    for value in (hints[s] * k for k in (2, 3, 4, 8, 16, 64)):
-        if not bool(guard.subs(s, value)):
-            return {str(s): value}
-    return None
 
 
 def _tensor_ops(trace: Trace) -> list[torch.fx.Node]:
