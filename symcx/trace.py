@@ -5,12 +5,14 @@ This is the only module that touches private torch APIs; each one is named in
 
 The route (see docs/design.md): the example input becomes a fake tensor under a
 ``FakeTensorMode`` with a ``ShapeEnv``; the batch dimension and any dimension the user
-names are ``DimDynamic.DYNAMIC``. A dispatch mode above the fake mode records every aten
-call of ``functional_call`` of the model, a scalar loss and ``torch.autograd.grad`` of it
-w.r.t. the trainable parameters as one node of an fx graph: the graph ``make_fx`` would
-build, without its proxy tracing of every size computation (2× faster on GPT-2). Module
-hooks tag forward nodes with their module path; autograd pre-hooks tag backward nodes
-with the sequence number of the forward op that caused them.
+names are ``DimDynamic.DYNAMIC``. With fake parameters swapped into the model (as
+``functional_call`` does), a dispatch mode above the fake mode records every aten call of the
+model, a scalar loss and ``torch.autograd.grad`` of it w.r.t. the trainable parameters as one
+node of an fx graph: the graph ``make_fx`` would build, without its proxy tracing of every
+size computation (2× faster on GPT-2). Module hooks tag forward nodes with their module
+path; autograd pre-hooks tag backward nodes with the sequence number of the forward op that
+caused them. The swap lasts through the backward, where activation checkpointing runs a
+region's forward again.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch
 import torch._decomp.decompositions
 from torch._dispatch.python import enable_python_dispatcher
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.nn.utils.stateless import _reparametrize_module
 from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
 from torch.utils import _pytree as pytree
 
@@ -66,6 +69,7 @@ PRIVATE_APIS = (
     "torch._subclasses.fake_tensor.FakeTensorMode",
     "torch.fx.experimental.symbolic_shapes.ShapeEnv / StatelessSymbolicContext / DimDynamic",
     "torch._dispatch.python.enable_python_dispatcher (as make_fx's symbolic mode)",
+    "torch.nn.utils.stateless._reparametrize_module (functional_call's swap, kept through the backward)",
     "torch.utils._python_dispatch.autograd_would_have_decomposed (as make_fx)",
     "torch.autograd.graph.Node._sequence_nr / torch.autograd._get_sequence_nr",
     "torch.utils._pytree (tree_leaves, tree_map, tree_flatten, tree_unflatten)",
@@ -333,8 +337,12 @@ class _Recorder(TorchDispatchMode):
 
 
 @contextlib.contextmanager
-def _module_tags(model: torch.nn.Module, set_tag: Callable[..., None]):
-    """Global module hooks that keep the current module path in the node-meta tag."""
+def _module_tags(model: torch.nn.Module, recorder: _Recorder):
+    """Global module hooks that keep the current module path in the recorder's tag.
+
+    In the backward they leave the tag alone: a checkpointed module that runs its forward again
+    there is backward work, attributed to the backward node that asked for it.
+    """
     paths: dict[int, str] = {}
     for name, mod in model.named_modules(remove_duplicate=False):
         paths.setdefault(id(mod), name)
@@ -342,14 +350,14 @@ def _module_tags(model: torch.nn.Module, set_tag: Callable[..., None]):
 
     def pre(mod, args):
         path = paths.get(id(mod))
-        if path is not None:
+        if path is not None and recorder.tag.get("phase") == "forward":
             stack.append(path)
-            set_tag(phase="forward", module=path)
+            recorder.set_tag(phase="forward", module=path)
 
     def post(mod, args, out):
-        if paths.get(id(mod)) is not None and stack:
+        if paths.get(id(mod)) is not None and stack and recorder.tag.get("phase") == "forward":
             stack.pop()
-            set_tag(phase="forward", module=stack[-1] if stack else "")
+            recorder.set_tag(phase="forward", module=stack[-1] if stack else "")
 
     h1 = torch.nn.modules.module.register_module_forward_pre_hook(pre)
     h2 = torch.nn.modules.module.register_module_forward_hook(post)
@@ -483,8 +491,8 @@ def _trace_once(
 
     def joint() -> tuple[list[torch.Tensor], Sequence[torch.Tensor | None]]:
         recorder.set_tag(phase="forward", module="")
-        with _module_tags(model, recorder.set_tag):
-            out = torch.func.functional_call(model, {**params, **buffers}, fargs, fkwargs)
+        with _module_tags(model, recorder):
+            out = model(*fargs, **fkwargs)
         recorder.set_tag(phase="loss", module="")
         scalar = loss_fn(out)
         if not isinstance(scalar, torch.Tensor) or scalar.numel() != 1:
@@ -498,9 +506,12 @@ def _trace_once(
         grads = torch.autograd.grad(scalar, wrt, allow_unused=True)
         return outs, grads
 
+    # the fake parameters stay in the model through the backward too: a checkpointed region
+    # (torch.utils.checkpoint) runs its forward again there
+    swap = _reparametrize_module(model, {**params, **buffers}, tie_weights=True)
     try:
         with contextlib.ExitStack() as stack:
-            for ctx in (_quiet_fake_tensor_log(), _eager_lstm_kernels(), mode, enable_python_dispatcher(), recorder):
+            for ctx in (_quiet_fake_tensor_log(), _eager_lstm_kernels(), swap, mode, enable_python_dispatcher(), recorder):
                 stack.enter_context(ctx)
             autocast_cache = torch.is_autocast_cache_enabled()
             torch.set_autocast_cache_enabled(False)  # as make_fx: cached casts would be untracked tensors

@@ -21,7 +21,12 @@ def test_private_torch_apis_still_exist():
     from torch.utils import _pytree  # noqa: F401
     from torch.utils._sympy import functions
 
+    import inspect
+
+    from torch.nn.utils.stateless import _reparametrize_module
     from torch.utils._python_dispatch import autograd_would_have_decomposed
+
+    assert {"tie_weights", "strict"} <= set(inspect.signature(_reparametrize_module).parameters)
     from torch.utils.weak import WeakTensorKeyDictionary
 
     assert callable(enable_python_dispatcher) and callable(autograd_would_have_decomposed)
@@ -241,3 +246,34 @@ def test_in_place_metadata_change_keeps_each_node_its_own_shape():
     shapes = {d["packet"]: d["out"].shape for _, d in a.graph.nodes(data=True) if d.get("phase") == "forward"}
     assert shapes["aten.mul"] == (t, 6) and shapes["aten.unsqueeze_"] == (t, 1, 6)
     assert a.forward_flops == 2 * 4 * 6 * t  # the Linear; mul is pointwise, FlopCounterMode's convention
+
+
+def test_activation_checkpointing_recomputes_in_the_backward():
+    """torch.utils.checkpoint: the checkpointed region's forward runs again in the backward
+    (counted there, as FlopCounterMode counts it) and its activations are not saved."""
+    import torch.utils.checkpoint as checkpoint
+    from torch.utils.flop_counter import FlopCounterMode
+
+    class Net(nn.Module):
+        def __init__(self, ckpt: bool) -> None:
+            super().__init__()
+            self.ckpt = ckpt
+            self.block = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8))
+
+        def forward(self, x):
+            return checkpoint.checkpoint(self.block, x, use_reentrant=False) if self.ckpt else self.block(x)
+
+    torch.manual_seed(0)
+    plain, ckpt = Net(False), Net(True)
+    ckpt.load_state_dict(plain.state_dict())
+    a_plain, a_ckpt = (symcx.analyze(m, torch.randn(3, 8)) for m in (plain, ckpt))
+    x = torch.randn(5, 8)
+    with FlopCounterMode(display=False) as f:
+        out = ckpt(x)
+        forward = f.get_total_flops()
+        out.sum().backward()
+    at = a_ckpt.subs(t=5)
+    assert (at.forward_flops, at.backward_flops) == (forward, f.get_total_flops() - forward)
+    # the recompute (Linear 1 and the ReLU, up to the last tensor the backward needs) is backward work
+    assert a_ckpt.backward_flops == a_plain.backward_flops + 2 * 8 * 16 * t
+    assert a_ckpt.memory().activations < a_plain.memory().activations
