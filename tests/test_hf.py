@@ -169,3 +169,21 @@ def test_more_families_count_what_flop_counter_counts(build):
         assert (at.flop_counter_flops("forward"), at.flop_counter_flops("backward")) == (
             forward, f.get_total_flops() - forward
         )
+
+
+def test_gradient_checkpointing_counts_the_recompute():
+    """``gradient_checkpointing_enable()``: each block's forward runs again in the backward, which
+    FlopCounterMode counts there; symcx's totals follow, and fewer activations are saved."""
+    torch.manual_seed(0)
+    plain, ckpt = gpt2("eager"), gpt2("eager")
+    ckpt.load_state_dict(plain.state_dict())
+    ckpt.gradient_checkpointing_enable()
+    ids = {"input_ids": torch.randint(0, VOCAB, (2, 8))}
+    a_plain, a_ckpt = symcx.analyze(plain.train(), ids), symcx.analyze(ckpt.train(), ids)
+    assert not a_ckpt.unsupported
+    for batch in (2, 3):
+        forward, backward = fcm_step(ckpt, input_ids=torch.randint(0, VOCAB, (batch, 8)))
+        at = a_ckpt.subs(t=batch)
+        assert (at.forward_flops, at.backward_flops) == (forward, backward)
+    assert a_ckpt.forward_flops == a_plain.forward_flops
+    assert a_ckpt.memory().activations < a_plain.memory().activations
