@@ -139,8 +139,8 @@ def build_graph(trace: Trace) -> nx.DiGraph:
             attrs["call"] = OpCall(name, args, kwargs, out)
             attrs["out"] = out
             attrs["bytes"] = _new_bytes(node.target, packet, out)
-            if node.meta.get("stack_trace"):
-                attrs["stack"] = node.meta["stack_trace"].strip().splitlines()[-1].strip()
+            if node.meta.get("source"):
+                attrs["source"] = node.meta["source"]
             if attrs["phase"] == "forward":
                 for src in node.all_input_nodes:
                     if src.op == "placeholder":

@@ -24,6 +24,7 @@ import logging
 import operator
 import os
 import re
+import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -148,6 +149,17 @@ class Trace:
     def shape(self, tensor: torch.Tensor | TensorMeta) -> tuple[sympy.Expr, ...]:
         """The shape of a (fake) tensor in user symbols."""
         return tuple(self.expr(s) for s in tensor.shape)
+
+
+def _user_frame() -> str | None:
+    """``file:line`` of the innermost caller outside torch and symcx: the model code running."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        path = frame.f_code.co_filename
+        if not (path.startswith(_TORCH_DIR) or path == _THIS_FILE or path.endswith("contextlib.py")):
+            return f"{path}:{frame.f_lineno}"
+        frame = frame.f_back
+    return None
 
 
 def _source_line(err: BaseException) -> str | None:
@@ -332,6 +344,8 @@ class _Recorder(TorchDispatchMode):
             "call_function", target, tuple(node_args), node_kwargs, name=func.overloadpacket.__name__
         )
         node.meta.update(val=_snapshot(out), custom=self.tag, seq_nr=torch.autograd._get_sequence_nr() - 1)
+        if self.tag.get("phase") == "forward":
+            node.meta["source"] = _user_frame()
         self._track(node, out)
         return out
 

@@ -147,14 +147,14 @@ def annotate_costs(G: nx.DiGraph, *, strict: bool = False, options: Mapping[str,
             data["cost"] = None
             data["unsupported"] = True
             where = data["layer"] or "<root>"
+            line = f" ({data['source']})" if data.get("source") else ""
             if strict:
-                line = f" ({data['stack']})" if data.get("stack") else ""
                 raise UnsupportedOpError(
                     f"{data['op']} at {where}{line} has no cost rule; register one with "
                     f"symcx.rules.register, or call analyze(strict=False) to list it as unsupported"
                 )
             if not missing[(data["packet"], where)]:
-                log.warning("symcx: no cost rule for %s at %s: counted nowhere", data["packet"], where)
+                log.warning("symcx: no cost rule for %s at %s%s: counted nowhere", data["packet"], where, line)
             missing[(data["packet"], where)] += 1
     return missing
 
