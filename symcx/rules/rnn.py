@@ -162,20 +162,25 @@ def _cudnn_layers(call: OpCall, weights_at: int, mode_at: int):
     return seq, batch, layers, stride >= 4, mode
 
 
-@rule("aten._cudnn_rnn")
-def cudnn_rnn_flops(call: OpCall) -> Cost:
-    """Every layer and direction of an RNN on cuDNN: ``2·T·B·GH·(I + H)`` each; FlopCounterMode counts 0."""
-    seq, batch, layers, bias, mode = _cudnn_layers(call, 1, 6)
-    costs = [rnn_forward_cost(seq, batch, i, gh, p) for i, gh, p in layers]
+def _cudnn_total(costs: list[Cost], layers, seq, batch, mode: int, lstm_ops: int) -> Cost:
+    """The layers' costs summed; ``lstm_ops`` cell operations per step, batch element and unit
+    for an LSTM, none counted for GRU/RNN cells (the note says so)."""
     other, note = sympy.Integer(0), CUDNN_NOTE
     if mode == LSTM_MODE:
-        other = sum(((LSTM_FORWARD_OPS + LSTM_GATES * (1 + 2 * bias)) * seq * batch * gh / LSTM_GATES
-                     for _, gh, _ in layers), sympy.Integer(0))
+        other = sum((lstm_ops * seq * batch * gh / LSTM_GATES for _, gh, _ in layers), sympy.Integer(0))
     else:
         note += "; the GRU/RNN cell's elementwise work is not in other_flops"
     factors = tuple(f for c in costs for f in c.factors)
     return Cost(flops=sympy.Add(*[c.flops for c in costs]), other_flops=other, factors=factors,
                 fcm_flops=sympy.Integer(0), note=note)
+
+
+@rule("aten._cudnn_rnn")
+def cudnn_rnn_flops(call: OpCall) -> Cost:
+    """Every layer and direction of an RNN on cuDNN: ``2·T·B·GH·(I + H)`` each; FlopCounterMode counts 0."""
+    seq, batch, layers, bias, mode = _cudnn_layers(call, 1, 6)
+    costs = [rnn_forward_cost(seq, batch, i, gh, p) for i, gh, p in layers]
+    return _cudnn_total(costs, layers, seq, batch, mode, LSTM_FORWARD_OPS + LSTM_GATES * (1 + 2 * bias))
 
 
 @rule("aten._cudnn_rnn_backward")
@@ -188,12 +193,4 @@ def cudnn_rnn_backward_flops(call: OpCall) -> Cost:
         rnn_backward_cost(seq, batch, i, gh, p, input_grad=k >= dirs or bool(mask[0]), state_grad=bool(mask[1]))
         for k, (i, gh, p) in enumerate(layers)
     ]
-    other, note = sympy.Integer(0), CUDNN_NOTE
-    if mode == LSTM_MODE:
-        other = sum(((LSTM_BACKWARD_OPS + 2 * LSTM_GATES * bias) * seq * batch * gh / LSTM_GATES
-                     for _, gh, _ in layers), sympy.Integer(0))
-    else:
-        note += "; the GRU/RNN cell's elementwise work is not in other_flops"
-    factors = tuple(f for c in costs for f in c.factors)
-    return Cost(flops=sympy.Add(*[c.flops for c in costs]), other_flops=other, factors=factors,
-                fcm_flops=sympy.Integer(0), note=note)
+    return _cudnn_total(costs, layers, seq, batch, mode, LSTM_BACKWARD_OPS + 2 * LSTM_GATES * bias)
