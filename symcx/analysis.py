@@ -495,11 +495,15 @@ def _dim_specs(dims: Mapping[str, Any] | None) -> list[DimSpec]:
         if name in ("t", "n", "N"):
             raise SymcxError(f"{name!r} is reserved (t batch, n epochs, N samples); choose another name")
         if isinstance(where, int):
-            specs.append(DimSpec(name, where, 0))
+            specs.append(DimSpec(name, where, 0, shared=True))
         elif isinstance(where, tuple) and len(where) == 2:
             specs.append(DimSpec(name, where[1], where[0]))
+        elif isinstance(where, list) and where and all(isinstance(w, tuple) and len(w) == 2 for w in where):
+            specs += [DimSpec(name, dim, index) for index, dim in where]
         else:
-            raise SymcxError(f"dims[{name!r}] must be a dim index or (input index, dim), not {where!r}")
+            raise SymcxError(
+                f"dims[{name!r}] must be a dim index, (input index, dim) or a list of those, not {where!r}"
+            )
     return specs
 
 
@@ -526,7 +530,9 @@ def analyze(
         symbol ``t``; its example size does not matter (the trace uses 8).
     dims : dict, optional
         Input dimensions to make symbolic, by name: ``{"H": 2, "W": 3}`` (dims of the first
-        input) or ``{"L": (1, 1)}`` (input 1, dim 1). Example sizes must be 2 or more.
+        input, and of every other input of its rank with the same example size there, as an
+        attention mask beside token ids), ``{"L": (1, 1)}`` (input 1, dim 1 only) or
+        ``{"L": [(0, 1), (2, 1)]}``. Example sizes must be 2 or more.
     widths : bool or {"d", "letters"}
         Make every layer width symbolic: ``d_0, d_1, …`` (True or "d") or the seed's
         ``i, j, k, l, …`` ("letters").

@@ -90,11 +90,16 @@ BATCH_HINT = 8
 
 @dataclasses.dataclass(frozen=True)
 class DimSpec:
-    """A symbolic input dimension: ``name`` for dim ``dim`` of input number ``input``."""
+    """A symbolic input dimension: ``name`` for dim ``dim`` of input number ``input``.
+
+    ``shared``: also every other input of the same rank whose size there equals input 0's
+    (token ids with their attention mask and token types share ``L``).
+    """
 
     name: str
     dim: int
     input: int = 0
+    shared: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -440,6 +445,12 @@ def _trace_once(
         if d.input >= len(tensor_pos):
             raise ShapeError(f"dimension {d.name!r} names input {d.input}, but there are {len(tensor_pos)}")
         named[(d.input, d.dim)] = d.name
+        first = tensors[tensor_pos[d.input]]
+        if d.shared and -first.dim() <= d.dim < first.dim():
+            for k, pos in enumerate(tensor_pos):
+                x = tensors[pos]
+                if x.dim() == first.dim() and x.shape[d.dim] == first.shape[d.dim]:
+                    named.setdefault((k, d.dim), d.name)
     fake_leaves = list(tensors)
     # inputs follow the model: a model built on the meta device takes meta inputs
     device = next((p.device for p in (*model.parameters(), *model.buffers())), None)

@@ -188,3 +188,27 @@ def test_gradient_checkpointing_counts_the_recompute():
         assert (at.forward_flops, at.backward_flops) == (forward, backward)
     assert a_ckpt.forward_flops == a_plain.forward_flops
     assert a_ckpt.memory().activations < a_plain.memory().activations
+
+
+def test_named_length_is_shared_by_mask_and_token_types():
+    """``dims={"L": 1}`` makes dim 1 symbolic in every input of the ids' rank and length (the
+    attention mask and token types too), so the inputs keep fitting each other."""
+    torch.manual_seed(0)
+    model = bert("eager")
+    model.train()
+
+    def inputs(batch, length):
+        return {
+            "input_ids": torch.randint(0, VOCAB, (batch, length)),
+            "attention_mask": torch.ones(batch, length, dtype=torch.long),
+            "token_type_ids": torch.zeros(batch, length, dtype=torch.long),
+        }
+
+    shared = symcx.analyze(model, inputs(2, 10), dims={"L": 1})
+    explicit = symcx.analyze(model, inputs(2, 10), dims={"L": [(0, 1), (1, 1), (2, 1)]})
+    assert shared.route == explicit.route == "symbolic"
+    assert shared.forward_flops == explicit.forward_flops
+    for batch, length in SIZES_TL:
+        forward, backward = fcm_step(model, **inputs(batch, length))
+        at = shared.subs(t=batch, L=length)
+        assert (at.forward_flops, at.backward_flops) == (forward, backward)
