@@ -18,7 +18,7 @@ import sympy
 import torch
 
 from .cost import TensorInfo
-from .errors import SymcxError, TraceError
+from .errors import ShapeError, SymcxError, TraceError
 from .fallback import fitted_layer_memory, fitted_memory, interpolated_graph
 from .graph import ALIAS_OPS, build_graph
 from .rules import annotate_costs, is_free
@@ -591,7 +591,7 @@ def analyze(
                     model, example_input, batch_dim=batch_dim, dims=specs, loss=loss, options=options,
                     reason=str(err).splitlines()[0], strict=strict,
                 )
-            except TraceError as again:
+            except (TraceError, ShapeError) as again:  # the symbolic route's cause comes first
                 raise TraceError(f"{err}\n  the interpolation fallback failed too: {again}") from err
             return Analysis(graph, trace, unsupported)
     finally:

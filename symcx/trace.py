@@ -614,9 +614,13 @@ def _name_symbols(
         if not c.is_Symbol:
             if name in ("t",) or name in {d for d in input_syms.values()}:
                 if c.is_Number:
+                    hint = "" if name == "t" else (
+                        f" (if another input has this size, name it there too: "
+                        f"dims={{{name!r}: [(input, dim), ...]}})"
+                    )
                     raise TraceError(
                         f"the model pins {name!r} to {c}: a shape check fixed it during tracing, "
-                        f"so no formula in {name} exists on the symbolic route"
+                        f"so no formula in {name} exists on the symbolic route{hint}"
                     )
             continue
         if c in rename:
