@@ -10,7 +10,7 @@ import sympy
 from ..cost import Cost, OpCall
 from . import rule
 
-__all__ = ["matmul_flops", "mm_flops", "bmm_flops", "dot_flops", "mv_flops"]
+__all__ = ["matmul_flops", "mm_flops", "bmm_flops", "dot_flops", "mv_flops", "trilinear_flops"]
 
 TWO = sympy.Integer(2)
 _NO_FCM = "FlopCounterMode has no formula for matrix-vector products and counts 0"
@@ -53,3 +53,60 @@ def mv_flops(call: OpCall) -> Cost:
     a = call.args[0] if call.op.startswith("aten.mv") else call.args[1]
     m, k = a.shape
     return Cost(flops=TWO * m * k, factors=((TWO, m, k),), fcm_flops=sympy.Integer(0), note=_NO_FCM)
+
+
+_TRILINEAR_NOTE = "FlopCounterMode has no formula for _trilinear (nn.Bilinear) and counts 0"
+
+
+def _pair_cost(a: list, b: list, summed: set[int]) -> tuple[sympy.Expr, sympy.Expr]:
+    """(FLOPs, other operations) of one ``sumproduct_pair`` of two broadcastable operands.
+
+    With nothing to sum it is an elementwise multiply (one operation per broadcast element, not
+    a FLOP in FlopCounterMode's convention); otherwise a batched matrix product, 2·(product of
+    the broadcast sizes). A summed dim only one operand carries is reduced in it first (one add
+    per element of that operand) and is not part of the product.
+    """
+    sizes = [y if x == 1 else x for x, y in zip(a, b)]
+    if not summed:
+        return sympy.Integer(0), sympy.Mul(*sizes)
+    other = sympy.Integer(0)
+    kept = []
+    for d, (x, y) in enumerate(zip(a, b)):
+        if d in summed and (x == 1 or y == 1):
+            if x != 1 or y != 1:
+                other += sympy.Mul(*(a if y == 1 else b))
+            continue
+        kept.append(sizes[d])
+    return TWO * sympy.Mul(*kept), other
+
+
+def _broadcast(a: list, b: list, summed: set[int]) -> list:
+    return [sympy.Integer(1) if d in summed else (y if x == 1 else x) for d, (x, y) in enumerate(zip(a, b))]
+
+
+@rule("aten._trilinear")
+def trilinear_flops(call: OpCall) -> Cost:
+    """``(i1·i2·i3).sum(sumdim)`` as the kernel computes it: for each index of ``unroll_dim``,
+    i1 times i2 (summing the dims i3 lacks), then that times i3; a pair with dims to sum is a
+    batched matrix product (2 FLOPs per multiply-add), one without is an elementwise multiply
+    (``other_flops``), as are the adds of each slice into the output. ``nn.Bilinear`` forward:
+    2·B·O·J·(I + 1). FlopCounterMode counts 0."""
+    i1, i2, i3 = call.args[0], call.args[1], call.args[2]
+    expands = [set(call.arg(3 + k, name)) for k, name in enumerate(("expand1", "expand2", "expand3"))]
+    sumdim, unroll = set(call.arg(6, "sumdim")), call.arg(7, "unroll_dim", 1)
+    total = len(i1.shape) + len(expands[0])
+    shapes = []
+    for x, expand in zip((i1, i2, i3), expands):
+        it = iter(x.shape)
+        shapes.append([sympy.Integer(1) if d in expand else next(it) for d in range(total)])
+    unroll_size = next(s[unroll] for s, e in zip(reversed(shapes), reversed(expands)) if unroll not in e)
+    for s in shapes:
+        s[unroll] = sympy.Integer(1)
+    sum12 = {d for d in sumdim if d in expands[2] and d != unroll}
+    sum23 = {d for d in sumdim if d not in expands[2] and d != unroll}
+    f1, o1 = _pair_cost(shapes[0], shapes[1], sum12)
+    buf = _broadcast(shapes[0], shapes[1], sum12)
+    f2, o2 = _pair_cost(buf, shapes[2], sum23)
+    added = sympy.Mul(*_broadcast(buf, shapes[2], sum23))
+    return Cost(flops=unroll_size * (f1 + f2), other_flops=unroll_size * (o1 + o2 + added),
+                factors=((unroll_size, f1 + f2),), fcm_flops=sympy.Integer(0), note=_TRILINEAR_NOTE)

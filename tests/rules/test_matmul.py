@@ -17,6 +17,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 import symcx
 
@@ -143,3 +144,68 @@ def test_analyze_broadcast_matmul_matches_flop_counter_mode(m, k, n):
     for batch, rows in ((2, 3), (5, 8)):
         got = (evaluate(a.forward_flops, t=batch, M=rows), evaluate(a.backward_flops, t=batch, M=rows))
         assert got == fcm_counts(model, torch.randn(batch, rows, k))
+
+
+def _sumproduct_pair(a, b, dims):
+    """ATen's ``sumproduct_pair`` (aten/src/ATen/native/Linear.cpp) written out: a multiply when
+    nothing is summed, else a summed dim only one side has is reduced there and the rest is one
+    ``bmm`` of (kept-in-both, left-only, summed) by (kept-in-both, summed, right-only)."""
+    if not dims:
+        return a * b
+    lro, lo, ro, summed = [], [], [], []
+    for d in range(a.dim()):
+        sl, sr = a.shape[d] != 1, b.shape[d] != 1
+        if d in dims:
+            if sl and sr:
+                summed.append(d)
+            elif sl:
+                a = a.sum(d, keepdim=True)
+            elif sr:
+                b = b.sum(d, keepdim=True)
+        elif sl and sr:
+            lro.append(d)
+        elif sl:
+            lo.append(d)
+        elif sr:
+            ro.append(d)
+    size = lambda x, ds: math.prod(x.shape[d] for d in ds)  # noqa: E731
+    rest = [d for d in range(a.dim()) if d not in lro + lo + summed + ro]
+    left = a.permute(lro + lo + summed + ro + rest).reshape(size(a, lro), size(a, lo), size(a, summed))
+    right = b.permute(lro + summed + ro + lo + rest).reshape(size(b, lro), size(b, summed), size(b, ro))
+    torch.bmm(left, right)
+    shape = [1 if d in dims else max(x, y) for d, (x, y) in enumerate(zip(a.shape, b.shape))]
+    return torch.zeros(shape)  # the values do not matter here, only the sizes
+
+
+def _trilinear_replica(i1, i2, i3, expand1, expand2, expand3, sumdim, unroll_dim=1):
+    """ATen's ``_trilinear`` loop written out: per index of the unrolled dim, i1·i2 summed over
+    the dims i3 lacks, then that with i3 (two ``sumproduct_pair``s)."""
+    ops = []
+    for x, expand in ((i1, expand1), (i2, expand2), (i3, expand3)):
+        for d in sorted(expand):
+            x = x.unsqueeze(d)
+        ops.append(x)
+    sum12 = [d for d in sumdim if d in expand3 and d != unroll_dim]
+    sum23 = [d for d in sumdim if d not in expand3 and d != unroll_dim]
+    for k in range(max(x.shape[unroll_dim] for x in ops)):
+        sl = [x.narrow(unroll_dim, k if x.shape[unroll_dim] > 1 else 0, 1) for x in ops]
+        _sumproduct_pair(_sumproduct_pair(sl[0], sl[1], sum12), sl[2], sum23)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 5), st.integers(1, 5), st.integers(1, 4), st.booleans())
+def test_trilinear_matches_the_kernels_loop(batch, in1, in2, out, input_grad):
+    """nn.Bilinear forward and every backward ``_trilinear`` against the kernel's own loop under
+    FlopCounterMode; the forward is 2·B·O·J·(I + 1) by hand."""
+    layer = nn.Bilinear(in1, in2, out)
+    x1, x2 = needs_grad(torch.randn(batch, in1), input_grad), needs_grad(torch.randn(batch, in2), input_grad)
+    step = run_step(layer, x1, x2)
+    assert step.flops("forward") == 2 * batch * out * in2 * (in1 + 1)
+    for phase, calls in (("forward", step.forward_calls), ("backward", step.backward_calls)):
+        oracle = 0
+        for func, args, kwargs, _ in calls:
+            if "_trilinear" in str(func):
+                with FlopCounterMode(display=False) as f:
+                    _trilinear_replica(*args, **kwargs)
+                oracle += f.get_total_flops()
+        assert step.flops(phase) == oracle
