@@ -265,8 +265,9 @@ class _Recorder(TorchDispatchMode):
     This is what ``make_fx`` does, less its proxy tracing of size arithmetic: a value's node is
     looked up by the fake tensor, held weakly (a strong reference would make autograd detach
     fresh tensors, adding ops eager mode does not run), and an in-place op rebinds its output
-    to the new node. Nodes carry ``meta["val"]`` (a
-    ``TensorMeta`` snapshot), ``meta["custom"]`` (the current tag) and ``meta["seq_nr"]``.
+    to the new node. Nodes carry ``meta["val"]`` (a ``TensorMeta`` snapshot), ``meta["custom"]``
+    (the current tag), ``meta["seq_nr"]`` and, in the forward, ``meta["source"]`` (the model's
+    ``file:line``).
     """
 
     _SIZE_QUERIES = (torch.ops.aten.size.default, torch.ops.aten.stride.default, torch.ops.aten.storage_offset.default)
@@ -284,12 +285,14 @@ class _Recorder(TorchDispatchMode):
         self.tag = tag
 
     def placeholder(self, name: str, value: torch.Tensor) -> torch.fx.Node:
+        """An input of the step (parameter, buffer, model input)."""
         node = self.graph.placeholder(name)
         node.meta["val"] = _snapshot(value)
         self._bind(value, node)
         return node
 
     def output(self, result: Any) -> None:
+        """The step's results (model outputs and gradients) as the graph's output node."""
         self.graph.output(tree_map(self._arg, result))
 
     def _bind(self, value: torch.Tensor, node: torch.fx.Node) -> None:
