@@ -196,6 +196,15 @@ class Analysis:
         return self.trace.route
 
     @property
+    def route_note(self) -> str:
+        """One sentence for reports: how the step was traced (and, interpolated, why)."""
+        if self.route == "symbolic":
+            return ("Traced once with symbolic sizes: one joint forward+backward aten graph on fake tensors "
+                    "(symcx's dispatch recorder, the graph make_fx would build).")
+        return (f"Interpolated: the symbolic trace failed ({self.fallback_reason}); traced with concrete sizes "
+                f"on a grid, each cost fitted exactly and checked at one more point.")
+
+    @property
     def fallback_reason(self) -> str | None:
         """Why the symbolic route failed, when the interpolated route was taken."""
         return self.graph.graph.get("fallback_reason")

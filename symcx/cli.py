@@ -249,6 +249,7 @@ def _tables(analysis: Any, args: argparse.Namespace, at: dict[str, int] | None) 
         out.append(quantities(f"Memory of one training step, bytes (optimizer: {args.optimizer})",
                               [(MEMORY[k], mem[k]) for k in MEMORY]))
         out.append(Text(f"The peak is reached in {mem['peak_layer']} (op {mem['peak_node']})."))
+    out.append(Text(analysis.route_note, style="dim"))
     for a in analysis.assumptions:
         out.append(Text(f"Valid for {a}."))
     for (op, layer), count in sorted(analysis.unsupported.items()):

@@ -32,6 +32,9 @@ def pinned():
 def test_route_and_reason_are_reported(pinned):
     assert pinned.route == "interpolated"
     assert "pins 't'" in pinned.fallback_reason
+    for report in (pinned.to_markdown(), pinned.to_latex()):  # the reports say which route, and why
+        assert "Interpolated: the symbolic trace failed" in report and "pins" in report
+    assert "Traced once with symbolic sizes" in symcx.analyze(nn.Linear(3, 2), torch.randn(2, 3)).to_markdown()
 
 
 def test_interpolated_formulas_are_exact(pinned):

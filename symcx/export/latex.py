@@ -298,7 +298,8 @@ class SymcxLatexPrinter(LatexPrinter):
 
     def _notes(self, analysis: Analysis) -> list[str]:
         s = self._settings
-        notes = [r"FLOPs follow FlopCounterMode (one multiply-add is 2 FLOPs; matmul, convolution, "
+        notes = [_text(analysis.route_note, breakable=True),
+                 r"FLOPs follow FlopCounterMode (one multiply-add is 2 FLOPs; matmul, convolution, "
                  r"attention). Other FLOPs: elementwise ops, norms, pooling, softmax, reductions."]
         epochs, samples = self._math(s["epochs"]), self._math(s["samples"])
         notes.append(rf"Training: epochs ${epochs}$, samples ${samples}$, $\lceil {samples} / t \rceil$ steps per "

@@ -134,7 +134,8 @@ class MarkdownPrinter(StrPrinter):
             out += ["", f"Memory of one training step, bytes (optimizer: {s['optimizer']}):", ""]
             out += self._table([(MEMORY[k], mem[k]) for k in MEMORY], at_values)
             out += ["", f"The peak is reached in {_code(mem['peak_layer'])} (op {_code(mem['peak_node'])})."]
-        notes = ["FLOPs follow FlopCounterMode (one multiply-add is 2 FLOPs; matmul, convolution, attention); "
+        notes = [analysis.route_note,
+                 "FLOPs follow FlopCounterMode (one multiply-add is 2 FLOPs; matmul, convolution, attention); "
                  "other FLOPs are elementwise ops, norms, pooling, softmax and reductions.",
                  f"Training: epochs {self._expr(s['epochs'])}, samples {self._expr(s['samples'])}, "
                  f"{_code('ceiling(' + self._print(sympy.sympify(s['samples'])) + '/t)')} steps per epoch "
