@@ -16,8 +16,6 @@ import sympy
 
 __all__ = ["peak_points", "max_of"]
 
-ZERO = sympy.Integer(0)
-
 
 def _dominates(a: sympy.Expr, b: sympy.Expr, symbols: list[sympy.Symbol]) -> bool:
     """True when ``a >= b`` for every positive integer value of the symbols.
@@ -98,7 +96,7 @@ def peak_points(
     Polynomial points (the usual case) are compared on their coefficients, in plain Python.
     """
     if not points:
-        return [("", ZERO)], ""
+        return [("", sympy.S.Zero)], ""
     unique: dict[sympy.Expr, str] = {}
     for node, expr in points:
         unique.setdefault(sympy.sympify(expr), node)

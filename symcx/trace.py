@@ -510,10 +510,8 @@ def _trace_once(
     loss_fn = loss or default_loss
 
     recorder = _Recorder()
-    for k, name in enumerate(params):
-        recorder.placeholder(f"param_{k}", params[name])
-    for k, name in enumerate(buffers):
-        recorder.placeholder(f"buffer_{k}", buffers[name])
+    param_nodes = {recorder.placeholder(f"param_{k}", v).name: name for k, (name, v) in enumerate(params.items())}
+    buffer_nodes = {recorder.placeholder(f"buffer_{k}", v).name: name for k, (name, v) in enumerate(buffers.items())}
     input_nodes = [recorder.placeholder(f"input_{k}", x).name for k, x in enumerate(tree_leaves((fargs, fkwargs)))
                    if isinstance(x, torch.Tensor)]
 
@@ -558,11 +556,6 @@ def _trace_once(
             f"cannot trace {type(model).__name__}: {cause}" + (f"\n  at {where}" if where else "")
         ) from err
     recorder.output(result)
-
-    placeholders = [n.name for n in recorder.graph.nodes if n.op == "placeholder"]
-    n_p, n_b = len(params), len(buffers)
-    param_nodes = dict(zip(placeholders[:n_p], params))
-    buffer_nodes = dict(zip(placeholders[n_p : n_p + n_b], buffers))
 
     rename, user_symbols, hint_values = _name_symbols(shape_env, input_syms, width_syms, widths)
     assumptions = _assumptions(shape_env, rename, user_symbols)
