@@ -7,8 +7,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import sympy
+import torch
 
-__all__ = ["TensorInfo", "OpCall", "Cost", "ZERO", "numel", "product"]
+__all__ = ["TensorInfo", "OpCall", "Cost", "ZERO", "product", "bind_arguments"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,24 +34,58 @@ class TensorInfo:
         return self.numel * self.itemsize
 
 
+def bind_arguments(schema: torch.FunctionSchema | None, args: tuple, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Every argument of one call by its schema name: given positionally, by keyword, or the default.
+
+    >>> from symcx._torch import op_schema
+    >>> bind_arguments(op_schema(torch.ops.aten.addmm.default), ("b", "x", "w"), {})
+    {'self': 'b', 'mat1': 'x', 'mat2': 'w', 'beta': 1, 'alpha': 1}
+    """
+    if schema is None:
+        return {f"arg{k}": v for k, v in enumerate(args)} | dict(kwargs)
+    bound: dict[str, Any] = {}
+    for k, arg in enumerate(schema.arguments):
+        if k < len(args) and not arg.kwarg_only:
+            bound[arg.name] = args[k]
+        elif arg.name in kwargs:
+            bound[arg.name] = kwargs[arg.name]
+        else:
+            bound[arg.name] = arg.default_value if arg.has_default_value() else None
+    return bound
+
+
 @dataclasses.dataclass(frozen=True)
 class OpCall:
-    """One aten call in the graph: its op name, arguments (tensors as ``TensorInfo``) and outputs.
+    """One aten call: its op name, arguments by schema name (tensors as ``TensorInfo``), outputs.
 
-    ``options`` carries the analysis options a rule may honour (e.g. ``causal_attention``).
+    A rule reads arguments by name, ``call["output_mask"]``, never by position. ``options``
+    carries the analysis options a rule may honour (e.g. ``causal_attention``).
     """
 
     op: str
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
+    arguments: Mapping[str, Any]
     out: Any  # TensorInfo, a tuple of them, or a size
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
-    def arg(self, index: int, name: str, default: Any = None) -> Any:
-        """Positional argument ``index``, else keyword ``name``, else ``default``."""
-        if index < len(self.args):
-            return self.args[index]
-        return self.kwargs.get(name, default)
+    def __getitem__(self, name: str) -> Any:
+        try:
+            return self.arguments[name]
+        except KeyError:
+            raise KeyError(f"{self.op} has no argument {name!r}; it has {list(self.arguments)}") from None
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """Argument ``name``, or ``default`` when the schema has none of that name or it is None."""
+        value = self.arguments.get(name)
+        return default if value is None else value
+
+    @property
+    def tensors(self) -> tuple[TensorInfo, ...]:
+        """Every tensor argument in schema order (lists of tensors flattened)."""
+        out: list[TensorInfo] = []
+        for value in self.arguments.values():
+            items = value if isinstance(value, (tuple, list)) else (value,)
+            out += [v for v in items if isinstance(v, TensorInfo)]
+        return tuple(out)
 
     @property
     def outputs(self) -> tuple[TensorInfo, ...]:
@@ -76,18 +111,6 @@ class Cost:
     fcm_flops: sympy.Expr | None = None
     note: str = ""
 
-    def __add__(self, other: "Cost") -> "Cost":
-        return Cost(
-            flops=self.flops + other.flops,
-            other_flops=self.other_flops + other.other_flops,
-            factors=self.factors + other.factors,
-            fcm_flops=None
-            if self.fcm_flops is None and other.fcm_flops is None
-            else (self.fcm_flops if self.fcm_flops is not None else self.flops)
-            + (other.fcm_flops if other.fcm_flops is not None else other.flops),
-            note="; ".join(x for x in (self.note, other.note) if x),
-        )
-
 
 ZERO = Cost()
 
@@ -95,8 +118,3 @@ ZERO = Cost()
 def product(items) -> sympy.Expr:
     """Product of sizes as a sympy expression (1 for an empty shape)."""
     return sympy.Mul(*[sympy.sympify(i) for i in items])
-
-
-def numel(x: TensorInfo) -> sympy.Expr:
-    """Number of elements of ``x``."""
-    return x.numel

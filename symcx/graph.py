@@ -22,8 +22,9 @@ import networkx as nx
 import sympy
 import torch
 
-from .cost import OpCall, TensorInfo
-from .trace import OpOverload, TensorMeta, Trace
+from ._torch import op_names as op_name, op_schema
+from .cost import OpCall, TensorInfo, bind_arguments
+from .trace import TensorMeta, Trace
 
 __all__ = ["build_graph", "op_name", "ALIAS_OPS", "GRAD_SEEDS"]
 
@@ -42,15 +43,6 @@ ALIAS_OPS = frozenset(
 
 #: Ops that create the backward's initial gradient from the loss: not activations.
 GRAD_SEEDS = frozenset({"aten.ones_like", "aten.full_like", "aten.ones", "aten.full", "aten.scalar_tensor"})
-
-
-def op_name(target: Any) -> tuple[str, str]:
-    """(overload name, family name) of an fx target: ``("aten.mm.default", "aten.mm")``."""
-    if isinstance(target, OpOverload):
-        packet = f"{target.namespace}.{target._opname}"
-        return f"{packet}.{target._overloadname}", packet
-    name = getattr(target, "__name__", str(target))
-    return name, name
 
 
 def _info(trace: Trace, value: Any, tracked: frozenset[str] | set[str] = frozenset(), grad: bool = False) -> Any:
@@ -84,7 +76,7 @@ def _new_bytes(target: Any, packet: str, out: Any) -> sympy.Expr:
     aliases an input (the schema's alias annotation) and allocates nothing."""
     if packet in ALIAS_OPS:
         return sympy.Integer(0)
-    schema = getattr(target, "_schema", None)
+    schema = op_schema(target)
     if schema is None:
         return _nbytes(out)
     outs = out if isinstance(out, (tuple, list)) and len(schema.returns) != 1 else (out,)
@@ -136,7 +128,7 @@ def build_graph(trace: Trace) -> nx.DiGraph:
             args = tuple(_info(trace, a, tracked) for a in node.args)
             kwargs = {k: _info(trace, v, tracked) for k, v in node.kwargs.items()}
             out = _info(trace, node.meta.get("val"), tracked, node.name in tracked)
-            attrs["call"] = OpCall(name, args, kwargs, out)
+            attrs["call"] = OpCall(name, bind_arguments(op_schema(node.target), args, kwargs), out)
             attrs["out"] = out
             attrs["bytes"] = _new_bytes(node.target, packet, out)
             if node.meta.get("source"):

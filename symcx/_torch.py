@@ -1,0 +1,138 @@
+"""Every private torch API symcx uses, imported or wrapped here and nowhere else.
+
+A torch upgrade that moves one of these breaks this file, loudly, and
+``tests/test_torch_private.py`` pins each name (and checks that no other module of symcx
+reaches into ``torch._*``, ``torch.fx.experimental`` or a private attribute of an op).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torch._decomp.decompositions as _decompositions
+from torch._dispatch.python import enable_python_dispatcher
+from torch._ops import OpOverload, OpOverloadPacket
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
+from torch.nn.utils.stateless import _reparametrize_module
+from torch.utils._python_dispatch import TorchDispatchMode, autograd_would_have_decomposed
+from torch.utils._pytree import tree_flatten, tree_leaves, tree_map, tree_unflatten
+from torch.utils._sympy import functions as torch_sympy_functions
+from torch.utils.weak import WeakTensorKeyDictionary
+
+__all__ = [
+    "PRIVATE_APIS",
+    "FakeTensorMode",
+    "ShapeEnv",
+    "DimDynamic",
+    "StatelessSymbolicContext",
+    "enable_python_dispatcher",
+    "reparametrize_module",
+    "autograd_would_have_decomposed",
+    "TorchDispatchMode",
+    "WeakTensorKeyDictionary",
+    "OpOverload",
+    "OpOverloadPacket",
+    "tree_flatten",
+    "tree_leaves",
+    "tree_map",
+    "tree_unflatten",
+    "torch_sympy_functions",
+    "is_op",
+    "op_names",
+    "op_schema",
+    "packet_name",
+    "sequence_nr",
+    "current_sequence_nr",
+    "eager_lstm_kernels",
+]
+
+#: The private torch surface, one line each (pinned by tests/test_torch_private.py).
+PRIVATE_APIS = (
+    "torch._subclasses.fake_tensor.FakeTensorMode",
+    "torch.fx.experimental.symbolic_shapes.ShapeEnv / StatelessSymbolicContext / DimDynamic",
+    "torch._dispatch.python.enable_python_dispatcher (as make_fx's symbolic mode)",
+    "torch.nn.utils.stateless._reparametrize_module (functional_call's swap, kept through the backward)",
+    "torch.utils._python_dispatch.autograd_would_have_decomposed (as make_fx)",
+    "torch.utils._python_dispatch.TorchDispatchMode (the recorder; validation.live_bytes)",
+    "torch.utils.weak.WeakTensorKeyDictionary",
+    "torch.autograd.graph.Node._sequence_nr / torch.autograd._get_sequence_nr",
+    "torch.utils._pytree (tree_leaves, tree_map, tree_flatten, tree_unflatten)",
+    "torch.utils._sympy.functions (translated in symbols.py)",
+    "torch._ops.OpOverload / OpOverloadPacket: _opname, _overloadname, _schema, _qualified_op_name",
+    "torch._decomp.decompositions.select_one_layer_lstm_function / mkldnn_one_layer_lstm",
+    "torch._C._get_mkldnn_enabled",
+)
+
+
+def reparametrize_module(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> Any:
+    """``functional_call``'s context manager that swaps ``tensors`` into ``model`` (tied weights kept)."""
+    return _reparametrize_module(model, tensors, tie_weights=True)
+
+
+def is_op(target: Any) -> bool:
+    """True for an aten (or other namespace) operator overload, the target of a recorded call."""
+    return isinstance(target, OpOverload)
+
+
+def op_names(target: Any) -> tuple[str, str]:
+    """(overload name, family name) of an fx target: ``("aten.mm.default", "aten.mm")``.
+
+    A target that is not an op overload (``operator.getitem``) is named by ``__name__`` twice.
+    """
+    if isinstance(target, OpOverload):
+        packet = f"{target.namespace}.{target._opname}"
+        return f"{packet}.{target._overloadname}", packet
+    name = getattr(target, "__name__", str(target))
+    return name, name
+
+
+def packet_name(op: OpOverloadPacket) -> str:
+    """Family name of an op packet: ``torch.ops.aten.mm`` → ``"aten.mm"``."""
+    return op._qualified_op_name.replace("::", ".")
+
+
+def op_schema(target: Any) -> torch.FunctionSchema | None:
+    """The ``FunctionSchema`` of an op overload (argument names, alias annotations), else None."""
+    return target._schema if isinstance(target, OpOverload) else None
+
+
+def sequence_nr(autograd_node: Any) -> int:
+    """The sequence number of an autograd graph node: that of the forward op that made it."""
+    return autograd_node._sequence_nr()
+
+
+def current_sequence_nr() -> int:
+    """The sequence number the next autograd node will get, less one: that of the op just run."""
+    return torch.autograd._get_sequence_nr() - 1
+
+
+@contextlib.contextmanager
+def eager_lstm_kernels() -> Iterator[None]:
+    """Trace ``nn.LSTM`` to the kernel eager CPU training runs (oneDNN), as eager does.
+
+    PyTorch's LSTM decomposition picks oneDNN's ``mkldnn_rnn_layer`` only when the input needs
+    no gradient, and otherwise unrolls per-step cells, fixing the sequence length; eager mode
+    runs oneDNN in both cases (measured, torch 2.13). symcx follows eager.
+    """
+    original: Callable[..., Any] = _decompositions.select_one_layer_lstm_function
+
+    def select(input, hx, params):
+        tensors = [input, *hx, *(p for layer in params for p in layer)]
+        if (
+            torch._C._get_mkldnn_enabled()
+            and all(x.device.type == "cpu" for x in tensors)
+            and all(x.dtype in (torch.float, torch.bfloat16) for x in tensors)
+            and hx[0].size(2) == hx[1].size(2)  # no projections
+        ):
+            return _decompositions.mkldnn_one_layer_lstm
+        return original(input, hx, params)
+
+    _decompositions.select_one_layer_lstm_function = select
+    try:
+        yield
+    finally:
+        _decompositions.select_one_layer_lstm_function = original
