@@ -7,6 +7,7 @@ __all__ = [
     "TraceError",
     "ShapeError",
     "UnsupportedOpError",
+    "UnsupportedCall",
     "RuleError",
     "DeviceError",
 ]
@@ -26,6 +27,15 @@ class ShapeError(SymcxError):
 
 class UnsupportedOpError(SymcxError):
     """An aten op has no cost rule and ``strict=True`` was asked for."""
+
+
+class UnsupportedCall(SymcxError):
+    """A rule met arguments it has no formula for (an LSTM projection, packed sequences).
+
+    Raised by a rule while costing; the op is then listed as unsupported, with this reason,
+    exactly as an op with no rule is (and raised as :class:`UnsupportedOpError` with
+    ``strict=True``).
+    """
 
 
 class RuleError(SymcxError):
