@@ -90,6 +90,7 @@ class LayerRow:
     bytes_out: sympy.Expr
     saved_bytes: sympy.Expr
     derivation: tuple[tuple[sympy.Expr, ...], ...]
+    backward_derivation: tuple[tuple[sympy.Expr, ...], ...] = ()
     notes: tuple[str, ...] = ()
 
     def subs(self, values: Mapping[sympy.Symbol, Any]) -> "LayerRow":
@@ -108,6 +109,7 @@ class LayerRow:
             bytes_out=s(self.bytes_out),
             saved_bytes=s(self.saved_bytes),
             derivation=tuple(tuple(s(f) for f in fs) for fs in self.derivation),
+            backward_derivation=tuple(tuple(s(f) for f in fs) for fs in self.backward_derivation),
         )
 
 
@@ -176,6 +178,11 @@ class Analysis:
         return sympy.Add(*terms)
 
     # --- identity ------------------------------------------------------------------------
+    @property
+    def values(self) -> dict[sympy.Symbol, sympy.Expr]:
+        """The symbol values substituted with :meth:`subs` (empty for the symbolic analysis)."""
+        return dict(self._values)
+
     @property
     def symbols(self) -> dict[str, sympy.Symbol]:
         """The user symbols the formulas are in (``t`` and any named dims or widths)."""
@@ -367,6 +374,7 @@ class Analysis:
         if isinstance(last, tuple):
             last = next((o for o in last if isinstance(o, TensorInfo)), None)
         derivation = tuple(f for v in fwd if G.nodes[v].get("cost") for f in G.nodes[v]["cost"].factors)
+        backward_derivation = tuple(f for v in bwd if G.nodes[v].get("cost") for f in G.nodes[v]["cost"].factors)
         notes = tuple(dict.fromkeys(G.nodes[v]["cost"].note for v in fwd + bwd if G.nodes[v].get("cost") and G.nodes[v]["cost"].note))
         row = LayerRow(
             name=layer,
@@ -376,6 +384,7 @@ class Analysis:
             bytes_out=sympy.Add(*[G.nodes[v]["bytes"] for v in fwd]),
             saved_bytes=self._saved_by_layer.get(layer, sympy.Integer(0)),
             derivation=derivation,
+            backward_derivation=backward_derivation,
             notes=notes,
             **row_values,
         )
