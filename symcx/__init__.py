@@ -8,14 +8,17 @@
 
 from __future__ import annotations
 
-from .analysis import Analysis, LayerRow, O, Training, analyze, big_o
+from . import export  # registers the LaTeX, Markdown and JSON printers behind Analysis.to_latex() & co.
+from ._version import __version__
+from .analysis import Analysis, Training
+from .complexity import O, big_o
 from .cost import Cost, OpCall, TensorInfo
-from .errors import DeviceError, RuleError, ShapeError, SymcxError, TraceError, UnsupportedOpError
+from .errors import DeviceError, RuleError, ShapeError, SymcxError, TraceError, UnsupportedCall, UnsupportedOpError
+from .routes import analyze
+from .rows import LayerRow
 from .rules import register, rule
 from .symbols import N, n, symbol, t
 from .validation import Validation, validate
-
-__version__ = "0.1.0"
 
 __all__ = [
     "analyze",
@@ -39,6 +42,8 @@ __all__ = [
     "TraceError",
     "ShapeError",
     "UnsupportedOpError",
+    "UnsupportedCall",
     "RuleError",
     "DeviceError",
+    "__version__",
 ]

@@ -16,11 +16,9 @@ import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-import sympy
-
 from . import __version__
 from .errors import SymcxError
-from .models import example_input, load_model, parse_input, parse_symbolic
+from .cli_specs import example_input, load_model, parse_input, parse_symbolic
 from .symbols import N, n, symbol
 from .zoo import BUNDLED
 
@@ -201,64 +199,6 @@ def _check_writable(path: str | None) -> None:
         raise SymcxError(f"cannot write {path}: it is a directory")
 
 
-def _tables(analysis: Any, args: argparse.Namespace, at: dict[str, int] | None) -> list[Any]:
-    """The analysis as rich renderables: per-layer table, totals, big-O, memory, notes."""
-    from rich.table import Table
-    from rich.text import Text
-
-    from .export.json import MEMORY, TOTALS, TRAINING, report
-    from .export.markdown import MarkdownPrinter
-
-    p = MarkdownPrinter({"numbers": args.numbers})
-
-    def fmt(expr: Any) -> str:
-        return p.doprint(sympy.sympify(expr))
-
-    layers = Table(title="Per-layer costs of one training step (t = batch size)", title_justify="left")
-    for col in ("Layer", "Type", "Output"):
-        layers.add_column(col, overflow="fold")
-    for col in ("Forward FLOPs", "Backward FLOPs", "Other FLOPs", "Params", "Saved bytes"):
-        layers.add_column(col, justify="right", overflow="fold")
-    for row in analysis.layers:
-        kind = "" if row.name.rsplit(".", 1)[-1].startswith(row.type) else row.type
-        layers.add_row(row.name, kind, p.product(row.out_shape, "×") or "scalar",
-                       *[fmt(e) for e in (row.forward_flops, row.backward_flops,
-                                          row.forward_other_flops + row.backward_other_flops,
-                                          row.params, row.saved_bytes)])
-    rep = report(analysis, epochs=args.epochs, samples=args.samples, optimizer=args.optimizer)
-    values = {symbol(k): v for k, v in (at or {}).items()}
-
-    def quantities(title: str, items: list[tuple[str, Any]]) -> Any:
-        table = Table(title=title, title_justify="left")
-        table.add_column("Quantity", overflow="fold")
-        table.add_column("Formula", justify="right", overflow="fold")
-        if values:
-            table.add_column("at " + ", ".join(f"{k} = {v}" for k, v in (at or {}).items()), justify="right",
-                             overflow="fold")
-        for label, expr in items:
-            table.add_row(label, fmt(expr), *([fmt(sympy.sympify(expr).subs(values))] if values else []))
-        return table
-
-    items = [(TOTALS[k], e) for k, e in rep["totals"].items()]
-    items += [(TRAINING[k], e) for k, e in rep["training"].items() if k not in ("epochs", "samples", "flops_per_step")]
-    out = [layers, quantities(f"Totals of one step, and of training (epochs {fmt(args.epochs)}, samples {fmt(args.samples)})",
-                                   items)]
-    out.append(Text(f"Big-O: one step O({fmt(rep['big_o']['step'])}), training O({fmt(rep['big_o']['training'])})"))
-    if rep["memory"] is not None:
-        mem = rep["memory"]
-        out.append(quantities(f"Memory of one training step, bytes (optimizer: {args.optimizer})",
-                              [(MEMORY[k], mem[k]) for k in MEMORY]))
-        out.append(Text(f"The peak is reached in {mem['peak_layer']} (op {mem['peak_node']})."))
-    out.append(Text(analysis.route_note, style="dim"))
-    for a in analysis.assumptions:
-        out.append(Text(f"Valid for {a}."))
-    for (op, layer), count in sorted(analysis.unsupported.items()):
-        out.append(Text(f"Not counted (no cost rule): {op} in {layer} (x{count})", style="yellow"))
-    for note in analysis.deviations:
-        out.append(Text(note, style="dim"))
-    return out
-
-
 def _console() -> Any:
     """A rich console on stdout; a pipe gets whole lines, not 80 columns."""
     from rich.console import Console
@@ -282,8 +222,9 @@ def _render_table(renderables: list[Any], to_file: bool) -> str | None:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from .analysis import analyze
-    from .export import to_json, to_latex, to_markdown
+    from .routes import analyze
+    from .export import build_report, to_json, to_latex, to_markdown
+    from .export.table import to_renderables
 
     _check_writable(args.output)
     model = load_model(args.model)
@@ -294,7 +235,8 @@ def _analyze(args: argparse.Namespace) -> int:
     at = {"t": args.batch} if args.batch is not None else None
     common = dict(at=at, epochs=args.epochs, samples=args.samples, optimizer=args.optimizer)
     if args.format == "table":
-        text = _render_table(_tables(analysis, args, at), to_file=args.output is not None)
+        renderables = to_renderables(build_report(analysis, **common), numbers=args.numbers)
+        text = _render_table(renderables, to_file=args.output is not None)
     elif args.format == "latex":
         text = to_latex(analysis, standalone=not args.fragment, numbers=args.numbers,
                         title=f"symcx analysis of {args.model}", **common)
@@ -318,10 +260,8 @@ def _validate(args: argparse.Namespace) -> int:
     _check_writable(args.plot)
     model = load_model(args.model)
     x = example_input(model, args.input)
-    try:
-        from .validation import validate
-    except ImportError as err:
-        raise SymcxError(f"validation is not available in this install: {err}") from err
+    from .validation import validate
+
     with Progress(console=Console(stderr=True), transient=True) as bar:
         task: list[Any] = []
 

@@ -17,24 +17,24 @@ run: the peak of live tensor bytes allocated while a function runs.
 from __future__ import annotations
 
 import dataclasses
-import operator
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
-import networkx as nx
 import sympy
-import torch
 
 from .cost import TensorInfo
 from .errors import SymcxError
-from .graph import ALIAS_OPS, GRAD_SEEDS
-from .trace import OpOverload
+from .opsets import GRAD_SEEDS
 from .peak import max_of, peak_points
+from .step import Step, storage_keys
 from .symbols import t
 
 __all__ = [
     "Memory",
     "LayerMemory",
+    "MemoryModel",
+    "TracedMemory",
+    "MEMORY_FIELDS",
     "OPTIMIZER_COPIES",
     "STEP_TEMPORARY_COPIES",
     "step_memory",
@@ -52,6 +52,8 @@ STEP_TEMPORARY_COPIES = {"sgd": 0, "sgd-momentum": 0, "adam": 1, "adamw": 1}
 #: The program point after the backward, while ``optimizer.step()`` runs.
 STEP_NODE = "optimizer.step"
 _FLOAT_DTYPES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
+#: The byte totals of a :class:`Memory`, in the order reports list them.
+MEMORY_FIELDS = ("params", "buffers", "inputs", "grads", "optimizer", "activations", "peak", "inference_peak")
 _END = float("inf")
 ZERO = sympy.Integer(0)
 
@@ -110,6 +112,12 @@ class Memory:
             f"optimizer {self.optimizer} B, activations {self.activations} B>"
         )
 
+    def subs(self, values: Mapping[sympy.Symbol, Any]) -> "Memory":
+        """This memory with ``values`` substituted in every total (the peak node stays)."""
+        if not values:
+            return self
+        return dataclasses.replace(self, **{f: sympy.sympify(getattr(self, f)).subs(values) for f in MEMORY_FIELDS})
+
     @property
     def resident(self) -> sympy.Expr:
         """Bytes held for the whole step: parameters, buffers, inputs and optimizer state."""
@@ -130,9 +138,10 @@ class Memory:
 
 # --- storages and their lives -------------------------------------------------------------
 @dataclasses.dataclass
-class _Storage:
+class _Life:
     key: str
     node: str
+    phase: str
     nbytes: sympy.Expr
     born: int
     last: float  # order of the last reader; _END when the step returns it
@@ -146,84 +155,7 @@ def _itemsize(info: TensorInfo, dtype: str | None) -> int:
     return info.itemsize
 
 
-def _nbytes(info: TensorInfo, dtype: str | None) -> sympy.Expr:
-    return info.numel * _itemsize(info, dtype)
-
-
-def _aliased_arg(schema: torch.FunctionSchema, ret: Any) -> str | None:
-    """Name of the argument a schema return aliases (views, in-place and out= ops), else None."""
-    info = ret.alias_info
-    if info is None:
-        return None
-    for arg in schema.arguments:
-        if arg.alias_info is not None and arg.alias_info.before_set & info.before_set:
-            return arg.name
-    return None
-
-
-def _arg_value(node: torch.fx.Node, schema: torch.FunctionSchema, name: str) -> Any:
-    for k, arg in enumerate(schema.arguments):
-        if arg.name == name:
-            return node.args[k] if k < len(node.args) else node.kwargs.get(name)
-    return None
-
-
-def _value_storages(
-    G: nx.DiGraph, graph: torch.fx.Graph, dtype: str | None
-) -> tuple[dict[str, Any], dict[str, _Storage]]:
-    """Each fx value as a nested structure of storage keys (None where no tensor), and the storages."""
-    values: dict[str, Any] = {}
-    storages: dict[str, _Storage] = {}
-
-    def fresh(name: str, key: str, info: Any) -> str | None:
-        if not isinstance(info, TensorInfo):
-            return None
-        data = G.nodes[name]
-        storages[key] = _Storage(key, name, _nbytes(info, dtype), data["order"], data["order"])
-        return key
-
-    for node in graph.nodes:
-        name = node.name
-        data = G.nodes[name]
-        out = data.get("out")
-        if node.op == "placeholder":
-            values[name] = fresh(name, name, out)
-        elif node.op != "call_function":
-            continue
-        elif node.target is operator.getitem:
-            src, index = values.get(node.args[0].name), node.args[1]
-            values[name] = src[index] if isinstance(src, (tuple, list)) and index < len(src) else None
-        elif isinstance(node.target, OpOverload):
-            schema = node.target._schema
-            outs = out if isinstance(out, (tuple, list)) and len(schema.returns) != 1 else (out,)
-            mapped = []
-            for k, (ret, info) in enumerate(zip(schema.returns, outs)):
-                arg = _aliased_arg(schema, ret)
-                if arg is None and data.get("packet") in ALIAS_OPS:  # e.g. _unsafe_view: unannotated
-                    arg = schema.arguments[0].name
-                if arg is not None:
-                    src = _arg_value(node, schema, arg)
-                    base = values.get(src.name) if isinstance(src, torch.fx.Node) else None
-                    mapped.append(tuple(base for _ in info) if isinstance(info, (tuple, list)) else base)
-                elif isinstance(info, (tuple, list)):
-                    mapped.append(tuple(fresh(name, f"{name}[{k}][{j}]", x) for j, x in enumerate(info)))
-                else:
-                    mapped.append(fresh(name, name if len(outs) == 1 else f"{name}[{k}]", info))
-            values[name] = mapped[0] if len(schema.returns) == 1 else tuple(mapped)
-        else:  # size arithmetic on SymInts
-            values[name] = None
-    return values, storages
-
-
-def _keys(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, (tuple, list)):
-        for v in value:
-            yield from _keys(v)
-
-
-def _autograd_node_ends(G: nx.DiGraph) -> dict[int, int]:
+def _autograd_node_ends(step: Step) -> dict[int, int]:
     """Order of the last op of each autograd node's backward, by the forward op's seq_nr.
 
     The engine releases what a node's backward read (saved tensors, incoming gradient) when the
@@ -232,66 +164,59 @@ def _autograd_node_ends(G: nx.DiGraph) -> dict[int, int]:
     node made and one an earlier node made), which run after the release: they are left out.
     """
     groups: dict[int, list[str]] = {}
-    for name in sorted(G.nodes, key=lambda v: G.nodes[v]["order"]):
-        data = G.nodes[name]
-        if data.get("phase") == "backward" and data.get("seq_nr") is not None:
-            groups.setdefault(data["seq_nr"], []).append(name)
+    for v in step.nodes:
+        if v.phase == "backward" and v.seq_nr is not None:
+            groups.setdefault(v.seq_nr, []).append(v.name)
     ends = {}
     for seq, names in groups.items():
         mine = set(names)
-        while len(names) > 1 and G.nodes[names[-1]]["packet"] == "aten.add":
-            sources = list(G.predecessors(names[-1]))
+        while len(names) > 1 and step.node(names[-1]).packet == "aten.add":
+            sources = step.node(names[-1]).inputs
             if sum(v in mine for v in sources) != 1 or len(sources) != 2:
                 break
             names = names[:-1]
-        ends[seq] = G.nodes[names[-1]]["order"]
+        ends[seq] = step.node(names[-1]).order
     return ends
 
 
-def _lives(G: nx.DiGraph, graph: torch.fx.Graph, dtype: str | None) -> dict[str, _Storage]:
+def _lives(step: Step, dtype: str | None) -> dict[str, _Life]:
     """Storages with their last reader (whole step and forward alone) and saved flag."""
-    values, storages = _value_storages(G, graph, dtype)
-
-    def seed(name: str) -> bool:  # the backward's initial gradient, not an activation
-        return G.nodes[name].get("packet") in GRAD_SEEDS
-
-    node_end = _autograd_node_ends(G)
-
-    for node in graph.nodes:
-        if node.op not in ("call_function", "output") or node.target is operator.getitem:
+    lives = {}
+    for key, s in step.storages.items():
+        owner = step.node(s.node)
+        lives[key] = _Life(key, s.node, owner.phase, s.info.numel * _itemsize(s.info, dtype), owner.order, owner.order)
+    node_end = _autograd_node_ends(step)
+    for v in step.nodes:
+        if v.kind not in ("call_function", "output") or v.packet == "getitem":
             continue
-        data = G.nodes[node.name]
-        phase = data["phase"]
-        when = _END if node.op == "output" else data["order"]
-        if phase == "backward":
-            when = max(when, node_end.get(data.get("seq_nr"), when))
-        if seed(node.name):  # backward() holds the loss and its seed gradient until it returns
-            for key in _keys(values.get(node.name)):
-                storages[key].last = _END
+        when = _END if v.kind == "output" else v.order
+        if v.phase == "backward":
+            when = max(when, node_end.get(v.seq_nr, when))
+        if v.packet in GRAD_SEEDS:  # backward() holds the loss and its seed gradient until it returns
+            for key in storage_keys(v.value):
+                lives[key].last = _END
             when = _END
-        for src in node.all_input_nodes:
-            for key in _keys(values.get(src.name)):
-                s = storages[key]
-                s.last = max(s.last, when)
-                made_in = G.nodes[s.node]["phase"]
-                if phase == "backward" and made_in in ("forward", "loss", "input") and not seed(s.node):
-                    s.saved = True
-                if phase == "forward":
-                    s.fwd_last = max(s.fwd_last, when)
-                elif phase in ("loss", "output") and made_in == "forward":
-                    s.fwd_last = _END
-    return storages
+        for src in v.inputs:
+            for key in storage_keys(step.node(src).value):
+                life = lives[key]
+                life.last = max(life.last, when)
+                seed = step.node(life.node).packet in GRAD_SEEDS  # the backward's initial gradient
+                if v.phase == "backward" and life.phase in ("forward", "loss", "input") and not seed:
+                    life.saved = True
+                if v.phase == "forward":
+                    life.fwd_last = max(life.fwd_last, when)
+                elif v.phase in ("loss", "output") and life.phase == "forward":
+                    life.fwd_last = _END
+    return lives
 
 
 # --- the walk -----------------------------------------------------------------------------
-def _walk(
-    G: nx.DiGraph, storages: Mapping[str, _Storage], phases: tuple[str, ...], last: str
-) -> list[tuple[str, sympy.Expr]]:
+def _walk(lives: Mapping[str, _Life], phases: tuple[str, ...], last: str) -> list[tuple[str, sympy.Expr]]:
     """(node, live bytes while it runs) at every op that allocates, in program order."""
-    born: dict[int, list[_Storage]] = {}
-    dies: dict[float, list[_Storage]] = {}
-    for s in storages.values():
-        if G.nodes[s.node]["phase"] not in phases:
+    born: dict[int, list[_Life]] = {}
+    dies: dict[float, list[_Life]] = {}
+    for s in lives.values():
+        if s.phase not in phases:
             continue
         end = max(getattr(s, last), s.born)
         born.setdefault(s.born, []).append(s)
@@ -317,19 +242,19 @@ def _dtype_name(dtype: Any) -> str | None:
 
 
 def step_memory(
-    G: nx.DiGraph,
+    step: Step,
     *,
     optimizer: str = "sgd",
     dtype: Any = None,
     training: bool = True,
     values: Mapping[sympy.Symbol, Any] | None = None,
 ) -> Memory:
-    """Memory of one training step of the joint graph ``G`` (from :func:`symcx.graph.build_graph`).
+    """Memory of one training step of ``step`` (from :func:`symcx.step.build_step`).
 
     Parameters
     ----------
-    G : networkx.DiGraph
-        The annotated joint graph (``Analysis.graph``).
+    step : Step
+        The traced step (``Analysis.step``).
     optimizer : {"sgd", "sgd-momentum", "adam", "adamw"}
         Optimizer whose state is held: 0, 1 or 2 copies of the trainable parameters (Adam
         also keeps a 4-byte ``step`` per parameter tensor). Its ``step()`` adds temporaries:
@@ -358,7 +283,7 @@ def step_memory(
     --------
     >>> import torch, symcx
     >>> mlp = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
-    >>> mem = step_memory(symcx.analyze(mlp, torch.randn(5, 4)).graph, optimizer="adam")
+    >>> mem = step_memory(symcx.analyze(mlp, torch.randn(5, 4)).step, optimizer="adam")
     >>> mem.params, mem.grads, mem.optimizer, mem.activations  # Adam: 2·92 + 4 steps·4 B; ReLU out 3t·4 B
     (92, 92, 200, 12*t)
     >>> mem.peak_node, mem.peak_layer  # the ReLU's backward, at the traced t = 8
@@ -367,35 +292,27 @@ def step_memory(
     if optimizer not in OPTIMIZER_COPIES:
         raise SymcxError(f"optimizer must be one of {sorted(OPTIMIZER_COPIES)}, not {optimizer!r}")
     dtype = _dtype_name(dtype)
-    trace = G.graph["trace"]
     values = dict(values or {})
-    storages = _lives(G, trace.graph, dtype)
+    lives = _lives(step, dtype)
+    trainable = [s for s in lives.values() if step.node(s.node).param in step.trainable and s.phase == "param"]
 
-    def total(phase: str, trainable: bool = False) -> sympy.Expr:
-        return sympy.Add(*[
-            s.nbytes for s in storages.values()
-            if G.nodes[s.node]["phase"] == phase
-            and (not trainable or G.nodes[s.node].get("param") in trainable_names)
-        ])
-
-    trainable_names = trace.trainable
-    n_trainable = sum(1 for s in storages.values() if G.nodes[s.node].get("param") in trainable_names)
-    params, buffers, inputs = total("param"), total("buffer"), total("input")
-    grads = total("param", trainable=True) if training else ZERO
-    state = (OPTIMIZER_COPIES[optimizer] * grads + _STEP_SCALAR_BYTES.get(optimizer, 0) * n_trainable) if training else ZERO
-    saved = [s for s in storages.values() if s.saved and G.nodes[s.node]["phase"] in ("forward", "loss")]
-    hints = {**trace.hints, **{k: v for k, v in values.items() if isinstance(k, sympy.Symbol)}}
+    def total(phase: str) -> sympy.Expr:
+        return sympy.Add(*[s.nbytes for s in lives.values() if s.phase == phase])
 
     def ev(e: sympy.Expr) -> sympy.Expr:
         return sympy.sympify(e).subs(values) if values else sympy.sympify(e)
 
-    inf_kept, inf_node = peak_points(_walk(G, storages, ("forward",), "fwd_last"), hints)
+    params, buffers, inputs = total("param"), total("buffer"), total("input")
+    grads = sympy.Add(*[s.nbytes for s in trainable]) if training else ZERO
+    state = (OPTIMIZER_COPIES[optimizer] * grads + _STEP_SCALAR_BYTES.get(optimizer, 0) * len(trainable)) if training else ZERO
+    saved = [s for s in lives.values() if s.saved and s.phase in ("forward", "loss")]
+    hints = {**step.hints, **{k: v for k, v in values.items() if isinstance(k, sympy.Symbol)}}
+    inf_kept, inf_node = peak_points(_walk(lives, ("forward",), "fwd_last"), hints)
     inference_peak = ev(params + buffers + inputs + max_of(e for _, e in inf_kept))
     if training:
         phases = ("forward", "loss", "backward")
-        points = _walk(G, storages, phases, "last")
-        kept_to_end = sympy.Add(*[s.nbytes for s in storages.values()
-                                  if s.last == _END and G.nodes[s.node]["phase"] in phases])
+        points = _walk(lives, phases, "last")
+        kept_to_end = sympy.Add(*[s.nbytes for s in lives.values() if s.last == _END and s.phase in phases])
         points.append((STEP_NODE, kept_to_end + STEP_TEMPORARY_COPIES[optimizer] * grads))
         kept, peak_node = peak_points(points, hints)
         resident = params + buffers + inputs + state
@@ -405,49 +322,34 @@ def step_memory(
         candidates = tuple((v, ev(params + buffers + inputs + e)) for v, e in inf_kept)
         peak, peak_node = inference_peak, inf_node
     return Memory(
-        optimizer_name=optimizer,
-        dtype=dtype,
-        training=training,
-        params=ev(params),
-        buffers=ev(buffers),
-        inputs=ev(inputs),
-        grads=ev(grads),
-        optimizer=ev(state),
+        optimizer_name=optimizer, dtype=dtype, training=training, params=ev(params), buffers=ev(buffers),
+        inputs=ev(inputs), grads=ev(grads), optimizer=ev(state),
         activations=ev(sympy.Add(*[s.nbytes for s in saved])) if training else ZERO,
-        peak=peak,
-        inference_peak=inference_peak,
-        peak_node=peak_node,
-        peak_layer=G.nodes[peak_node]["layer"] if peak_node in G else ("optimizer" if peak_node else ""),
-        inference_peak_node=inf_node,
-        candidates=candidates,
-        by_layer=_by_layer(G, storages, saved if training else [], trainable_names, training, ev),
+        peak=peak, inference_peak=inference_peak, peak_node=peak_node,
+        peak_layer=step.node(peak_node).layer if peak_node in step else ("optimizer" if peak_node else ""),
+        inference_peak_node=inf_node, candidates=candidates,
+        by_layer=_by_layer(step, lives, saved if training else [], training, ev),
     )
 
 
 def _by_layer(
-    G: nx.DiGraph,
-    storages: Mapping[str, _Storage],
-    saved: list[_Storage],
-    trainable: frozenset[str],
-    training: bool,
-    ev: Callable[[sympy.Expr], sympy.Expr],
+    step: Step, lives: Mapping[str, _Life], saved: list[_Life], training: bool, ev: Callable[[sympy.Expr], sympy.Expr]
 ) -> tuple[LayerMemory, ...]:
     rows: dict[str, dict[str, Any]] = {}
     saved_keys = {s.key for s in saved}
-    ordered = sorted(storages.values(), key=lambda s: (G.nodes[s.node]["phase"] != "param", s.born))
-    for s in ordered:
-        data = G.nodes[s.node]
-        if data["phase"] == "param":
-            row = rows.setdefault(data["layer"], {"p": [], "g": [], "s": []})
+    for s in sorted(lives.values(), key=lambda s: (s.phase != "param", s.born)):
+        v = step.node(s.node)
+        if v.phase == "param":
+            row = rows.setdefault(v.layer, {"p": [], "g": [], "s": []})
             row["p"].append(s.nbytes)
-            if training and data.get("param") in trainable:
+            if training and v.param in step.trainable:
                 row["g"].append(s.nbytes)
         elif s.key in saved_keys:
-            rows.setdefault(data["layer"], {"p": [], "g": [], "s": []})["s"].append((s.key, s.nbytes))
+            rows.setdefault(v.layer, {"p": [], "g": [], "s": []})["s"].append((s.key, s.nbytes))
     first: dict[str, int] = {}
-    for name, data in G.nodes(data=True):
-        if data.get("phase") in ("forward", "loss"):
-            first[data["layer"]] = min(first.get(data["layer"], data["order"]), data["order"])
+    for v in step.nodes:
+        if v.phase in ("forward", "loss"):
+            first[v.layer] = min(first.get(v.layer, v.order), v.order)
     return tuple(
         LayerMemory(
             name=layer,
@@ -458,6 +360,31 @@ def _by_layer(
         )
         for layer, r in sorted(rows.items(), key=lambda kv: first.get(kv[0], _END))
     )
+
+
+class MemoryModel(Protocol):
+    """What a route hands the analysis for memory: the step's memory, and the per-layer part."""
+
+    def memory(self, *, optimizer: str, dtype: Any, training: bool,
+               values: Mapping[sympy.Symbol, Any] | None) -> Memory: ...
+
+    def layers(self) -> tuple[LayerMemory, ...]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class TracedMemory:
+    """The memory model of a traced step: :func:`step_memory` over its records."""
+
+    step: Step
+
+    def memory(self, *, optimizer: str = "sgd", dtype: Any = None, training: bool = True,
+               values: Mapping[sympy.Symbol, Any] | None = None) -> Memory:
+        """:func:`step_memory` of the step."""
+        return step_memory(self.step, optimizer=optimizer, dtype=dtype, training=training, values=values)
+
+    def layers(self) -> tuple[LayerMemory, ...]:
+        """Parameter, gradient and saved bytes per layer (SGD, traced dtypes)."""
+        return step_memory(self.step).by_layer
 
 
 def max_batch_size(peak: sympy.Expr, budget_bytes: int, symbol: sympy.Symbol = t) -> int:

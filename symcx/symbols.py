@@ -11,7 +11,9 @@ import functools
 
 import sympy
 
-__all__ = ["t", "n", "N", "symbol", "to_plain", "width_names", "evaluate"]
+from ._torch import torch_sympy_functions as tf
+
+__all__ = ["t", "n", "N", "symbol", "to_plain", "width_names"]
 
 
 def symbol(name: str) -> sympy.Symbol:
@@ -59,8 +61,6 @@ def _identity(a):
 
 def _translations() -> dict[type, object]:
     """Map torch's private sympy classes to plain sympy constructors (torch-version tolerant)."""
-    from .trace import torch_sympy_functions as tf
-
     table = {
         "FloorDiv": _floor_div,
         "CeilDiv": _ceil_div,
@@ -92,7 +92,7 @@ def to_plain(expr: sympy.Expr) -> sympy.Expr:
     """Rewrite torch's sympy functions into plain sympy (``FloorDiv(a, b)`` → ``floor(a/b)``).
 
     >>> import sympy
-    >>> from symcx.trace import torch_sympy_functions
+    >>> from symcx._torch import torch_sympy_functions
     >>> FloorDiv = torch_sympy_functions.FloorDiv
     >>> to_plain(FloorDiv(sympy.Symbol("x") + 2, 2))
     floor(x/2) + 1
@@ -117,14 +117,3 @@ def _floor_as_ceiling(e: sympy.Expr) -> sympy.Expr:
     if den.is_Integer and den > 1 and constant < 0 and all(s.is_integer for s in num.free_symbols):
         return sympy.ceiling((num + 1) / den) - 1
     return e
-
-
-def evaluate(expr, values: dict) -> int | float:
-    """Evaluate ``expr`` at ``values`` (symbol or name → number); exact ints stay ints."""
-    subs = {(symbol(k) if isinstance(k, str) else k): v for k, v in values.items()}
-    out = sympy.sympify(expr).subs(subs)
-    if out.is_Integer:
-        return int(out)
-    if out.is_Number:
-        return float(out)
-    return out

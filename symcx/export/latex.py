@@ -1,4 +1,4 @@
-"""An :class:`~symcx.analysis.Analysis` as LaTeX: per-layer table, derivations, totals, big-O, memory.
+"""A :class:`~symcx.export.report.Report` as LaTeX: per-layer table, derivations, totals, big-O, memory.
 
 :class:`SymcxLatexPrinter` is sympy's ``LatexPrinter`` with ``_print_<Class>`` methods for
 symcx's own objects and with integers printed with thousands separators (``1{,}199{,}882``)
@@ -10,23 +10,31 @@ of Debian's ``texlive-latex-base`` and ``texlive-latex-recommended``.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sympy
 from sympy.printing.latex import LatexPrinter
 from sympy.printing.precedence import PRECEDENCE
 
-from ..analysis import O, Analysis, LayerRow
-from .json import (
-    MEMORY,
-    REPORT_SETTINGS,
-    TOTALS,
-    TRAINING,
-    backward_derivations,
+from .report import (
+    NUMBER_SETTINGS,
+    AssumptionNote,
+    ConventionNote,
+    DeviationNote,
+    Figure,
+    Report,
+    RouteNote,
+    TrainingNote,
+    UncountedNote,
+    build_report,
     check_number_settings,
-    report,
     scientific,
+    split_settings,
+    type_label,
 )
+
+if TYPE_CHECKING:
+    from ..analysis import Analysis, LayerRow
 
 __all__ = ["SymcxLatexPrinter", "to_latex"]
 
@@ -90,13 +98,8 @@ def _text(text: str, breakable: bool = False) -> str:
     return out.replace(".", r".\allowbreak{}").replace(r"\_", r"\_\allowbreak{}") if breakable else out
 
 
-def _own_name(row: LayerRow) -> bool:
-    """Whether the row is named after its type (a functional op: ``relu_1``), so the type says nothing."""
-    return row.name.rsplit(".", 1)[-1].startswith(row.type)
-
-
 class SymcxLatexPrinter(LatexPrinter):
-    """sympy's LaTeX printer, taught symcx's :class:`Analysis` and :class:`LayerRow`.
+    """sympy's LaTeX printer, taught symcx's :class:`Report`, its rows and notes.
 
     Settings beyond sympy's (whose ``fold_short_frac`` is on here: ``N / t``):
 
@@ -112,12 +115,6 @@ class SymcxLatexPrinter(LatexPrinter):
         ``10^{digits+1}`` up) or ``"plain"``.
     ``digits`` (3)
         Significant digits in scientific form.
-    ``at`` (None)
-        Symbol values (``{"t": 64}``): every total is also shown evaluated there.
-    ``epochs``, ``samples`` (n, N)
-        For the training totals.
-    ``optimizer`` ("sgd")
-        For the memory table, where this symcx has ``Analysis.memory``.
     ``title`` (None)
         The standalone document's heading (default ``symcx analysis``).
 
@@ -128,6 +125,9 @@ class SymcxLatexPrinter(LatexPrinter):
     '1{,}199{,}882 t'
     >>> SymcxLatexPrinter({"numbers": "scientific"}).doprint(sympy.Integer(1199882))
     '1.20 \\\\times 10^{6}'
+    >>> from symcx.export.report import UncountedNote
+    >>> SymcxLatexPrinter().doprint(UncountedNote("aten.fft_r2c", "fc1", 2))
+    'Not counted (no cost rule): $\\\\mathtt{aten.fft\\\\_r2c}$ in $\\\\mathtt{fc1}$ ($\\\\times 2$).'
     """
 
     _default_settings: dict[str, Any] = {
@@ -135,7 +135,7 @@ class SymcxLatexPrinter(LatexPrinter):
         "fold_short_frac": True,
         "standalone": False,
         "environment": None,
-        **REPORT_SETTINGS,
+        **NUMBER_SETTINGS,
         "title": None,
     }
 
@@ -176,7 +176,7 @@ class SymcxLatexPrinter(LatexPrinter):
 
     def _print_LayerRow(self, row: LayerRow) -> str:
         """The row's FLOPs: name, type, forward, backward, other (forward + backward)."""
-        kind = "" if _own_name(row) else _math_name(row.type, r"\mathrm")
+        kind = _math_name(type_label(row), r"\mathrm") if type_label(row) else ""
         other = row.forward_other_flops + row.backward_other_flops
         return self._row(row.name, [kind, *map(self._math, (row.forward_flops, row.backward_flops, other))])
 
@@ -190,12 +190,11 @@ class SymcxLatexPrinter(LatexPrinter):
         factors = [self.parenthesize(sympy.sympify(f), PRECEDENCE["Mul"], strict=True) for f in product]
         return _pack([factors[0], *(r"\times " + f for f in factors[1:])])
 
-    def _derivation_lines(self, analysis: Analysis) -> list[str]:
-        backward = backward_derivations(analysis)
+    def _derivation_lines(self, report: Report) -> list[str]:
         lines = []
-        for row in analysis.layers:
+        for row in report.layers:
             for phase, factors, total in (("forward", row.derivation, row.forward_flops),
-                                          ("backward", backward.get(row.name, ()), row.backward_flops)):
+                                          ("backward", row.backward_derivation, row.backward_flops)):
                 if not factors:
                     continue
                 label = _math_name(row.name) + r"\ \text{" + phase + "}"
@@ -255,14 +254,13 @@ class SymcxLatexPrinter(LatexPrinter):
                 return sub
         return [text]
 
-    def _equation(self, label: str, expr: Any, at_values: dict) -> list[str]:
-        """``label &= expr`` over as many lines as it needs, and its value at ``at`` if that differs."""
+    def _equation(self, label: str, expr: Any, value: Any = None, at: dict | None = None) -> list[str]:
+        """``label &= expr`` over as many lines as it needs, and ``value`` (at ``at``) if that differs."""
         pieces = self._pieces(expr)
         lines = [f"{label} &= {pieces[0]}", *[rf"&\phantom{{=}}\quad {p}" for p in pieces[1:]]]
-        value = sympy.sympify(expr).subs(at_values) if at_values else expr
-        if value == expr:
+        if value is None or value == expr:
             return lines
-        where = r" \quad \text{at } " + ", ".join(f"{self._math(k)} = {self._math(v)}" for k, v in at_values.items())
+        where = r" \quad \text{at } " + ", ".join(f"{self._math(k)} = {self._math(v)}" for k, v in (at or {}).items())
         values = self._pieces(value)
         if len(pieces) == 1 and len(values) == 1 and _visible(pieces[0] + values[0]) <= _LINE:
             lines[0] += f" && = {values[0]}{where}"
@@ -271,44 +269,47 @@ class SymcxLatexPrinter(LatexPrinter):
         lines[-1] += where
         return lines
 
-    def _totals_lines(self, analysis: Analysis) -> tuple[list[str], list[str]]:
-        s = self._settings
-        rep = report(analysis, epochs=s["epochs"], samples=s["samples"], optimizer=s["optimizer"])
-        at_values = {sympy.Symbol(str(k), positive=True, integer=True): sympy.sympify(v)
-                     for k, v in (s["at"] or {}).items()}
-        lines = []
-        for k, v in rep["totals"].items():
-            lines += self._equation(rf"\text{{{TOTALS[k]}}}", v, at_values)
-        for k, v in rep["training"].items():
-            if k not in ("epochs", "samples", "flops_per_step"):
-                lines += self._equation(rf"\text{{{TRAINING[k]}}}", v, at_values)
-        lines += self._equation(r"\text{Big-O, one step}", O(rep["big_o"]["step"]), {})
-        lines += self._equation(r"\text{Big-O, training}", O(rep["big_o"]["training"]), {})
-        if self._settings["environment"] == "array":  # no itemized notes in math mode: keep the gaps visible
-            lines += [rf"\text{{Not counted (no cost rule)}} &\ {_math_name(op)}\ \text{{in}}\ {_math_name(layer)} "
-                      rf"\times {count}" for (op, layer), count in sorted(analysis.unsupported.items())]
-        memory = []
-        if rep["memory"] is not None:
-            mem = rep["memory"]
-            for k in MEMORY:
-                memory += self._equation(rf"\text{{{MEMORY[k]}}}", mem[k], at_values)
-            memory.append(rf"\text{{Peak reached in}} &\ {_math_name(mem['peak_layer'])}\ "
-                          rf"(\text{{op }} {_math_name(mem['peak_node'])})")
-        return lines, memory
+    def _figure_lines(self, figures: tuple[Figure, ...], at: dict) -> list[str]:
+        """An equation per figure, with its value where ``at`` changes it."""
+        return [line for f in figures for line in self._equation(rf"\text{{{f.label}}}", f.formula, f.value, at)]
 
-    def _notes(self, analysis: Analysis) -> list[str]:
-        s = self._settings
-        notes = [_text(analysis.route_note, breakable=True),
-                 r"FLOPs follow FlopCounterMode (one multiply-add is 2 FLOPs; matmul, convolution, "
-                 r"attention). Other FLOPs: elementwise ops, norms, pooling, softmax, reductions."]
-        epochs, samples = self._math(s["epochs"]), self._math(s["samples"])
-        notes.append(rf"Training: epochs ${epochs}$, samples ${samples}$, $\lceil {samples} / t \rceil$ steps per "
-                     "epoch (the last, partial batch counted as a full one).")
-        notes += [rf"Valid for ${self._math(a)}$." for a in analysis.assumptions]
-        notes += [rf"Not counted (no cost rule): ${_math_name(op)}$ in ${_math_name(layer)}$ ($\times {count}$)."
-                  for (op, layer), count in sorted(analysis.unsupported.items())]
-        notes += [_text(d, breakable=True) for d in analysis.deviations]
-        return notes
+    def _totals_lines(self, report: Report) -> list[str]:
+        lines = self._figure_lines(report.summary, report.at)
+        lines += self._equation(r"\text{Big-O, one step}", report.big_o.step)
+        lines += self._equation(r"\text{Big-O, training}", report.big_o.training)
+        if self._settings["environment"] == "array":  # no itemized notes in math mode: keep the gaps visible
+            lines += [rf"\text{{Not counted (no cost rule)}} &\ {_math_name(u.op)}\ \text{{in}}\ "
+                      rf"{_math_name(u.layer)} \times {u.count}" for u in report.notes_of(UncountedNote)]
+        return lines
+
+    def _memory_lines(self, report: Report) -> list[str]:
+        mem = report.memory
+        if mem is None:
+            return []
+        return [*self._figure_lines(mem.figures, report.at),
+                rf"\text{{Peak reached in}} &\ {_math_name(mem.peak_layer)}\ (\text{{op }} {_math_name(mem.peak_node)})"]
+
+    # --- notes ---------------------------------------------------------------------------
+    def _print_RouteNote(self, note: RouteNote) -> str:
+        return _text(note.text, breakable=True)
+
+    _print_DeviationNote = _print_RouteNote
+
+    def _print_ConventionNote(self, note: ConventionNote) -> str:
+        return (f"FLOPs follow FlopCounterMode (one multiply-add is 2 FLOPs; {', '.join(note.counted)}). "
+                f"Other FLOPs: {', '.join(note.other)}.")
+
+    def _print_TrainingNote(self, note: TrainingNote) -> str:
+        epochs, samples = self._math(note.epochs), self._math(note.samples)
+        return (rf"Training: epochs ${epochs}$, samples ${samples}$, $\lceil {samples} / t \rceil$ steps per "
+                "epoch (the last, partial batch counted as a full one).")
+
+    def _print_AssumptionNote(self, note: AssumptionNote) -> str:
+        return rf"Valid for ${self._math(note.condition)}$."
+
+    def _print_UncountedNote(self, note: UncountedNote) -> str:
+        return (rf"Not counted (no cost rule): ${_math_name(note.op)}$ in ${_math_name(note.layer)}$ "
+                rf"($\times {note.count}$).")
 
     def _align(self, lines: list[str]) -> str:
         if not lines:
@@ -339,34 +340,33 @@ class SymcxLatexPrinter(LatexPrinter):
                  *rows, r"\bottomrule", r"\end{tabular}" + ("}" if fit else ""), r"\end{center}"]
         return "\n".join(lines)
 
-    def _print_Analysis(self, analysis: Analysis) -> str:
+    def _print_Report(self, report: Report) -> str:
         """The whole report: table, derivations, totals, big-O, memory, notes."""
         s = self._settings
-        totals, memory = self._totals_lines(analysis)
-        symbols = ", ".join(f"${self._math(v)}$" for v in analysis.symbols.values()) or "none"
+        symbols = ", ".join(f"${self._math(v)}$" for v in report.symbols.values()) or "none"
         array = s["environment"] == "array"
         parts = []
         if not array:
-            parts.append(f"% symcx analysis; symbols: {', '.join(analysis.symbols) or 'none'}")
+            parts.append(f"% symcx analysis; symbols: {', '.join(report.symbols) or 'none'}")
             parts.append(rf"Per-layer FLOPs of one training step (symbols: {symbols}; batch size $t$):")
-        names = [row.name for row in analysis.layers]
-        parts.append(self._table(_FLOP_COLUMNS, [self._print(row) for row in analysis.layers], names))
+        names = [row.name for row in report.layers]
+        parts.append(self._table(_FLOP_COLUMNS, [self._print(row) for row in report.layers], names))
         if not array:
             parts.append("Per-layer sizes (bytes saved for backward: what autograd keeps until the backward pass):")
-        parts.append(self._table(_SIZE_COLUMNS, [self._size_row(row) for row in analysis.layers], names))
-        derivations = self._derivation_lines(analysis)
+        parts.append(self._table(_SIZE_COLUMNS, [self._size_row(row) for row in report.layers], names))
+        derivations = self._derivation_lines(report)
         if derivations and not array:
             parts.append("FLOPs of each matmul, convolution and attention, factor by factor:")
         parts.append(self._align(derivations))
         if not array:
             parts.append("Totals of one training step, and over training:")
-        parts.append(self._align(totals))
-        if memory:
+        parts.append(self._align(self._totals_lines(report)))
+        if report.memory is not None:
             if not array:
-                parts.append(rf"Memory of one training step, in bytes (optimizer: {_text(s['optimizer'])}).")
-            parts.append(self._align(memory))
+                parts.append(rf"Memory of one training step, in bytes (optimizer: {_text(report.memory.optimizer)}).")
+            parts.append(self._align(self._memory_lines(report)))
         if not array:
-            parts.append("\\begin{itemize}\\raggedright\n" + "\n".join(rf"\item {x}" for x in self._notes(analysis))
+            parts.append("\\begin{itemize}\\raggedright\n" + "\n".join(rf"\item {self._print(x)}" for x in report.notes)
                          + "\n\\end{itemize}")
         body = "\n\n".join(p for p in parts if p)
         if not s["standalone"]:
@@ -386,9 +386,10 @@ def to_latex(analysis: Analysis, *, standalone: bool = False, **settings: Any) -
         a fragment (which needs amsmath, array and booktabs). A document with a ``longtable`` (more
         than 60 layers) needs two pdflatex runs for its columns to align.
     **settings
-        :class:`SymcxLatexPrinter` settings (``numbers``, ``digits``, ``at``, ``epochs``,
-        ``samples``, ``optimizer``, ``environment``, ``title``) and sympy's own
-        (``mul_symbol``, ``symbol_names``…). An unknown name raises ``TypeError``.
+        :func:`~symcx.export.report.build_report`'s (``at``, ``epochs``, ``samples``,
+        ``optimizer``), :class:`SymcxLatexPrinter`'s (``numbers``, ``digits``,
+        ``environment``, ``title``) and sympy's own (``mul_symbol``, ``symbol_names``…).
+        An unknown name raises ``TypeError``.
 
     Returns
     -------
@@ -402,4 +403,6 @@ def to_latex(analysis: Analysis, *, standalone: bool = False, **settings: Any) -
     >>> r"2 \\times t \\times 32 \\times 1 \\times 3 \\times 3 \\times 26 \\times 26 = 389{,}376 t" in tex
     True
     """
-    return SymcxLatexPrinter({"standalone": standalone, **settings}).doprint(analysis)
+    options, settings = split_settings(settings)
+    printer = SymcxLatexPrinter({"standalone": standalone, **settings})
+    return printer.doprint(build_report(analysis, **options))

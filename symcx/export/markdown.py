@@ -1,4 +1,4 @@
-"""An :class:`~symcx.analysis.Analysis` as Markdown: per-layer table, derivations, totals, memory.
+"""A :class:`~symcx.export.report.Report` as Markdown: per-layer table, derivations, totals, memory, notes.
 
 Expressions print as sympy's ``str`` form in code spans, integers with thousands separators
 (``1,199,882``), in scientific form (``1.20e6``) or plain, by the ``numbers`` setting.
@@ -6,23 +6,30 @@ Expressions print as sympy's ``str`` form in code spans, integers with thousands
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sympy
 from sympy.printing.precedence import PRECEDENCE
 from sympy.printing.str import StrPrinter
 
-from ..analysis import Analysis, LayerRow
-from .json import (
-    MEMORY,
-    REPORT_SETTINGS,
-    TOTALS,
-    TRAINING,
-    backward_derivations,
+from .report import (
+    NUMBER_SETTINGS,
+    AssumptionNote,
+    ConventionNote,
+    DeviationNote,
+    Figure,
+    Report,
+    RouteNote,
+    TrainingNote,
+    UncountedNote,
+    build_report,
     check_number_settings,
-    report,
     scientific,
+    split_settings,
 )
+
+if TYPE_CHECKING:
+    from ..analysis import Analysis, LayerRow
 
 __all__ = ["MarkdownPrinter", "to_markdown"]
 
@@ -35,11 +42,10 @@ def _code(text: str) -> str:
 
 
 class MarkdownPrinter(StrPrinter):
-    """sympy's ``str`` printer with readable integers, taught :class:`Analysis` and :class:`LayerRow`.
+    """sympy's ``str`` printer with readable integers, taught :class:`Report`, its rows and notes.
 
     Settings beyond sympy's: ``numbers`` ("separators", "scientific", "plain"), ``digits``
-    (3, significant digits in scientific form), ``at`` (symbol values at which totals are
-    also evaluated), ``epochs`` and ``samples`` (n, N), ``optimizer`` ("sgd"), ``title``.
+    (3, significant digits in scientific form), ``title`` ("symcx analysis").
 
     Examples
     --------
@@ -48,11 +54,14 @@ class MarkdownPrinter(StrPrinter):
     '23,984,896*t'
     >>> MarkdownPrinter({"numbers": "scientific"}).doprint(sympy.Integer(23984896))
     '2.40e7'
+    >>> from symcx.export.report import UncountedNote
+    >>> MarkdownPrinter().doprint(UncountedNote("aten.fft_r2c", "fc1", 2))
+    'Not counted (no cost rule): `aten.fft_r2c` in `fc1` (×2).'
     """
 
     _default_settings: dict[str, Any] = {
         **StrPrinter._default_settings,
-        **REPORT_SETTINGS,
+        **NUMBER_SETTINGS,
         "title": "symcx analysis",
     }
 
@@ -86,65 +95,68 @@ class MarkdownPrinter(StrPrinter):
                                           row.params, row.saved_bytes)]
         return "| " + " | ".join(cells) + " |"
 
-    def _derivations(self, analysis: Analysis) -> list[str]:
-        backward = backward_derivations(analysis)
+    def _derivations(self, report: Report) -> list[str]:
         lines = []
-        for row in analysis.layers:
+        for row in report.layers:
             for phase, factors, total in (("forward", row.derivation, row.forward_flops),
-                                          ("backward", backward.get(row.name, ()), row.backward_flops)):
+                                          ("backward", row.backward_derivation, row.backward_flops)):
                 if factors:
                     terms = " + ".join(self.product(fs) for fs in factors)
                     lines.append(f"- {_code(row.name)} {phase}: {_code(terms)} = {self._expr(total)}")
         return lines
 
-    def _table(self, rows: list[tuple[str, Any]], at_values: dict) -> list[str]:
+    def _table(self, figures: tuple[Figure, ...], at: dict[sympy.Symbol, Any]) -> list[str]:
+        """A Quantity | Formula table, with a column of values where ``at`` gives any."""
         head = ["| Quantity | Formula |", "| :-- | --: |"]
-        if at_values:
-            where = ", ".join(f"{k} = {self._print(v)}" for k, v in at_values.items())
+        if at:
+            where = ", ".join(f"{k} = {self._print(v)}" for k, v in at.items())
             head = [f"| Quantity | Formula | at {where} |", "| :-- | --: | --: |"]
         lines = []
-        for label, expr in rows:
-            cells = [label, self._expr(expr)]
-            if at_values:
-                cells.append(self._expr(sympy.sympify(expr).subs(at_values)))
+        for f in figures:
+            cells = [f.label, self._expr(f.formula), *([self._expr(f.value)] if at else [])]
             lines.append("| " + " | ".join(cells) + " |")
         return head + lines
 
-    def _print_Analysis(self, analysis: Analysis) -> str:
+    # --- notes ---------------------------------------------------------------------------
+    def _print_RouteNote(self, note: RouteNote) -> str:
+        return note.text
+
+    _print_DeviationNote = _print_RouteNote
+
+    def _print_ConventionNote(self, note: ConventionNote) -> str:
+        other = ", ".join(note.other[:-1]) + " and " + note.other[-1]
+        return (f"FLOPs follow FlopCounterMode (one multiply-add is 2 FLOPs; {', '.join(note.counted)}); "
+                f"other FLOPs are {other}.")
+
+    def _print_TrainingNote(self, note: TrainingNote) -> str:
+        steps = _code("ceiling(" + self._print(note.samples) + "/t)")
+        return (f"Training: epochs {self._expr(note.epochs)}, samples {self._expr(note.samples)}, {steps} steps "
+                "per epoch (the last, partial batch counted as a full one).")
+
+    def _print_AssumptionNote(self, note: AssumptionNote) -> str:
+        return f"Valid for {self._expr(note.condition)}."
+
+    def _print_UncountedNote(self, note: UncountedNote) -> str:
+        return f"Not counted (no cost rule): {_code(note.op)} in {_code(note.layer)} (×{note.count})."
+
+    def _print_Report(self, report: Report) -> str:
         """The whole report: table, derivations, totals, big-O, memory, notes."""
-        s = self._settings
-        rep = report(analysis, epochs=s["epochs"], samples=s["samples"], optimizer=s["optimizer"])
-        at_values = {sympy.Symbol(str(k), positive=True, integer=True): sympy.sympify(v)
-                     for k, v in (s["at"] or {}).items()}
-        out = [f"## {s['title']}", ""]
-        symbols = ", ".join(_code(k) for k in analysis.symbols) or "none"
+        out = [f"## {self._settings['title']}", ""]
+        symbols = ", ".join(_code(k) for k in report.symbols) or "none"
         out += [f"Per-layer costs of one training step; symbols: {symbols} (`t` is the batch size):", ""]
         out += ["| " + " | ".join(_COLUMNS) + " |", "| " + " | ".join([":--"] * 3 + ["--:"] * 5) + " |"]
-        out += [self._print(row) for row in analysis.layers]
-        derivations = self._derivations(analysis)
+        out += [self._print(row) for row in report.layers]
+        derivations = self._derivations(report)
         if derivations:
             out += ["", "Derivations (FLOPs):", "", *derivations]
-        rows = [(TOTALS[k], v) for k, v in rep["totals"].items()]
-        rows += [(TRAINING[k], v) for k, v in rep["training"].items() if k not in ("epochs", "samples", "flops_per_step")]
-        out += ["", *self._table(rows, at_values), ""]
-        out.append(f"Big-O: one step {_code('O(' + self._print(rep['big_o']['step']) + ')')}, "
-                   f"training {_code('O(' + self._print(rep['big_o']['training']) + ')')}.")
-        if rep["memory"] is not None:
-            mem = rep["memory"]
-            out += ["", f"Memory of one training step, bytes (optimizer: {s['optimizer']}):", ""]
-            out += self._table([(MEMORY[k], mem[k]) for k in MEMORY], at_values)
-            out += ["", f"The peak is reached in {_code(mem['peak_layer'])} (op {_code(mem['peak_node'])})."]
-        notes = [analysis.route_note,
-                 "FLOPs follow FlopCounterMode (one multiply-add is 2 FLOPs; matmul, convolution, attention); "
-                 "other FLOPs are elementwise ops, norms, pooling, softmax and reductions.",
-                 f"Training: epochs {self._expr(s['epochs'])}, samples {self._expr(s['samples'])}, "
-                 f"{_code('ceiling(' + self._print(sympy.sympify(s['samples'])) + '/t)')} steps per epoch "
-                 "(the last, partial batch counted as a full one)."]
-        notes += [f"Valid for {self._expr(a)}." for a in analysis.assumptions]
-        notes += [f"Not counted (no cost rule): {_code(op)} in {_code(layer)} (×{count})."
-                  for (op, layer), count in sorted(analysis.unsupported.items())]
-        notes += list(analysis.deviations)
-        out += ["", "Notes:", "", *[f"- {x}" for x in notes]]
+        out += ["", *self._table(report.summary, report.at), ""]
+        out.append(f"Big-O: one step {self._expr(report.big_o.step)}, training {self._expr(report.big_o.training)}.")
+        mem = report.memory
+        if mem is not None:
+            out += ["", f"Memory of one training step, bytes (optimizer: {mem.optimizer}):", ""]
+            out += self._table(mem.figures, report.at)
+            out += ["", f"The peak is reached in {_code(mem.peak_layer)} (op {_code(mem.peak_node)})."]
+        out += ["", "Notes:", "", *[f"- {self._print(note)}" for note in report.notes]]
         return "\n".join(out) + "\n"
 
 
@@ -155,8 +167,9 @@ def to_markdown(analysis: Analysis, **settings: Any) -> str:
     ----------
     analysis : Analysis
     **settings
-        :class:`MarkdownPrinter` settings (``numbers``, ``digits``, ``at``, ``epochs``,
-        ``samples``, ``optimizer``, ``title``); an unknown name raises ``TypeError``.
+        :func:`~symcx.export.report.build_report`'s (``at``, ``epochs``, ``samples``,
+        ``optimizer``) and :class:`MarkdownPrinter`'s (``numbers``, ``digits``, ``title``);
+        an unknown name raises ``TypeError``.
 
     Returns
     -------
@@ -170,4 +183,6 @@ def to_markdown(analysis: Analysis, **settings: Any) -> str:
     >>> print(next(line for line in md.splitlines() if line.startswith("| Forward FLOPs")))
     | Forward FLOPs | `15,680*t` | `1,003,520` |
     """
-    return MarkdownPrinter(settings).doprint(analysis)
+    options, settings = split_settings(settings)
+    printer = MarkdownPrinter(settings)
+    return printer.doprint(build_report(analysis, **options))

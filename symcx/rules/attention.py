@@ -45,7 +45,7 @@ from collections.abc import Callable
 import sympy
 
 from ..cost import Cost, OpCall, TensorInfo
-from . import rule
+from .registry import rule
 
 __all__ = [
     "sdpa_forward_cost",
@@ -154,81 +154,72 @@ def _cost(
     return Cost(flops=cost.flops, factors=cost.factors, fcm_flops=fcm, note="; ".join(notes))
 
 
-def _shapes(*infos: TensorInfo) -> tuple[tuple, ...]:
-    return tuple(tuple(x.shape) for x in infos)
+def _shapes(call: OpCall) -> tuple[tuple, ...]:
+    """The shapes of ``query``, ``key`` and ``value``."""
+    return tuple(tuple(call[name].shape) for name in ("query", "key", "value"))
 
 
 @rule("aten._scaled_dot_product_flash_attention_for_cpu")
 def sdpa_cpu_flops(call: OpCall) -> Cost:
     """CPU flash attention: 2·b·h·s_q·s_k·(d_q + d_v); FlopCounterMode counts 0."""
-    q, k, v = _shapes(*call.args[:3])
-    causal = _causal(call, bool(call.arg(4, "is_causal", False)))
-    return _cost(sdpa_forward_cost, q, k, v, causal, fcm=sympy.Integer(0), notes=(CPU_NOTE,))
+    causal = _causal(call, bool(call["is_causal"]))
+    return _cost(sdpa_forward_cost, *_shapes(call), causal, fcm=sympy.Integer(0), notes=(CPU_NOTE,))
 
 
 @rule("aten._scaled_dot_product_flash_attention_for_cpu_backward")
 def sdpa_cpu_backward_flops(call: OpCall) -> Cost:
     """CPU flash attention backward: 2·b·h·s_q·s_k·(3·d_q + 2·d_v); FlopCounterMode counts 0."""
-    q, k, v = _shapes(*call.args[1:4])
-    causal = _causal(call, bool(call.arg(7, "is_causal", False)))
-    return _cost(sdpa_backward_cost, q, k, v, causal, fcm=sympy.Integer(0), notes=(CPU_NOTE,))
+    causal = _causal(call, bool(call["is_causal"]))
+    return _cost(sdpa_backward_cost, *_shapes(call), causal, fcm=sympy.Integer(0), notes=(CPU_NOTE,))
 
 
-#: Forward SDPA ops (BHSD) and the position of their ``is_causal`` argument.
-_SDPA_FORWARD = {
-    "aten._scaled_dot_product_flash_attention": 4,
-    "aten._scaled_dot_product_efficient_attention": 6,
-    "aten._scaled_dot_product_cudnn_attention": 6,
-}
-#: Backward SDPA ops (BHSD; grad_out, q, k, v first) and the position of ``is_causal``.
-_SDPA_BACKWARD = {
-    "aten._scaled_dot_product_flash_attention_backward": 11,
-    "aten._scaled_dot_product_efficient_attention_backward": 11,
-    "aten._scaled_dot_product_cudnn_attention_backward": 14,
-}
-
-
-def _packet(op: str) -> str:
-    """``aten.foo.default`` → ``aten.foo``."""
-    return op.rsplit(".", 1)[0]
-
-
-@rule(*_SDPA_FORWARD)
+@rule(
+    "aten._scaled_dot_product_flash_attention",
+    "aten._scaled_dot_product_efficient_attention",
+    "aten._scaled_dot_product_cudnn_attention",
+)
 def sdpa_flops(call: OpCall) -> Cost:
     """Flash, memory-efficient and cuDNN SDPA: 2·b·h·s_q·s_k·(d_q + d_v), as FlopCounterMode."""
-    q, k, v = _shapes(*call.args[:3])
-    causal = _causal(call, bool(call.arg(_SDPA_FORWARD[_packet(call.op)], "is_causal", False)))
-    return _cost(sdpa_forward_cost, q, k, v, causal)
+    return _cost(sdpa_forward_cost, *_shapes(call), _causal(call, bool(call["is_causal"])))
 
 
-@rule(*_SDPA_BACKWARD)
+@rule(
+    "aten._scaled_dot_product_flash_attention_backward",
+    "aten._scaled_dot_product_efficient_attention_backward",
+    "aten._scaled_dot_product_cudnn_attention_backward",
+)
 def sdpa_backward_flops(call: OpCall) -> Cost:
     """Their backward: 2·b·h·s_q·s_k·(3·d_q + 2·d_v), as FlopCounterMode (grad masks ignored)."""
-    q, k, v = _shapes(*call.args[1:4])
-    causal = _causal(call, bool(call.arg(_SDPA_BACKWARD[_packet(call.op)], "is_causal", False)))
-    return _cost(sdpa_backward_cost, q, k, v, causal)
+    return _cost(sdpa_backward_cost, *_shapes(call), _causal(call, bool(call["is_causal"])))
 
 
-def _flash_shapes(q: TensorInfo, k: TensorInfo, v: TensorInfo, call: OpCall, at: int) -> tuple:
-    """BHSD shapes of flash-attention's (b, s, h, d) or packed (total, h, d) tensors.
+#: Names of the packed-batch arguments (offsets of q and k, max lengths of q and k) of
+#: flash-attention's and memory-efficient attention's own kernels.
+_FLASH_PACKED = ("cum_seq_q", "cum_seq_k", "max_q", "max_k")
+_EFFICIENT_PACKED = ("cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k")
 
-    ``at`` is the position of ``cum_seq_q``; ``cum_seq_k``, ``max_q``, ``max_k`` follow it.
+
+def _bshd_shapes(call: OpCall, packed: tuple[str, str, str, str]) -> tuple:
+    """BHSD shapes of a kernel's (b, s, h, d) tensors, or of packed ones (offsets given).
+
+    flash-attention packs a batch as (total, h, d), memory-efficient attention as (1, total, h, d).
     """
-    names = ("cum_seq_q", "cum_seq_k", "max_q", "max_k")
-    cum_q, cum_k, max_q, max_k = (call.arg(at + i, name) for i, name in enumerate(names))
-    if isinstance(cum_q, TensorInfo):
-        return (_varlen(q.shape, cum_q, max_q), _varlen(k.shape, cum_k, max_k), _varlen(v.shape, cum_k, max_k))
+    q, k, v = (call[name] for name in ("query", "key", "value"))
+    cu_q, cu_k, max_q, max_k = (call[name] for name in packed)
+    if isinstance(cu_q, TensorInfo):
+        return (_varlen(q.shape, cu_q, max_q), _varlen(k.shape, cu_k, max_k), _varlen(v.shape, cu_k, max_k))
     return _bshd(q.shape), _bshd(k.shape), _bshd(v.shape)
 
 
-def _misread(kernel: Callable[..., Cost], q: TensorInfo, k: TensorInfo, v: TensorInfo) -> tuple:
+def _misread(kernel: Callable[..., Cost], call: OpCall, packed: str) -> tuple:
     """(FlopCounterMode's count, note) on raw (b, s, h, d) shapes read as BHSD; (None, ()) if packed.
 
     Read that way the sequence lengths are taken for head counts, and FlopCounterMode raises
     unless ``s_q`` is a multiple of ``s_k`` (its grouped-query check): then it reports nothing.
     """
-    if len(q.shape) != 4:
+    if isinstance(call[packed], TensorInfo):
         return None, ()
+    q, k, v = (call[name] for name in ("query", "key", "value"))
     s_q, s_k = q.shape[1], k.shape[1]
     if sympy.Mod(s_q, s_k) != 0:
         return sympy.Integer(0), (LAYOUT_NOTE, FCM_RAISES_NOTE)
@@ -238,57 +229,36 @@ def _misread(kernel: Callable[..., Cost], q: TensorInfo, k: TensorInfo, v: Tenso
 @rule("aten._flash_attention_forward")
 def flash_forward_flops(call: OpCall) -> Cost:
     """flash-attention forward on (b, s, h, d) tensors: 2·b·h·s_q·s_k·(d_q + d_v)."""
-    q, k, v = call.args[:3]
-    shapes = _flash_shapes(q, k, v, call, 3)
-    causal = _causal(call, bool(call.arg(8, "is_causal", False)), BOTTOM_RIGHT)
-    fcm, notes = _misread(sdpa_forward_cost, q, k, v)
-    return _cost(sdpa_forward_cost, *shapes, causal, fcm=fcm, notes=notes)
+    causal = _causal(call, bool(call["is_causal"]), BOTTOM_RIGHT)
+    fcm, notes = _misread(sdpa_forward_cost, call, "cum_seq_q")
+    return _cost(sdpa_forward_cost, *_bshd_shapes(call, _FLASH_PACKED), causal, fcm=fcm, notes=notes)
 
 
 @rule("aten._flash_attention_backward")
 def flash_backward_flops(call: OpCall) -> Cost:
     """flash-attention backward on (b, s, h, d) tensors: 2·b·h·s_q·s_k·(3·d_q + 2·d_v)."""
-    q, k, v = call.args[1:4]
-    shapes = _flash_shapes(q, k, v, call, 6)
-    causal = _causal(call, bool(call.arg(11, "is_causal", False)), BOTTOM_RIGHT)
-    fcm, notes = _misread(sdpa_backward_cost, q, k, v)
-    return _cost(sdpa_backward_cost, *shapes, causal, fcm=fcm, notes=notes)
+    causal = _causal(call, bool(call["is_causal"]), BOTTOM_RIGHT)
+    fcm, notes = _misread(sdpa_backward_cost, call, "cum_seq_q")
+    return _cost(sdpa_backward_cost, *_bshd_shapes(call, _FLASH_PACKED), causal, fcm=fcm, notes=notes)
 
 
-def _efficient_shapes(q: TensorInfo, k: TensorInfo, v: TensorInfo, call: OpCall, at: int) -> tuple:
-    """BHSD shapes of memory-efficient attention's (b, s, h, d) tensors, packed or not.
-
-    ``at`` is the position of ``cu_seqlens_q``; ``cu_seqlens_k``, ``max_seqlen_q``,
-    ``max_seqlen_k`` follow it. Packed batches are (1, total, h, d).
-    """
-    names = ("cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k")
-    cu_q, cu_k, max_q, max_k = (call.arg(at + i, name) for i, name in enumerate(names))
-    if isinstance(cu_q, TensorInfo):
-        return (_varlen(q.shape, cu_q, max_q), _varlen(k.shape, cu_k, max_k), _varlen(v.shape, cu_k, max_k))
-    return _bshd(q.shape), _bshd(k.shape), _bshd(v.shape)
-
-
-def _mask_type(call: OpCall, at: int) -> str | None:
+def _mask_type(call: OpCall) -> str | None:
     """``custom_mask_type``: 0 none, 1 causal from the top left, 2 from the bottom right."""
-    kind = int(call.arg(at, "custom_mask_type", 0))
+    kind = int(call["custom_mask_type"])
     return {1: TOP_LEFT, 2: BOTTOM_RIGHT}.get(kind) if call.options.get("causal_attention") else None
 
 
 @rule("aten._efficient_attention_forward")
 def efficient_forward_flops(call: OpCall) -> Cost:
     """Memory-efficient attention forward on (b, s, h, d) tensors: 2·b·h·s_q·s_k·(d_q + d_v)."""
-    q, k, v = call.args[:3]
-    shapes = _efficient_shapes(q, k, v, call, 4)
-    packed = isinstance(call.arg(4, "cu_seqlens_q"), TensorInfo)
-    fcm, notes = (None, ()) if packed else _misread(sdpa_forward_cost, q, k, v)
-    return _cost(sdpa_forward_cost, *shapes, _mask_type(call, 9), fcm=fcm, notes=notes)
+    fcm, notes = _misread(sdpa_forward_cost, call, "cu_seqlens_q")
+    shapes = _bshd_shapes(call, _EFFICIENT_PACKED)
+    return _cost(sdpa_forward_cost, *shapes, _mask_type(call), fcm=fcm, notes=notes)
 
 
 @rule("aten._efficient_attention_backward")
 def efficient_backward_flops(call: OpCall) -> Cost:
     """Memory-efficient attention backward on (b, s, h, d): 2·b·h·s_q·s_k·(3·d_q + 2·d_v)."""
-    q, k, v = call.args[1:4]
-    shapes = _efficient_shapes(q, k, v, call, 6)
-    packed = isinstance(call.arg(6, "cu_seqlens_q"), TensorInfo)
-    fcm, notes = (None, ()) if packed else _misread(sdpa_backward_cost, q, k, v)
-    return _cost(sdpa_backward_cost, *shapes, _mask_type(call, 14), fcm=fcm, notes=notes)
+    fcm, notes = _misread(sdpa_backward_cost, call, "cu_seqlens_q")
+    shapes = _bshd_shapes(call, _EFFICIENT_PACKED)
+    return _cost(sdpa_backward_cost, *shapes, _mask_type(call), fcm=fcm, notes=notes)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sympy
 
 from ..cost import Cost, OpCall
-from . import rule
+from .registry import rule
 
 __all__ = ["conv_flops", "conv_backward_flops", "conv_terms"]
 
@@ -36,9 +36,7 @@ def conv_terms(x_shape, w_shape, out_shape, transposed: bool) -> tuple[sympy.Exp
 @rule("aten.convolution", "aten._convolution")
 def conv_flops(call: OpCall) -> Cost:
     """2·N·C_out·(C_in/groups)·prod(kernel)·prod(out spatial), e.g. the seed's 2·26·26·3·3·1·32·t."""
-    x, w = call.args[0], call.args[1]
-    transposed = bool(call.arg(6, "transposed", False))
-    factors = conv_terms(x.shape, w.shape, call.out.shape, transposed)
+    factors = conv_terms(call["input"].shape, call["weight"].shape, call.out.shape, bool(call["transposed"]))
     return Cost(flops=sympy.Mul(*factors), factors=(factors,))
 
 
@@ -53,10 +51,10 @@ def conv_backward_flops(call: OpCall) -> Cost:
     grad-weight of a conv with ``groups`` = g is 2·N·C_out·(C_in/g)·prod(kernel)·prod(out);
     FlopCounterMode reports g times that, recorded in ``fcm_flops``.
     """
-    grad_out, x, w = call.args[0], call.args[1], call.args[2]
-    transposed = bool(call.arg(7, "transposed", False))
-    groups = sympy.sympify(call.arg(9, "groups", 1))
-    mask = call.arg(10, "output_mask", (True, True, True))
+    grad_out, x, w = call["grad_output"], call["input"], call["weight"]
+    transposed = bool(call["transposed"])
+    groups = sympy.sympify(call["groups"])
+    mask = call["output_mask"]
     outs = call.out
     terms: list[tuple[sympy.Expr, ...]] = []
     fcm = sympy.Integer(0)

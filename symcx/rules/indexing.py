@@ -13,15 +13,14 @@ from __future__ import annotations
 import sympy
 
 from ..cost import Cost, OpCall
-from . import rule
+from .registry import rule
 
 __all__ = ["accumulate_flops", "pad_backward_flops", "col2im_flops", "embedding_bag_flops", "embedding_bag_backward_flops"]
 
 @rule("aten._unsafe_index_put", "aten.index_put", "aten.index_put_")
 def accumulate_flops(call: OpCall) -> Cost:
     """One add per value written when ``accumulate`` is set (a gather's backward), else none."""
-    values = call.arg(2, "values")
-    return Cost(other_flops=values.numel if call.arg(3, "accumulate", False) else sympy.Integer(0))
+    return Cost(other_flops=call["values"].numel if call["accumulate"] else sympy.Integer(0))
 
 
 @rule(
@@ -30,23 +29,20 @@ def accumulate_flops(call: OpCall) -> Cost:
 )
 def pad_backward_flops(call: OpCall) -> Cost:
     """One add per grad-output element folded back into the grad-input."""
-    return Cost(other_flops=call.args[0].numel)
+    return Cost(other_flops=call["grad_output"].numel)
 
 
 @rule("aten.col2im")
 def col2im_flops(call: OpCall) -> Cost:
     """One add per column element summed into the image (``Fold``, ``Unfold``'s backward)."""
-    return Cost(other_flops=call.args[0].numel)
+    return Cost(other_flops=call["self"].numel)
 
 
 @rule("aten._embedding_bag", "aten._embedding_bag_forward_only")
 def embedding_bag_flops(call: OpCall) -> Cost:
     """indices·D adds (or compares, for ``max``) into the bags, + one divide per output for ``mean``."""
-    weight, indices = call.args[0], call.args[1]
-    mode = call.arg(4, "mode", 0)
-    per_row = weight.shape[1]
-    flops = indices.numel * per_row
-    if mode == 1:
+    flops = call["indices"].numel * call["weight"].shape[1]
+    if call["mode"] == 1:
         flops += call.outputs[0].numel
     return Cost(other_flops=flops)
 
@@ -54,5 +50,4 @@ def embedding_bag_flops(call: OpCall) -> Cost:
 @rule("aten._embedding_bag_backward", "aten._embedding_bag_dense_backward", "aten._embedding_bag_per_sample_weights_backward")
 def embedding_bag_backward_flops(call: OpCall) -> Cost:
     """indices·D adds: every looked-up row's gradient scattered back into the weight gradient."""
-    grad, indices = call.args[0], call.args[1]
-    return Cost(other_flops=indices.numel * grad.shape[-1])
+    return Cost(other_flops=call["indices"].numel * call["grad"].shape[-1])

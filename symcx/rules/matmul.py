@@ -8,7 +8,7 @@ from __future__ import annotations
 import sympy
 
 from ..cost import Cost, OpCall
-from . import rule
+from .registry import rule
 
 __all__ = ["matmul_flops", "mm_flops", "bmm_flops", "dot_flops", "mv_flops", "trilinear_flops"]
 
@@ -24,8 +24,11 @@ def matmul_flops(m, k, n, batch=sympy.Integer(1)) -> Cost:
 
 @rule("aten.mm", "aten.addmm")
 def mm_flops(call: OpCall) -> Cost:
-    """``(m×k) @ (k×n)``: 2·m·k·n; addmm's bias add is not counted."""
-    a, b = (call.args[0], call.args[1]) if call.op.startswith("aten.mm") else (call.args[1], call.args[2])
+    """``(m×k) @ (k×n)``: 2·m·k·n; addmm's bias add is not counted.
+
+    ``mm(self, mat2)`` and ``addmm(self, mat1, mat2)``: addmm's ``self`` is the bias.
+    """
+    a, b = (call["mat1"], call["mat2"]) if "mat1" in call.arguments else (call["self"], call["mat2"])
     m, k = a.shape
     _, n = b.shape
     return matmul_flops(m, k, n)
@@ -33,8 +36,11 @@ def mm_flops(call: OpCall) -> Cost:
 
 @rule("aten.bmm", "aten.baddbmm")
 def bmm_flops(call: OpCall) -> Cost:
-    """``(b×m×k) @ (b×k×n)``: 2·b·m·k·n; baddbmm's add is not counted."""
-    a, b = (call.args[0], call.args[1]) if call.op.startswith("aten.bmm") else (call.args[1], call.args[2])
+    """``(b×m×k) @ (b×k×n)``: 2·b·m·k·n; baddbmm's add is not counted.
+
+    ``bmm(self, mat2)`` and ``baddbmm(self, batch1, batch2)``: baddbmm's ``self`` is the addend.
+    """
+    a, b = (call["batch1"], call["batch2"]) if "batch1" in call.arguments else (call["self"], call["mat2"])
     batch, m, k = a.shape
     n = b.shape[2]
     return matmul_flops(m, k, n, batch)
@@ -43,14 +49,17 @@ def bmm_flops(call: OpCall) -> Cost:
 @rule("aten.dot", "aten.vdot")
 def dot_flops(call: OpCall) -> Cost:
     """Inner product of two k-vectors: 2·k (FlopCounterMode has no formula and counts 0)."""
-    (k,) = call.args[0].shape
+    (k,) = call["self"].shape
     return Cost(flops=TWO * k, factors=((TWO, k),), fcm_flops=sympy.Integer(0), note=_NO_FCM)
 
 
 @rule("aten.mv", "aten.addmv")
 def mv_flops(call: OpCall) -> Cost:
-    """Matrix-vector ``(m×k) @ k``: 2·m·k (FlopCounterMode has no formula and counts 0)."""
-    a = call.args[0] if call.op.startswith("aten.mv") else call.args[1]
+    """Matrix-vector ``(m×k) @ k``: 2·m·k (FlopCounterMode has no formula and counts 0).
+
+    ``mv(self, vec)`` and ``addmv(self, mat, vec)``: addmv's ``self`` is the addend.
+    """
+    a = call["mat"] if "mat" in call.arguments else call["self"]
     m, k = a.shape
     return Cost(flops=TWO * m * k, factors=((TWO, m, k),), fcm_flops=sympy.Integer(0), note=_NO_FCM)
 
@@ -91,9 +100,9 @@ def trilinear_flops(call: OpCall) -> Cost:
     batched matrix product (2 FLOPs per multiply-add), one without is an elementwise multiply
     (``other_flops``), as are the adds of each slice into the output. ``nn.Bilinear`` forward:
     2·B·O·J·(I + 1). FlopCounterMode counts 0."""
-    i1, i2, i3 = call.args[0], call.args[1], call.args[2]
-    expands = [set(call.arg(3 + k, name)) for k, name in enumerate(("expand1", "expand2", "expand3"))]
-    sumdim, unroll = set(call.arg(6, "sumdim")), call.arg(7, "unroll_dim", 1)
+    i1, i2, i3 = call["i1"], call["i2"], call["i3"]
+    expands = [set(call[name]) for name in ("expand1", "expand2", "expand3")]
+    sumdim, unroll = set(call["sumdim"]), call["unroll_dim"]
     total = len(i1.shape) + len(expands[0])
     shapes = []
     for x, expand in zip((i1, i2, i3), expands):

@@ -12,7 +12,7 @@ for grad-input, 2 for grad-γ.
 from __future__ import annotations
 
 from ..cost import Cost, OpCall, TensorInfo
-from . import rule
+from .registry import rule
 
 __all__ = ["norm_flops", "norm_backward_flops", "rms_norm_flops"]
 
@@ -20,34 +20,28 @@ STATS, NORMALIZE, BACKWARD_INPUT, BACKWARD_INPUT_EVAL, BACKWARD_AFFINE = 4, 2, 9
 RMS, RMS_BACKWARD_INPUT, RMS_BACKWARD_WEIGHT = 3, 7, 2
 
 
-def _affine(call: OpCall, weight_index: int) -> int:
-    """1 for a γ (multiply) and 1 for a β (add): the weight and bias arguments that are tensors."""
-    weight, bias = call.arg(weight_index, "weight"), call.arg(weight_index + 1, "bias")
-    return isinstance(weight, TensorInfo) + isinstance(bias, TensorInfo)
+def _affine(call: OpCall) -> int:
+    """1 for a γ (multiply) and 1 for a β (add): the ``weight`` and ``bias`` arguments that are tensors."""
+    return isinstance(call.get("weight"), TensorInfo) + isinstance(call.get("bias"), TensorInfo)
 
 
 @rule("aten.native_batch_norm", "aten._native_batch_norm_legit", "aten._native_batch_norm_legit_functional")
 def batch_norm_flops(call: OpCall) -> Cost:
     """Training batch norm: (4 + 2 + γ + β) per element; eval skips the 4 statistics ops."""
-    x = call.args[0]
-    training = bool(call.arg(3 if call.op.endswith(".no_stats") else 5, "training", True))
-    per = (STATS if training else 0) + NORMALIZE + _affine(call, 1)
-    return Cost(other_flops=per * x.numel)
+    per = (STATS if call["training"] else 0) + NORMALIZE + _affine(call)
+    return Cost(other_flops=per * call["input"].numel)
 
 
 @rule("aten._native_batch_norm_legit_no_training")
 def batch_norm_eval_flops(call: OpCall) -> Cost:
     """Inference batch norm: (2 + γ + β) per element."""
-    x = call.args[0]
-    return Cost(other_flops=(NORMALIZE + _affine(call, 1)) * x.numel)
+    return Cost(other_flops=(NORMALIZE + _affine(call)) * call["input"].numel)
 
 
 @rule("aten.native_layer_norm", "aten.native_group_norm")
 def norm_flops(call: OpCall) -> Cost:
     """Layer/group norm: (4 + 2 + γ + β) per element."""
-    x = call.args[0]
-    per = STATS + NORMALIZE + _affine(call, 2 if "layer" in call.op else 1)
-    return Cost(other_flops=per * x.numel)
+    return Cost(other_flops=(STATS + NORMALIZE + _affine(call)) * call["input"].numel)
 
 
 @rule(
@@ -56,25 +50,27 @@ def norm_flops(call: OpCall) -> Cost:
     "aten.native_group_norm_backward",
 )
 def norm_backward_flops(call: OpCall) -> Cost:
-    """9 per element for grad-input (2, ``g·γ/σ``, for batch norm in eval), plus 3 for γ/β grads."""
-    grad = call.args[0]
-    mask = call.arg(len(call.args) - 1, "output_mask", (True, True, True))
-    eval_bn = "batch_norm" in call.op and not call.arg(7, "train", True)
+    """9 per element for grad-input (2, ``g·γ/σ``, for batch norm in eval), plus 3 for γ/β grads.
+
+    Batch norm's backward alone has ``train``; each has an ``output_mask`` of three flags.
+    """
+    mask = call["output_mask"]
+    eval_bn = not call.get("train", True)
     per = ((BACKWARD_INPUT_EVAL if eval_bn else BACKWARD_INPUT) if mask[0] else 0)
     per += BACKWARD_AFFINE if any(mask[1:]) else 0
-    return Cost(other_flops=per * grad.numel)
+    return Cost(other_flops=per * call["grad_out"].numel)
 
 
 @rule("aten._fused_rms_norm")
 def rms_norm_flops(call: OpCall) -> Cost:
     """RMS norm: square, add (mean of squares), multiply by 1/rms: 3 per element, + 1 for γ."""
-    weight = isinstance(call.arg(2, "weight"), TensorInfo)
-    return Cost(other_flops=(RMS + weight) * call.args[0].numel)
+    weight = isinstance(call.get("weight"), TensorInfo)
+    return Cost(other_flops=(RMS + weight) * call["input"].numel)
 
 
 @rule("aten._fused_rms_norm_backward")
 def rms_norm_backward_flops(call: OpCall) -> Cost:
     """RMS norm backward: 7 per element for grad-input, 2 for grad-weight, as asked."""
-    mask = call.arg(5, "output_mask", (True, True))
+    mask = call["output_mask"]
     per = (RMS_BACKWARD_INPUT if mask[0] else 0) + (RMS_BACKWARD_WEIGHT if mask[1] else 0)
-    return Cost(other_flops=per * call.args[0].numel)
+    return Cost(other_flops=per * call["grad_out"].numel)

@@ -8,8 +8,8 @@ docs/conventions.md; each is the operation count of the textbook formula in its 
 
 from __future__ import annotations
 
-from ..cost import Cost, OpCall, TensorInfo
-from . import register, rule
+from ..cost import Cost, OpCall
+from .registry import register, rule
 
 __all__ = ["elementwise", "reduction", "PER_ELEMENT", "PER_INPUT_ELEMENT"]
 
@@ -29,11 +29,11 @@ def elementwise(per_element: int):
 
 
 def reduction(per_element: int):
-    """Rule factory: ``per_element`` operations per element of the (first) input."""
+    """Rule factory: ``per_element`` operations per element of the input, ``self`` in every
+    reduction's schema."""
 
     def rule_fn(call: OpCall) -> Cost:
-        x = next((a for a in call.args if isinstance(a, TensorInfo)), None)
-        return Cost(other_flops=per_element * x.numel) if x is not None else Cost()
+        return Cost(other_flops=per_element * call["self"].numel)
 
     rule_fn.__name__ = f"reduction_{per_element}"
     rule_fn.__doc__ = f"{per_element} operation(s) per input element."
@@ -138,15 +138,13 @@ for _op, _k in PER_INPUT_ELEMENT.items():
     register(_op, reduction(_k))
 
 
-
 @rule("aten.glu_backward")
 def glu_backward_flops(call: OpCall) -> Cost:
     """9 per grad-output element: σ(b) recomputed (4), grad-a = g·σ(b) (1), grad-b = g·a·σ(b)·(1 − σ(b)) (4)."""
-    return Cost(other_flops=9 * call.args[0].numel)
+    return Cost(other_flops=9 * call["grad_output"].numel)
 
 
 @rule("aten.nll_loss_forward", "aten.nll_loss2d_forward")
 def nll_loss_flops(call: OpCall) -> Cost:
     """One add per target element (gather −x[target] and sum; the mean's divide is one more)."""
-    target = call.args[1]
-    return Cost(other_flops=target.numel + 1)
+    return Cost(other_flops=call["target"].numel + 1)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import sympy
 
 from ..cost import Cost, OpCall
-from . import rule
+from .registry import rule
 
 __all__ = ["pool_flops", "pool_backward_flops", "adaptive_pool_flops"]
 
 
 def _window(call: OpCall, spatial: int) -> sympy.Expr:
-    kernel = list(call.arg(1, "kernel_size"))
+    """prod(kernel_size), a single size standing for every one of the ``spatial`` dims."""
+    kernel = list(call["kernel_size"])
     if len(kernel) == 1:
         kernel = kernel * spatial
     return sympy.Mul(*[sympy.sympify(k) for k in kernel])
@@ -37,24 +38,20 @@ def pool_flops(call: OpCall) -> Cost:
 @rule("aten.avg_pool2d_backward", "aten.avg_pool3d_backward")
 def pool_backward_flops(call: OpCall) -> Cost:
     """Average-pool backward: prod(kernel) per grad-output element."""
-    grad = call.args[0]
-    kernel = list(call.arg(2, "kernel_size"))
-    spatial = len(grad.shape) - 2
-    if len(kernel) == 1:
-        kernel = kernel * spatial
-    return Cost(other_flops=sympy.Mul(*[sympy.sympify(k) for k in kernel]) * grad.numel)
+    grad = call["grad_output"]
+    return Cost(other_flops=_window(call, len(grad.shape) - 2) * grad.numel)
 
 
 @rule("aten.max_pool2d_with_indices_backward", "aten.max_pool3d_with_indices_backward")
 def max_pool_backward_flops(call: OpCall) -> Cost:
     """Max-pool backward: one scatter-add per grad-output element."""
-    return Cost(other_flops=call.args[0].numel)
+    return Cost(other_flops=call["grad_output"].numel)
 
 
 @rule("aten._adaptive_avg_pool2d", "aten._adaptive_avg_pool3d", "aten.adaptive_max_pool2d", "aten.adaptive_max_pool3d")
 def adaptive_pool_flops(call: OpCall) -> Cost:
     """Each input element read once into its window, one divide (or pick) per output."""
-    return Cost(other_flops=call.args[0].numel + call.outputs[0].numel)
+    return Cost(other_flops=call["self"].numel + call.outputs[0].numel)
 
 
 @rule(

@@ -42,8 +42,8 @@ from __future__ import annotations
 import sympy
 
 from ..cost import Cost, OpCall, TensorInfo
-from ..errors import RuleError
-from . import rule
+from ..errors import UnsupportedCall
+from .registry import rule
 
 __all__ = [
     "rnn_forward_cost", "rnn_backward_cost", "LSTM_FORWARD_OPS", "LSTM_BACKWARD_OPS", "FCM_NOTE", "CUDNN_NOTE",
@@ -89,39 +89,36 @@ def rnn_backward_cost(
     return Cost(flops=sympy.Add(*[sympy.Mul(*f) for f in factors]), factors=tuple(factors))
 
 
-def _needs_grad(x: TensorInfo) -> bool:
-    """Whether autograd wants a gradient for ``x``."""
-    return x.requires_grad
+def _check_unpacked(call: OpCall) -> None:
+    """Refuse packed sequences (``batch_sizes`` given): symcx has no formula for them."""
+    packed = call.get("batch_sizes", ())
+    if packed:
+        raise UnsupportedCall(
+            f"packed sequences (batch_sizes={list(packed)}) are not supported; pad the batch instead of packing it"
+        )
 
 
-def _sizes(call: OpCall, x: TensorInfo, w_ih: TensorInfo, w_hh: TensorInfo, packed):
-    """(T, B, I, G·H, P) of one layer-direction call.
+def _sizes(call: OpCall, w_ih: TensorInfo, w_hh: TensorInfo) -> tuple:
+    """(T, B, I, G·H, P) of one oneDNN layer-direction call, after checking it is an unpacked LSTM.
 
     The input is (T, B, I) whatever ``batch_first`` says: PyTorch transposes it before the call.
+    oneDNN's mode enum is RNN_RELU 0, RNN_TANH 1, LSTM 2, GRU 3; PyTorch sends only LSTMs.
     """
-    if packed:
-        raise RuleError(
-            f"{call.op}: packed sequences (batch_sizes={list(packed)}) are not supported; "
-            f"pad the batch instead of packing it"
-        )
-    seq, batch, input_size = x.shape
+    _check_unpacked(call)
+    if call["mode"] != LSTM_MODE:
+        raise UnsupportedCall(f"mode {call['mode']} is not an LSTM ({LSTM_MODE}); no rule for that cell on oneDNN")
+    seq, batch, input_size = call["input"].shape
     return seq, batch, input_size, w_ih.shape[0], w_hh.shape[1]
-
-
-def _check_lstm(call: OpCall, mode: int) -> None:
-    """oneDNN's mode enum (RNN_RELU 0, RNN_TANH 1, LSTM 2, GRU 3): PyTorch sends only LSTMs."""
-    if mode != LSTM_MODE:
-        raise RuleError(f"{call.op}: mode {mode} is not an LSTM ({LSTM_MODE}); no rule for that cell on oneDNN")
 
 
 @rule("aten.mkldnn_rnn_layer")
 def mkldnn_rnn_layer_flops(call: OpCall) -> Cost:
-    """One LSTM layer and direction on oneDNN: ``2·T·B·4H·(I + H)``; FlopCounterMode counts 0."""
-    x, w_ih, w_hh = call.args[0], call.args[1], call.args[2]
-    packed = call.arg(8, "batch_sizes", ())
-    seq, batch, i, gh, p = _sizes(call, x, w_ih, w_hh, packed)
-    _check_lstm(call, call.arg(9, "mode", LSTM_MODE))
-    bias = 1 if call.arg(12, "has_biases", True) else 0
+    """One LSTM layer and direction on oneDNN: ``2·T·B·4H·(I + H)``; FlopCounterMode counts 0.
+
+    ``weight0`` is W_ih (4H × I), ``weight1`` W_hh (4H × H).
+    """
+    seq, batch, i, gh, p = _sizes(call, call["weight0"], call["weight1"])
+    bias = 1 if call["has_biases"] else 0
     cost = rnn_forward_cost(seq, batch, i, gh, p)
     other = (LSTM_FORWARD_OPS + LSTM_GATES * (1 + 2 * bias)) * seq * batch * gh / LSTM_GATES
     return Cost(flops=cost.flops, other_flops=other, factors=cost.factors, fcm_flops=sympy.Integer(0), note=FCM_NOTE)
@@ -129,34 +126,31 @@ def mkldnn_rnn_layer_flops(call: OpCall) -> Cost:
 
 @rule("aten.mkldnn_rnn_layer_backward")
 def mkldnn_rnn_layer_backward_flops(call: OpCall) -> Cost:
-    """Its backward: weight grads, hidden-state grads for steps 1..T−1, grad-input if needed."""
-    x, w_ih, w_hh, hx = call.args[0], call.args[1], call.args[2], call.args[5]
-    packed = call.arg(20, "batch_sizes", ())
-    seq, batch, i, gh, p = _sizes(call, x, w_ih, w_hh, packed)
-    _check_lstm(call, call.arg(14, "mode", LSTM_MODE))
-    bias = 1 if call.arg(17, "has_biases", True) else 0
-    cost = rnn_backward_cost(seq, batch, i, gh, p, input_grad=_needs_grad(x), state_grad=_needs_grad(hx))
+    """Its backward: weight grads, hidden-state grads for steps 1..T−1, grad-input if needed.
+
+    Here ``weight1`` is W_ih and ``weight2`` W_hh; whether the input and the initial state
+    ``hx_`` need a gradient is read from ``requires_grad`` (the kernel has no output mask).
+    """
+    seq, batch, i, gh, p = _sizes(call, call["weight1"], call["weight2"])
+    bias = 1 if call["has_biases"] else 0
+    grads = dict(input_grad=call["input"].requires_grad, state_grad=call["hx_"].requires_grad)
+    cost = rnn_backward_cost(seq, batch, i, gh, p, **grads)
     other = (LSTM_BACKWARD_OPS + 2 * LSTM_GATES * bias) * seq * batch * gh / LSTM_GATES
     return Cost(flops=cost.flops, other_flops=other, factors=cost.factors, fcm_flops=sympy.Integer(0), note=FCM_NOTE)
 
 
-def _cudnn_layers(call: OpCall, weights_at: int, mode_at: int):
-    """(T, B, [(I, G·H, P) per layer-direction], bias, mode) of a ``_cudnn_rnn`` call."""
-    x, weights, stride = call.args[0], call.args[weights_at], call.args[weights_at + 1]
-    mode = call.arg(mode_at, "mode")
-    proj = call.arg(mode_at + 2, "proj_size", 0)
-    batch_first = call.arg(mode_at + 4, "batch_first", False)
-    packed = call.arg(mode_at + 8, "batch_sizes", ())
-    if packed:
-        raise RuleError(
-            f"{call.op}: packed sequences (batch_sizes={list(packed)}) are not supported; "
-            f"pad the batch instead of packing it"
-        )
+def _cudnn_layers(call: OpCall) -> tuple:
+    """(T, B, [(I, G·H, P) per layer-direction], bias, mode) of a ``_cudnn_rnn`` call or its backward.
+
+    ``weight`` holds ``weight_stride0`` tensors per layer-direction (W_ih, W_hh, then biases).
+    """
+    _check_unpacked(call)
+    x, weights, stride, mode = call["input"], call["weight"], call["weight_stride0"], call["mode"]
     if mode not in CUDNN_GATES:
-        raise RuleError(f"{call.op}: unknown cuDNN RNN mode {mode}")
-    if proj not in (0, None):
-        raise RuleError(f"{call.op}: LSTM projections (proj_size={proj}) have no rule")
-    batch, seq = (x.shape[0], x.shape[1]) if batch_first else (x.shape[1], x.shape[0])
+        raise UnsupportedCall(f"unknown cuDNN RNN mode {mode}")
+    if call.get("proj_size", 0) != 0:
+        raise UnsupportedCall(f"LSTM projections (proj_size={call['proj_size']}) have no rule")
+    batch, seq = (x.shape[0], x.shape[1]) if call["batch_first"] else (x.shape[1], x.shape[0])
     chunks = [weights[k : k + stride] for k in range(0, len(weights), stride)]
     layers = [(w[0].shape[1], w[0].shape[0], w[1].shape[1]) for w in chunks]
     return seq, batch, layers, stride >= 4, mode
@@ -178,7 +172,7 @@ def _cudnn_total(costs: list[Cost], layers, seq, batch, mode: int, lstm_ops: int
 @rule("aten._cudnn_rnn")
 def cudnn_rnn_flops(call: OpCall) -> Cost:
     """Every layer and direction of an RNN on cuDNN: ``2·T·B·GH·(I + H)`` each; FlopCounterMode counts 0."""
-    seq, batch, layers, bias, mode = _cudnn_layers(call, 1, 6)
+    seq, batch, layers, bias, mode = _cudnn_layers(call)
     costs = [rnn_forward_cost(seq, batch, i, gh, p) for i, gh, p in layers]
     return _cudnn_total(costs, layers, seq, batch, mode, LSTM_FORWARD_OPS + LSTM_GATES * (1 + 2 * bias))
 
@@ -186,9 +180,9 @@ def cudnn_rnn_flops(call: OpCall) -> Cost:
 @rule("aten._cudnn_rnn_backward")
 def cudnn_rnn_backward_flops(call: OpCall) -> Cost:
     """Its backward: weight grads, state grads, grad-input for every layer above the first."""
-    seq, batch, layers, bias, mode = _cudnn_layers(call, 1, 10)
-    mask = call.arg(21, "output_mask", (True, True, True, True))
-    dirs = 2 if call.arg(17, "bidirectional", False) else 1
+    seq, batch, layers, bias, mode = _cudnn_layers(call)
+    mask = call["output_mask"]
+    dirs = 2 if call["bidirectional"] else 1
     costs = [
         rnn_backward_cost(seq, batch, i, gh, p, input_grad=k >= dirs or bool(mask[0]), state_grad=bool(mask[1]))
         for k, (i, gh, p) in enumerate(layers)

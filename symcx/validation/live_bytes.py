@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..trace import TorchDispatchMode, tree_leaves
+from .._torch import TorchDispatchMode, tree_leaves
 
 __all__ = ["measure_peak_bytes"]
 

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .._torch import tree_map
 from ..errors import DeviceError
 from .live_bytes import measure_peak_bytes
-from ..trace import tree_map
 
 __all__ = [
     "resolve_device",

@@ -10,7 +10,7 @@ import os
 import tempfile
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # for the annotation only: report imports this module, not the reverse
     from .report import Validation
 
 __all__ = ["plot_validation"]

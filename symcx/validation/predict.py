@@ -1,7 +1,8 @@
 """What symcx predicts for a validation run, as formulas in ``t`` evaluated per batch size.
 
-The FLOP formulas come straight from :class:`~symcx.analysis.Analysis`, the memory
-formulas from :func:`symcx.memory.step_memory`. Memory figures are bytes *above the
+The FLOP and memory formulas come from the public :class:`~symcx.analysis.Analysis` API
+alone (``forward_flops``, ``flop_counter_flops``, ``memory``), so they hold whichever route
+the analysis took (one symbolic trace, or concrete traces interpolated). Memory figures are bytes *above the
 baseline*, the baseline being what is live before a run starts (parameters, buffers and the
 input batch), so that the prediction and the measurement count the same thing on every
 device.
@@ -15,7 +16,6 @@ import sympy
 
 from ..analysis import Analysis
 from ..errors import SymcxError
-from ..memory import step_memory
 
 __all__ = ["Formulas", "formulas"]
 
@@ -53,7 +53,7 @@ class Formulas:
 
 def _memory_formulas(a: Analysis, backward: bool) -> tuple[sympy.Expr, sympy.Expr, str]:
     """(peak bytes above the baseline, baseline bytes, a line naming the model used)."""
-    mem = step_memory(a.graph, optimizer="sgd", training=backward)
+    mem = a.memory(optimizer="sgd", training=backward)
     baseline = mem.params + mem.buffers + mem.inputs
     if backward:
         return mem.peak - baseline, baseline, (

@@ -32,6 +32,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .fit import Fit
+from .plot import plot_validation  # matplotlib itself is imported only when plotting
 
 __all__ = ["SCHEMA", "FlopCheck", "SizeResult", "Validation", "format_bytes", "format_flops", "shapes_with_t"]
 
@@ -346,10 +347,9 @@ class Validation:
     def plot(self, path: str) -> None:
         """Plot predicted vs measured time and memory against batch size, with fits, to ``path``.
 
-        PNG by default; ``.pdf`` and ``.svg`` by extension (matplotlib, Agg canvas).
+        PNG by default; ``.pdf`` and ``.svg`` by extension (matplotlib, Agg canvas); see
+        :func:`symcx.validation.plot.plot_validation`.
         """
-        from .plot import plot_validation
-
         plot_validation(self, path)
 
 

@@ -26,9 +26,11 @@ from typing import Any
 
 import torch
 
-from ..analysis import analyze
+from .._torch import tree_leaves, tree_map
+from .._version import __version__
+from ..routes import analyze
 from ..errors import DeviceError, SymcxError
-from ..trace import default_loss, tree_leaves, tree_map
+from ..capture import default_loss
 from . import measure
 from .fit import fit_line
 from .predict import Formulas, formulas
@@ -242,8 +244,6 @@ def validate(
     finally:
         model.train(was_training)
         model.to(home)
-
-    from .. import __version__  # here, not at the top: symcx/__init__ may import this package first
 
     ran = [r for r in rows if r.status == "ok"]
     return Validation(

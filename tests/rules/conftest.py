@@ -13,11 +13,10 @@ from typing import Any
 
 import sympy
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
-from symcx.cost import Cost, OpCall, TensorInfo
+from symcx._torch import TorchDispatchMode, op_names, op_schema, tree_leaves
+from symcx.cost import Cost, OpCall, TensorInfo, bind_arguments
 from symcx.rules import is_free, lookup
 
 
@@ -33,14 +32,15 @@ def _convert(value: Any, grad: bool) -> Any:
         return info(value, grad=grad)
     if isinstance(value, (list, tuple)):
         return type(value)(_convert(v, grad) for v in value)
+    if isinstance(value, dict):
+        return {k: _convert(v, grad) for k, v in value.items()}
     return value
 
 
 def op_call(func: Any, args: Sequence[Any], kwargs: dict, out: Any, *, grad: bool = False, **options: Any) -> OpCall:
-    """The ``OpCall`` of one aten call (``func`` an OpOverload) with real arguments."""
-    name = f"{func.namespace}.{func._opname}.{func._overloadname}"
-    return OpCall(name, _convert(tuple(args), grad), {k: _convert(v, grad) for k, v in kwargs.items()},
-                  _convert(out, grad), options)
+    """The ``OpCall`` of one aten call (``func`` an OpOverload) with real arguments, bound to its schema."""
+    arguments = bind_arguments(op_schema(func), _convert(tuple(args), grad), _convert(dict(kwargs), grad))
+    return OpCall(op_names(func)[0], arguments, _convert(out, grad), options)
 
 
 class Recorder(TorchDispatchMode):
@@ -100,7 +100,7 @@ class Step:
 
     def ops(self, phase: str) -> list[str]:
         """Names of the aten calls of ``phase``, in order."""
-        return [f"{f.namespace}.{f._opname}" for f, *_ in getattr(self, f"{phase}_calls")]
+        return [op_names(f)[1] for f, *_ in getattr(self, f"{phase}_calls")]
 
 
 def _loss(out: Any) -> torch.Tensor:

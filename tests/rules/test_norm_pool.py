@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import symcx
-from symcx.cost import OpCall
+from symcx._torch import op_schema
+from symcx.cost import OpCall, bind_arguments
 from symcx.rules import lookup
 
 from .conftest import evaluate, info, needs_grad, run_step
@@ -94,10 +95,11 @@ def test_fused_rms_norm_by_hand(weight, mask):
     x = info(torch.empty(2, 3, 5))
     w = info(torch.empty(5)) if weight else None
     rstd = info(torch.empty(2, 3, 1))
-    fwd_call = OpCall("aten._fused_rms_norm.default", (x, [5], w, 1e-5), {}, (x, rstd))
-    fwd = lookup("aten._fused_rms_norm.default")(fwd_call)
-    bwd_call = OpCall("aten._fused_rms_norm_backward.default", (x, x, [5], rstd, w, list(mask)), {}, (x, w))
-    bwd = lookup("aten._fused_rms_norm_backward.default")(bwd_call)
+    fwd_args = bind_arguments(op_schema(torch.ops.aten._fused_rms_norm.default), (x, [5], w, 1e-5), {})
+    fwd = lookup("aten._fused_rms_norm.default")(OpCall("aten._fused_rms_norm.default", fwd_args, (x, rstd)))
+    bwd_op = torch.ops.aten._fused_rms_norm_backward.default
+    bwd_args = bind_arguments(op_schema(bwd_op), (x, x, [5], rstd, w, list(mask)), {})
+    bwd = lookup("aten._fused_rms_norm_backward.default")(OpCall("aten._fused_rms_norm_backward.default", bwd_args, (x, w)))
     assert fwd.other_flops == (3 + weight) * 30
     assert bwd.other_flops == (7 * mask[0] + 2 * mask[1]) * 30
 

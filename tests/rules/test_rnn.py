@@ -18,7 +18,7 @@ from torch import nn
 
 import symcx
 from symcx import symbol, t
-from symcx.errors import RuleError
+from symcx.errors import UnsupportedCall
 from symcx.rules.rnn import (
     CUDNN_NOTE, FCM_NOTE, cudnn_rnn_backward_flops, cudnn_rnn_flops, mkldnn_rnn_layer_flops, rnn_backward_cost,
     rnn_forward_cost,
@@ -154,11 +154,10 @@ def test_lstm_kernel_other_flops_by_hand():
 def test_packed_sequences_are_refused():
     rnn = nn.LSTM(3, 4)
     calls = run_step(lambda x: rnn(x)[0], torch.randn(2, 2, 3)).forward_calls
-    func, args, kwargs, out = next(c for c in calls if "mkldnn_rnn_layer" in str(c[0]))
-    packed = list(args)
-    packed[8] = [2, 1]
-    with pytest.raises(RuleError, match="packed sequences"):
-        mkldnn_rnn_layer_flops(op_call(func, packed, kwargs, out))
+    call = op_call(*next(c for c in calls if "mkldnn_rnn_layer" in str(c[0])))
+    packed = dataclasses.replace(call, arguments={**call.arguments, "batch_sizes": [2, 1]})
+    with pytest.raises(UnsupportedCall, match="packed sequences"):
+        mkldnn_rnn_layer_flops(packed)
 
 
 def _cudnn_calls(rnn: nn.RNNBase, x: torch.Tensor, hx, input_grad: bool, state_grad: bool):
@@ -168,7 +167,7 @@ def _cudnn_calls(rnn: nn.RNNBase, x: torch.Tensor, hx, input_grad: bool, state_g
     dirs = 2 if rnn.bidirectional else 1
     zeros = torch.zeros(rnn.num_layers * dirs, x.shape[0 if rnn.batch_first else 1], rnn.hidden_size)
     h0, c0 = (hx if hx is not None else (zeros, zeros)) if mode == 2 else (hx if hx is not None else zeros, None)
-    weights = list(rnn._flat_weights)
+    weights = [w for layer in rnn.all_weights for w in layer]
     stride = len(weights) // (rnn.num_layers * dirs)
     tail = [rnn.hidden_size, 0, rnn.num_layers, rnn.batch_first, 0.0, True, rnn.bidirectional, [], None]
     out = rnn(x, hx)[0]
@@ -201,11 +200,9 @@ def test_cudnn_lstm_other_flops_and_refusals():
     fwd, bwd = _cudnn_calls(rnn, x, None, False, False)
     assert cudnn_rnn_flops(fwd).other_flops == 2 * 30 * 4 * 3 * 7
     assert cudnn_rnn_backward_flops(bwd).other_flops == 2 * 31 * 4 * 3 * 7
-    for index, value, message in ((8, 3, "projections"), (14, [3, 1], "packed sequences")):
-        args = list(fwd.args)
-        args[index] = value
-        with pytest.raises(RuleError, match=message):
-            cudnn_rnn_flops(dataclasses.replace(fwd, args=tuple(args)))
+    for name, value, message in (("proj_size", 3, "projections"), ("batch_sizes", [3, 1], "packed sequences")):
+        with pytest.raises(UnsupportedCall, match=message):
+            cudnn_rnn_flops(dataclasses.replace(fwd, arguments={**fwd.arguments, name: value}))
 
 
 # --- end to end: symcx.analyze -----------------------------------------------------------------

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from . import register
 from .pointwise import PER_ELEMENT, elementwise
+from .registry import register
 
 __all__ = ["IN_PLACE"]
 

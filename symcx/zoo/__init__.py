@@ -68,8 +68,8 @@ class MLP(nn.Module):
 
 
 def _zoo_model(name: str) -> nn.Module:
-    """Build a model of :mod:`symcx.zoo_models` (imported on first use: it is larger)."""
-    from . import zoo_models
+    """Build a model of :mod:`symcx.zoo.models` (imported on first use: it is larger)."""
+    from . import models as zoo_models
 
     return getattr(zoo_models, name)()
 

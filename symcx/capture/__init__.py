@@ -1,0 +1,12 @@
+"""Capture: fake tensors with symbolic sizes → one joint forward+backward aten graph (a :class:`Trace`).
+
+:mod:`.recorder` records the aten calls; :mod:`.trace` sets up the fake inputs and parameters,
+runs the step, names the symbols and keeps the guards that bound them.
+"""
+
+from __future__ import annotations
+
+from .recorder import TensorMeta
+from .trace import BATCH_HINT, DimSpec, Trace, default_loss, trace_at, trace_training_step
+
+__all__ = ["Trace", "TensorMeta", "DimSpec", "BATCH_HINT", "trace_training_step", "trace_at", "default_loss"]

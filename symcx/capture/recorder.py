@@ -1,0 +1,215 @@
+"""Record every aten call of a step as a node of an fx graph, tagged with its module and phase.
+
+This is what ``make_fx`` does, less its proxy tracing of size arithmetic: a value's node is
+looked up by the fake tensor, held weakly, and an in-place op rebinds its output to the new
+node. Module hooks tag forward nodes with their module path; autograd pre-hooks tag backward
+nodes with the sequence number of the forward op that caused them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import operator
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+from .._torch import (
+    OpOverload,
+    TorchDispatchMode,
+    WeakTensorKeyDictionary,
+    autograd_would_have_decomposed,
+    current_sequence_nr,
+    sequence_nr,
+    tree_leaves,
+    tree_map,
+)
+
+__all__ = ["TensorMeta", "Recorder", "module_tags", "tag_backward", "outside_torch"]
+
+_TORCH_DIR = os.path.dirname(torch.__file__)
+_CAPTURE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def outside_torch(path: str) -> bool:
+    """True for a source file of the model: not torch's, not the tracer's, not contextlib's.
+
+    (symcx's bundled models in ``symcx/zoo`` are models like any other.)
+    """
+    path = os.path.abspath(path)
+    return not (path.startswith(_TORCH_DIR) or path.startswith(_CAPTURE_DIR) or path.endswith("contextlib.py"))
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorMeta:
+    """A traced tensor as it was when its op ran (a later in-place op may resize the tensor)."""
+
+    shape: tuple[Any, ...]  # ints and SymInts
+    dtype: torch.dtype
+
+
+def _user_frame() -> str | None:
+    """``file:line`` of the innermost caller outside torch and symcx: the model code running."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        if outside_torch(frame.f_code.co_filename):
+            return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+        frame = frame.f_back
+    return None
+
+
+def _snapshot(value: Any) -> Any:
+    """Fake tensors (also inside tuples and lists) as ``TensorMeta``; anything else as is."""
+    if isinstance(value, torch.Tensor):
+        return TensorMeta(tuple(value.shape), value.dtype)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_snapshot(v) for v in value)
+    return value
+
+
+class Recorder(TorchDispatchMode):
+    """Record each aten call that reaches it (under the fake mode) as a node of an fx graph.
+
+    A value's node is held weakly: a strong reference would make autograd detach fresh
+    tensors, adding ops eager mode does not run. Nodes carry ``meta["val"]`` (a
+    ``TensorMeta`` snapshot), ``meta["custom"]`` (the current tag), ``meta["seq_nr"]`` and, in
+    the forward, ``meta["source"]`` (the model's ``file:line``).
+    """
+
+    _SIZE_QUERIES = (torch.ops.aten.size.default, torch.ops.aten.stride.default, torch.ops.aten.storage_offset.default)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.graph = torch.fx.Graph()
+        self.tag: dict[str, Any] = {"phase": "forward", "module": ""}
+        self._nodes = WeakTensorKeyDictionary()
+        self._decomposes: dict[tuple[OpOverload, str | None], bool] = {}
+        self._constants = 0
+
+    def set_tag(self, **tag: Any) -> None:
+        """Tag every node created from now on (``phase``, ``module``, ``seq_nr``)."""
+        self.tag = tag
+
+    def placeholder(self, name: str, value: torch.Tensor) -> torch.fx.Node:
+        """An input of the step (parameter, buffer, model input)."""
+        node = self.graph.placeholder(name)
+        node.meta["val"] = _snapshot(value)
+        self._nodes[value] = node
+        return node
+
+    def output(self, result: Any) -> None:
+        """The step's results (model outputs and gradients) as the graph's output node."""
+        self.graph.output(tree_map(self._arg, result))
+
+    def _arg(self, value: Any) -> Any:
+        """A tensor as its node (an untraced constant gets a ``get_attr`` node), a SymInt as its
+        sympy expression; others unchanged."""
+        if isinstance(value, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+            return value.node.expr
+        if not isinstance(value, torch.Tensor):
+            return value
+        node = self._nodes.get(value)
+        if node is None:
+            node = self.graph.get_attr(f"_tensor_constant{self._constants}")
+            node.meta.update(val=_snapshot(value), custom=self.tag, seq_nr=current_sequence_nr())
+            self._constants += 1
+            self._nodes[value] = node
+        return node
+
+    def _track(self, node: torch.fx.Node, out: Any) -> None:
+        """Bind output tensors to ``node``; each element of a tuple output gets a ``getitem`` node."""
+        if isinstance(out, torch.Tensor):
+            self._nodes[out] = node
+        elif isinstance(out, (tuple, list)):
+            for k, item in enumerate(out):
+                sub = self.graph.call_function(operator.getitem, (node, k))
+                sub.meta.update(val=_snapshot(item), custom=self.tag, seq_nr=node.meta["seq_nr"])
+                self._track(sub, item)
+
+    def _would_decompose(self, func: OpOverload, args: tuple, kwargs: dict) -> bool:
+        """``autograd_would_have_decomposed``, memoized by op and device type (all it reads)."""
+        leaves = tree_leaves((args, kwargs))
+        device = next((x.device.type for x in leaves if isinstance(x, torch.Tensor)), None)
+        key = (func, device)
+        if key not in self._decomposes:
+            self._decomposes[key] = autograd_would_have_decomposed(func, leaves)
+        return self._decomposes[key]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.ops.prim.device.default:  # a metadata query, as make_fx leaves it
+            return func(*args, **kwargs)
+        if func not in self._SIZE_QUERIES and self._would_decompose(func, args, kwargs):
+            with self:  # inference mode skipped autograd's decomposition: apply it here, as make_fx
+                out = func.decompose(*args, **kwargs)
+                if out is not NotImplemented:
+                    return out
+        if func is torch.ops.aten.is_nonzero.default:  # ``bool(tensor)``, traced as make_fx does
+            with self:
+                return (args[0] != 0).item()
+        out = func(*args, **kwargs)
+        # a fresh constant is copied into the graph (make_fx's rule), so it owns its storage
+        target = torch.ops.aten.lift_fresh_copy.default if func is torch.ops.aten.lift_fresh.default else func
+        node_args, node_kwargs = tree_map(self._arg, (args, kwargs))
+        node = self.graph.create_node(
+            "call_function", target, tuple(node_args), node_kwargs, name=func.overloadpacket.__name__
+        )
+        node.meta.update(val=_snapshot(out), custom=self.tag, seq_nr=current_sequence_nr())
+        if self.tag.get("phase") == "forward":
+            node.meta["source"] = _user_frame()
+        self._track(node, out)
+        return out
+
+
+@contextlib.contextmanager
+def module_tags(model: torch.nn.Module, recorder: Recorder) -> Iterator[None]:
+    """Global module hooks that keep the current module path in the recorder's tag.
+
+    In the backward they leave the tag alone: a checkpointed module that runs its forward again
+    there is backward work, attributed to the backward node that asked for it.
+    """
+    paths: dict[int, str] = {}
+    for name, mod in model.named_modules(remove_duplicate=False):
+        paths.setdefault(id(mod), name)
+    stack: list[str] = []
+
+    def pre(mod, args):
+        path = paths.get(id(mod))
+        if path is not None and recorder.tag.get("phase") == "forward":
+            stack.append(path)
+            recorder.set_tag(phase="forward", module=path)
+
+    def post(mod, args, out):
+        if paths.get(id(mod)) is not None and stack and recorder.tag.get("phase") == "forward":
+            stack.pop()
+            recorder.set_tag(phase="forward", module=stack[-1] if stack else "")
+
+    h1 = torch.nn.modules.module.register_module_forward_pre_hook(pre)
+    h2 = torch.nn.modules.module.register_module_forward_hook(post)
+    try:
+        yield
+    finally:
+        h1.remove()
+        h2.remove()
+
+
+def tag_backward(roots: Sequence[Any], set_tag: Callable[..., None]) -> None:
+    """Pre-hooks on every autograd node: backward ops get the seq_nr of their forward op."""
+    seen: set[Any] = set()
+    todo = [r for r in roots if r is not None]
+    while todo:
+        node = todo.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        seq = sequence_nr(node)
+
+        def hook(grad_outputs, seq=seq):
+            set_tag(phase="backward", seq_nr=seq)
+
+        node.register_prehook(hook)
+        todo.extend(fn for fn, _ in node.next_functions if fn is not None and fn not in seen)

@@ -1,0 +1,490 @@
+"""Capture one training step of a model as a joint forward+backward aten graph with symbolic sizes.
+
+The route (see docs/design.md): the example input becomes a fake tensor under a
+``FakeTensorMode`` with a ``ShapeEnv``; the batch dimension and any dimension the user names
+are ``DimDynamic.DYNAMIC``. With fake parameters swapped into the model (as
+``functional_call`` does), a :class:`~symcx.capture.recorder.Recorder` records every aten
+call of the model, a scalar loss and ``torch.autograd.grad`` of it w.r.t. the trainable
+parameters as one fx graph. The swap lasts through the backward, where activation
+checkpointing runs a region's forward again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import linecache
+import logging
+import re
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import sympy
+import torch
+
+from .._torch import (
+    DimDynamic,
+    FakeTensorMode,
+    ShapeEnv,
+    StatelessSymbolicContext,
+    eager_lstm_kernels,
+    enable_python_dispatcher,
+    is_op,
+    op_names,
+    reparametrize_module,
+    tree_flatten,
+    tree_leaves,
+    tree_unflatten,
+)
+from ..errors import ShapeError, TraceError
+from ..guards import as_bound, holds_everywhere, tightest, violating_hints
+from ..symbols import symbol, to_plain, width_names
+from .recorder import Recorder, TensorMeta, module_tags, outside_torch, tag_backward
+
+__all__ = ["Trace", "DimSpec", "trace_training_step", "trace_at", "default_loss", "BATCH_HINT"]
+
+#: Default example value of the batch symbol: away from 0/1 specialization and kernel thresholds.
+BATCH_HINT = 8
+#: The name a width dim of an input gets until the widths are named in layer order.
+_WIDTH = "__width__"
+
+
+@dataclasses.dataclass(frozen=True)
+class DimSpec:
+    """A symbolic input dimension: ``name`` for dim ``dim`` of input number ``input``.
+
+    ``shared``: also every other input of the same rank whose size there equals input 0's
+    (token ids with their attention mask and token types share ``L``).
+    """
+
+    name: str
+    dim: int
+    input: int = 0
+    shared: bool = False
+
+
+@dataclasses.dataclass
+class Trace:
+    """The joint graph of one training step and what is needed to read its sizes.
+
+    ``rename`` maps ShapeEnv symbols to user symbols (``t``, ``H``, ``d_0``…); every
+    size must go through :meth:`expr` before it leaves the capture layer.
+    """
+
+    graph: torch.fx.Graph
+    rename: dict[sympy.Symbol, sympy.Expr]
+    shape_env: ShapeEnv
+    user_symbols: dict[str, sympy.Symbol]
+    hints: dict[sympy.Symbol, int]
+    param_nodes: dict[str, str]  # fx placeholder name -> parameter name
+    buffer_nodes: dict[str, str]
+    input_nodes: list[str]
+    trainable: frozenset[str]
+    assumptions: list[sympy.Basic]
+    dropped_guards: list[sympy.Basic]
+    module_types: dict[str, str]
+    leaf_modules: frozenset[str]
+    _exprs: dict[Any, sympy.Expr] = dataclasses.field(default_factory=dict, repr=False)
+
+    def expr(self, value: Any) -> sympy.Expr:
+        """A size (int, SymInt or sympy expr) as plain sympy in user symbols (memoized)."""
+        if isinstance(value, (torch.SymInt, torch.SymFloat)):
+            value = value.node.expr
+        if isinstance(value, (int, float)):
+            return sympy.Integer(value) if isinstance(value, int) else sympy.Float(value)
+        out = self._exprs.get(value)
+        if out is None:
+            out = self._exprs[value] = to_plain(self.shape_env.replace(value)).xreplace(self.rename)
+        return out
+
+    def shape(self, tensor: torch.Tensor | TensorMeta) -> tuple[sympy.Expr, ...]:
+        """The shape of a (fake) tensor in user symbols."""
+        return tuple(self.expr(s) for s in tensor.shape)
+
+
+def _source_line(err: BaseException) -> str | None:
+    """``file:line: code`` of the innermost frame outside torch and the tracer, if any."""
+    for frame in reversed(traceback.extract_tb(err.__traceback__)):
+        if outside_torch(frame.filename):
+            code = (frame.line or linecache.getline(frame.filename, frame.lineno)).strip()
+            return f"{frame.filename}:{frame.lineno}: {code}"
+    return None
+
+
+def _classify(err: BaseException) -> tuple[type, str]:
+    """The symcx error class and a one-line cause for an exception raised while tracing."""
+    name = type(err).__name__
+    text = str(err).strip().splitlines()[0] if str(err).strip() else name
+    if "DataDependent" in name or "data-dependent" in text.lower() or "_local_scalar_dense" in text:
+        return TraceError, (
+            "data-dependent control flow: the model branches on, or reads, a tensor's value "
+            "(e.g. `if x.sum() > 0` or `.item()`), which a shape-only trace cannot follow"
+        )
+    shape_words = ("shape", "size", "mat1", "mat2", "expected input", "channels", "dimension", "reduction dim")
+    if isinstance(err, (RuntimeError, ValueError, IndexError)) and any(w in text.lower() for w in shape_words):
+        return ShapeError, f"the example input does not fit the model: {text}"
+    return TraceError, f"{name}: {text}"
+
+
+def default_loss(out: Any) -> torch.Tensor:
+    """Sum of every floating-point tensor in the output: the backward FLOPs do not depend on it."""
+    leaves = [x for x in tree_leaves(out) if isinstance(x, torch.Tensor) and x.is_floating_point()]
+    if not leaves:
+        raise TraceError("the model returned no floating-point tensor to differentiate")
+    total = leaves[0].sum()
+    for leaf in leaves[1:]:
+        total = total + leaf.sum()
+    return total
+
+
+@contextlib.contextmanager
+def _quiet_fake_tensor_log() -> Iterator[None]:
+    """Fake-tensor dispatch logs a full traceback before re-raising; symcx reports the error itself."""
+    logger = logging.getLogger("torch._subclasses.fake_tensor")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def _no_autocast_cache() -> Iterator[None]:
+    """As make_fx: cached autocast casts would be tensors the recorder never saw made."""
+    cached = torch.is_autocast_cache_enabled()
+    torch.set_autocast_cache_enabled(False)
+    try:
+        yield
+    finally:
+        torch.set_autocast_cache_enabled(cached)
+
+
+def _context(tensor: torch.Tensor, dynamic: set[int]) -> StatelessSymbolicContext:
+    sizes = [DimDynamic.DYNAMIC if d in dynamic else DimDynamic.STATIC for d in range(tensor.dim())]
+    return StatelessSymbolicContext(dynamic_sizes=sizes)
+
+
+def _as_tuple(example: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if isinstance(example, torch.Tensor):
+        return (example,), {}
+    if isinstance(example, Mapping):
+        return (), dict(example)
+    if isinstance(example, (tuple, list)):
+        return tuple(example), {}
+    raise TraceError(
+        f"example_input must be a tensor, a tuple of tensors or a dict of keyword tensors, "
+        f"not {type(example).__name__}"
+    )
+
+
+def _named_dims(inputs: list[torch.Tensor], dims: Sequence[DimSpec]) -> dict[tuple[int, int], str]:
+    """(input index, dim) → name for every named dim, shared ones spread to matching inputs."""
+    named: dict[tuple[int, int], str] = {}
+    for d in dims:
+        if d.input >= len(inputs):
+            raise ShapeError(f"dimension {d.name!r} names input {d.input}, but there are {len(inputs)}")
+        named[(d.input, d.dim)] = d.name
+        first = inputs[d.input]
+        if d.shared and -first.dim() <= d.dim < first.dim():
+            for k, x in enumerate(inputs):
+                if x.dim() == first.dim() and x.shape[d.dim] == first.shape[d.dim]:
+                    named.setdefault((k, d.dim), d.name)
+    return named
+
+
+def _dynamic_dims(k: int, x: torch.Tensor, batch_dim: int | None, named: Mapping, widths: str | None) -> dict[int, str]:
+    """The symbolic dims of input ``k`` by name: the batch, the named dims, a width."""
+    ndim = x.dim()
+    dyn: dict[int, str] = {}
+    if batch_dim is not None and ndim > 0:
+        dyn[batch_dim % ndim] = "t"
+    for (i, d), name in named.items():
+        if i == k:
+            if not -ndim <= d < ndim:
+                raise ShapeError(f"dimension {name!r} is dim {d} of input {k}, which has {ndim} dims")
+            dyn[d % ndim] = name
+    if widths and x.is_floating_point() and ndim >= 2 and 1 not in dyn:
+        dyn[1] = _WIDTH
+    return dyn
+
+
+def _fake_inputs(
+    mode: FakeTensorMode, model: torch.nn.Module, example: Any, *, batch_dim: int | None,
+    dims: Sequence[DimSpec], widths: str | None, hints: Mapping[str, int], static: bool,
+) -> tuple[tuple, dict, dict[sympy.Symbol, str]]:
+    """The example input as fake tensors with symbolic dims, and each input symbol's name."""
+    args, kwargs = _as_tuple(example)
+    leaves, spec = tree_flatten((args, kwargs))
+    positions = [k for k, x in enumerate(leaves) if isinstance(x, torch.Tensor)]
+    named = _named_dims([leaves[p] for p in positions], dims)
+    # inputs follow the model: a model built on the meta device takes meta inputs
+    device = next((p.device for p in (*model.parameters(), *model.buffers())), None)
+    if device is None:
+        device = next((leaves[p].device for p in positions), torch.device("cpu"))
+    input_syms: dict[sympy.Symbol, str] = {}
+    for k, pos in enumerate(positions):
+        x = leaves[pos]
+        dyn = _dynamic_dims(k, x, batch_dim, named, widths)
+        shape = list(x.shape)
+        for d, name in dyn.items():
+            shape[d] = hints.get(name, shape[d])
+            if shape[d] in (0, 1):
+                raise ShapeError(
+                    f"dimension {name!r} has example size {shape[d]}; sizes 0 and 1 are specialized "
+                    f"by the tracer, so give an example size of 2 or more"
+                )
+        real = torch.empty(shape, dtype=x.dtype, device=device)
+        leaves[pos] = mode.from_tensor(real, symbolic_context=_context(real, set() if static else set(dyn)))
+        for d, name in ({} if static else dyn).items():
+            input_syms[leaves[pos].shape[d].node.expr] = name
+    fargs, fkwargs = tree_unflatten(leaves, spec)
+    return fargs, fkwargs, input_syms
+
+
+def _fake_params(
+    mode: FakeTensorMode, model: torch.nn.Module, widths: str | None
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[sympy.Symbol]]:
+    """Fake parameters and buffers (dims 0 and 1 symbolic with ``widths``), and the width symbols."""
+    width_syms: list[sympy.Symbol] = []
+
+    def fake(value: torch.Tensor) -> torch.Tensor:
+        dynamic: set[int] = set()
+        if widths and value.dim() >= 1 and value.is_floating_point():
+            dynamic = {d for d in {0, 1} & set(range(value.dim())) if value.shape[d] > 1}
+        out = mode.from_tensor(value, symbolic_context=_context(value, dynamic))
+        for d in [1, 0] if value.dim() >= 2 else [0]:
+            if d in dynamic:
+                width_syms.append(out.shape[d].node.expr)
+        return out
+
+    params = {k: fake(v) for k, v in model.named_parameters()}
+    buffers = {k: fake(v) for k, v in model.named_buffers()}
+    return params, buffers, width_syms
+
+
+def _joint_step(
+    model: torch.nn.Module, recorder: Recorder, params: Mapping[str, torch.Tensor], trainable: frozenset[str],
+    fargs: tuple, fkwargs: dict, loss_fn: Callable[[Any], torch.Tensor],
+) -> tuple[list[torch.Tensor], Sequence[torch.Tensor | None]]:
+    """Forward, loss and ``autograd.grad`` w.r.t. the trainable parameters, tagged by phase."""
+    recorder.set_tag(phase="forward", module="")
+    with module_tags(model, recorder):
+        out = model(*fargs, **fkwargs)
+    recorder.set_tag(phase="loss", module="")
+    scalar = loss_fn(out)
+    if not isinstance(scalar, torch.Tensor) or scalar.numel() != 1:
+        raise TraceError("the loss must return a scalar tensor")
+    wrt = [params[k] for k in params if k in trainable]
+    # only tensors leave the traced function (an output may hold caches, e.g. HF's DynamicCache)
+    outs = [x for x in tree_leaves(out) if isinstance(x, torch.Tensor)]
+    if not wrt or not scalar.requires_grad:
+        return outs, ()
+    tag_backward([scalar.grad_fn], recorder.set_tag)
+    return outs, torch.autograd.grad(scalar, wrt, allow_unused=True)
+
+
+def _record(model: torch.nn.Module, mode: FakeTensorMode, recorder: Recorder, step: Callable[[], Any],
+            input_syms: Mapping[sympy.Symbol, str], tensors: Mapping[str, torch.Tensor]) -> Any:
+    """Run ``step`` under the fake mode and the recorder; torch's errors become symcx's, with the line."""
+    try:
+        with contextlib.ExitStack() as stack:
+            # the fake parameters stay in the model through the backward too: a checkpointed
+            # region (torch.utils.checkpoint) runs its forward again there
+            for ctx in (_quiet_fake_tensor_log(), eager_lstm_kernels(), reparametrize_module(model, dict(tensors)),
+                        mode, enable_python_dispatcher(), recorder, _no_autocast_cache()):
+                stack.enter_context(ctx)
+            return step()
+    except (TraceError, ShapeError):
+        raise
+    except Exception as err:  # anything torch raises while tracing the user's model
+        cls, cause = _classify(err)
+        names = {str(sym): name for sym, name in input_syms.items() if name != _WIDTH}
+        cause = re.sub(r"\bs\d+\b", lambda m: names.get(m.group(0), m.group(0)), cause)
+        where = _source_line(err)
+        raise cls(f"cannot trace {type(model).__name__}: {cause}" + (f"\n  at {where}" if where else "")) from err
+
+
+def _trace_once(
+    model: torch.nn.Module, example: Any, *, batch_dim: int | None, dims: Sequence[DimSpec],
+    widths: str | None, hints: Mapping[str, int], loss: Callable[[Any], torch.Tensor] | None,
+    static: bool = False,
+) -> Trace:
+    """One traced step: fake inputs and parameters, the recorded joint graph, symbols named."""
+    shape_env = ShapeEnv(duck_shape=False)
+    mode = FakeTensorMode(shape_env=shape_env, allow_non_fake_inputs=False)
+    fargs, fkwargs, input_syms = _fake_inputs(mode, model, example, batch_dim=batch_dim, dims=dims,
+                                              widths=widths, hints=hints, static=static)
+    params, buffers, width_syms = _fake_params(mode, model, widths)
+    trainable = frozenset(k for k, v in model.named_parameters() if v.requires_grad)
+    recorder = Recorder()
+    param_nodes = {recorder.placeholder(f"param_{k}", v).name: name for k, (name, v) in enumerate(params.items())}
+    buffer_nodes = {recorder.placeholder(f"buffer_{k}", v).name: name for k, (name, v) in enumerate(buffers.items())}
+    input_nodes = [recorder.placeholder(f"input_{k}", x).name for k, x in enumerate(tree_leaves((fargs, fkwargs)))
+                   if isinstance(x, torch.Tensor)]
+
+    def step() -> Any:
+        return _joint_step(model, recorder, params, trainable, fargs, fkwargs, loss or default_loss)
+
+    recorder.output(_record(model, mode, recorder, step, input_syms, {**params, **buffers}))
+    rename, user_symbols, hint_values = _name_symbols(shape_env, input_syms, width_syms, widths)
+    return Trace(
+        graph=recorder.graph, rename=rename, shape_env=shape_env, user_symbols=user_symbols, hints=hint_values,
+        param_nodes=param_nodes, buffer_nodes=buffer_nodes, input_nodes=input_nodes, trainable=trainable,
+        assumptions=_assumptions(shape_env, rename, user_symbols), dropped_guards=[],
+        module_types={name: type(mod).__name__ for name, mod in model.named_modules()},
+        leaf_modules=frozenset(name for name, mod in model.named_modules() if not any(True for _ in mod.children())),
+    )
+
+
+def _name_symbols(
+    shape_env: ShapeEnv,
+    input_syms: Mapping[sympy.Symbol, str],
+    width_syms: Sequence[sympy.Symbol],
+    widths: str | None,
+) -> tuple[dict[sympy.Symbol, sympy.Expr], dict[str, sympy.Symbol], dict[sympy.Symbol, int]]:
+    """Give every free ShapeEnv symbol a user name: t and named dims first, widths in layer order."""
+    rename: dict[sympy.Symbol, sympy.Expr] = {}
+    user: dict[str, sympy.Symbol] = {}
+    hints: dict[sympy.Symbol, int] = {}
+    values = shape_env.backed_var_to_val if hasattr(shape_env, "backed_var_to_val") else shape_env.var_to_val
+
+    def canon(sym: sympy.Symbol) -> sympy.Expr:
+        return shape_env.replace(sym)
+
+    ordered: list[tuple[sympy.Symbol, str | None]] = []
+    ordered += [(s, name) for s, name in input_syms.items() if name != _WIDTH]
+    width_like = [s for s, name in input_syms.items() if name == _WIDTH] + list(width_syms)
+    seen_width: list[sympy.Expr] = []
+    for s in width_like:
+        c = canon(s)
+        if c.is_Symbol and c not in seen_width and c not in [canon(x) for x, _ in ordered]:
+            seen_width.append(c)
+    names = width_names(len(seen_width), widths or "d")
+    for c, name in zip(seen_width, names):
+        ordered.append((c, name))
+
+    for s, name in ordered:
+        c = canon(s)
+        if not c.is_Symbol:
+            if name in ("t",) or name in {d for d in input_syms.values()}:
+                if c.is_Number:
+                    hint = "" if name == "t" else (
+                        f" (if another input has this size, name it there too: "
+                        f"dims={{{name!r}: [(input, dim), ...]}})"
+                    )
+                    raise TraceError(
+                        f"the model pins {name!r} to {c}: a shape check fixed it during tracing, "
+                        f"so no formula in {name} exists on the symbolic route{hint}"
+                    )
+            continue
+        if c in rename:
+            continue
+        user_sym = symbol(name)
+        rename[c] = user_sym
+        user.setdefault(name, user_sym)
+        if c in values:
+            hints[user_sym] = int(values[c])
+    for s in list(input_syms) + list(width_syms):
+        c = canon(s)
+        if s not in rename and c.is_Symbol and c in rename:
+            rename[s] = rename[c]
+    return rename, user, hints
+
+
+def _assumptions(
+    shape_env: ShapeEnv, rename: Mapping[sympy.Symbol, sympy.Expr], user: Mapping[str, sympy.Symbol]
+) -> list[sympy.Basic]:
+    """Guards that bound a user symbol (e.g. ``t < 16``), in user symbols; noise dropped."""
+    out: list[sympy.Basic] = []
+    allowed = set(user.values())
+    for guard in shape_env.guards:
+        try:
+            expr = to_plain(shape_env.replace(guard.expr)).xreplace(rename)
+        except (TypeError, ValueError, ZeroDivisionError):  # sympy cannot rewrite it: not a bound we can state
+            continue
+        if expr in (sympy.true, sympy.false) or not expr.free_symbols <= allowed:
+            continue
+        if not isinstance(expr, (sympy.StrictLessThan, sympy.LessThan, sympy.StrictGreaterThan, sympy.GreaterThan)):
+            continue
+        if holds_everywhere(expr) or expr in out:
+            continue
+        out.append(as_bound(expr))
+    return tightest(out)
+
+
+def trace_training_step(
+    model: torch.nn.Module,
+    example_input: Any,
+    *,
+    batch_dim: int | None = 0,
+    dims: Sequence[DimSpec] = (),
+    widths: str | None = None,
+    loss: Callable[[Any], torch.Tensor] | None = None,
+) -> Trace:
+    """Trace one training step (forward, loss, backward) of ``model`` with symbolic sizes.
+
+    Guards that bound a symbol (``t < 16``) are tested by a concrete (cheaper) re-trace past
+    the bound: a guard whose re-trace runs the same ops with the shapes the formulas predict is
+    dropped (kept in ``dropped_guards``); one that changes the graph stays in ``assumptions``.
+    """
+    hints = {"t": BATCH_HINT} if batch_dim is not None else {}
+    trace = _trace_once(model, example_input, hints=hints, batch_dim=batch_dim, dims=dims, widths=widths, loss=loss)
+    kept, dropped = [], []
+    for guard in trace.assumptions:
+        beyond = violating_hints(guard, trace.hints)
+        if beyond is None:
+            kept.append(guard)
+            continue
+        values = {**{str(s): v for s, v in trace.hints.items()}, **beyond}
+        try:
+            other = trace_at(model, example_input, values, batch_dim=batch_dim, dims=dims, loss=loss)
+        except (TraceError, ShapeError):  # the model does not run past the bound: the bound is real
+            kept.append(guard)
+            continue
+        (dropped if _same_graph_at(trace, other, values) else kept).append(guard)
+    trace.assumptions, trace.dropped_guards = kept, dropped
+    return trace
+
+
+def trace_at(
+    model: torch.nn.Module,
+    example_input: Any,
+    values: Mapping[str, int],
+    *,
+    batch_dim: int | None = 0,
+    dims: Sequence[DimSpec] = (),
+    loss: Callable[[Any], torch.Tensor] | None = None,
+) -> Trace:
+    """Trace one training step with every size concrete: ``values`` gives t and the named dims.
+
+    The fallback route traces at several such points and interpolates (see ``fallback.py``).
+    """
+    return _trace_once(
+        model, example_input, batch_dim=batch_dim, dims=dims, widths=None, hints=values, loss=loss, static=True
+    )
+
+
+def _tensor_ops(trace: Trace) -> list[torch.fx.Node]:
+    """The aten calls of a trace, without size arithmetic (which only a symbolic trace has)."""
+    return [
+        n for n in trace.graph.nodes
+        if n.op == "call_function" and is_op(n.target) and not op_names(n.target)[1].startswith("aten.sym_")
+    ]
+
+
+def _same_graph_at(symbolic: Trace, concrete: Trace, values: Mapping[str, int]) -> bool:
+    """The concrete trace runs the same ops, with the shapes the symbolic one gives at ``values``."""
+    at = {symbol(k): v for k, v in values.items()}
+    na, nb = _tensor_ops(symbolic), _tensor_ops(concrete)
+    if len(na) != len(nb):
+        return False
+    for x, y in zip(na, nb):
+        if x.target != y.target:
+            return False
+        vx, vy = x.meta.get("val"), y.meta.get("val")
+        if isinstance(vx, TensorMeta) and isinstance(vy, TensorMeta):
+            if [e.subs(at) for e in symbolic.shape(vx)] != list(vy.shape):
+                return False
+    return True

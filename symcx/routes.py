@@ -1,0 +1,145 @@
+"""The route layer: :func:`analyze` traces a step symbolically, or, where that fails, by interpolation.
+
+Each route hands :class:`~symcx.analysis.Analysis` the same three things: a typed
+:class:`~symcx.step.Step` with costs attached, the unsupported ops, and a
+:class:`~symcx.memory.MemoryModel`. Nothing above this layer knows which route ran (the
+step's ``route`` and ``fallback_reason`` say so for reports).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from .analysis import Analysis
+from .capture import DimSpec, trace_training_step
+from .errors import ShapeError, SymcxError, TraceError
+from .interpolate import interpolated
+from .memory import MemoryModel, TracedMemory
+from .rules import annotate_costs
+from .step import Step, build_step
+
+__all__ = ["analyze"]
+
+
+def _symbolic(
+    model: torch.nn.Module, example_input: Any, batch_dim: int | None, dims: Sequence[DimSpec], widths: str | None,
+    loss: Callable[[Any], torch.Tensor] | None, options: Mapping[str, Any], strict: bool,
+) -> tuple[Step, Counter, MemoryModel]:
+    """The symbolic route: one trace with symbolic sizes, costed node by node."""
+    trace = trace_training_step(model, example_input, batch_dim=batch_dim, dims=dims, widths=widths, loss=loss)
+    step = build_step(trace)
+    unsupported = annotate_costs(step.nodes, strict=strict, options=options)
+    return step, unsupported, TracedMemory(step)
+
+
+def _dim_specs(dims: Mapping[str, Any] | None) -> list[DimSpec]:
+    specs = []
+    for name, where in (dims or {}).items():
+        if name in ("t", "n", "N"):
+            raise SymcxError(f"{name!r} is reserved (t batch, n epochs, N samples); choose another name")
+        if isinstance(where, int):
+            specs.append(DimSpec(name, where, 0, shared=True))
+        elif isinstance(where, tuple) and len(where) == 2:
+            specs.append(DimSpec(name, where[1], where[0]))
+        elif isinstance(where, list) and where and all(isinstance(w, tuple) and len(w) == 2 for w in where):
+            specs += [DimSpec(name, dim, index) for index, dim in where]
+        else:
+            raise SymcxError(
+                f"dims[{name!r}] must be a dim index, (input index, dim) or a list of those, not {where!r}"
+            )
+    return specs
+
+
+def analyze(
+    model: torch.nn.Module,
+    example_input: Any,
+    *,
+    dims: Mapping[str, int | tuple[int, int]] | None = None,
+    widths: bool | str = False,
+    batch_dim: int | None = 0,
+    loss: Callable[[Any], torch.Tensor] | None = None,
+    train: bool = True,
+    strict: bool = False,
+    causal_attention: bool = False,
+) -> Analysis:
+    """Trace one training step of ``model`` and return its symbolic cost.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model; it may live on the ``meta`` device (no memory is touched).
+    example_input : Tensor, tuple of tensors, or dict of keyword tensors
+        An input of the right rank and dtype. Dim ``batch_dim`` of every tensor becomes the
+        symbol ``t``; its example size does not matter (the trace uses 8).
+    dims : dict, optional
+        Input dimensions to make symbolic, by name: ``{"H": 2, "W": 3}`` (dims of the first
+        input, and of every other input of its rank with the same example size there, as an
+        attention mask beside token ids), ``{"L": (1, 1)}`` (input 1, dim 1 only) or
+        ``{"L": [(0, 1), (2, 1)]}``. Example sizes must be 2 or more.
+    widths : bool or {"d", "letters"}
+        Make every layer width symbolic: ``d_0, d_1, …`` (True or "d") or the seed's
+        ``i, j, k, l, …`` ("letters").
+    batch_dim : int or None
+        The batch dimension of every input; None for no batch symbol.
+    loss : callable, optional
+        Maps the model's output to the scalar whose gradient is taken; default: the sum of
+        every floating-point output (backward FLOPs do not depend on the choice).
+    train : bool
+        Trace in training mode (dropout active, batch statistics), restoring the mode after.
+    strict : bool
+        Raise :class:`~symcx.errors.UnsupportedOpError` on an op with no cost rule instead of
+        listing it in ``Analysis.unsupported``.
+    causal_attention : bool
+        Count only the unmasked half of a causal attention's score matrix (off by default,
+        as FlopCounterMode, which counts the full square).
+
+    Returns
+    -------
+    Analysis
+
+    Raises
+    ------
+    TraceError
+        The model cannot be traced (e.g. data-dependent control flow); the message names the
+        cause and the model's source line.
+    ShapeError
+        The example input does not fit the model.
+    UnsupportedOpError
+        With ``strict=True``, for an op that has no rule.
+
+    Examples
+    --------
+    >>> import torch, symcx
+    >>> a = symcx.analyze(torch.nn.Linear(4, 3), torch.randn(2, 4))
+    >>> a.forward_flops, a.backward_flops, a.params
+    (24*t, 24*t, 15)
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise SymcxError(f"analyze() needs a torch.nn.Module, not {type(model).__name__}")
+    style = None if widths is False else ("d" if widths is True else widths)
+    if style not in (None, "d", "letters"):
+        raise SymcxError(f"widths must be True, False, 'd' or 'letters', not {widths!r}")
+    specs = _dim_specs(dims)
+    options = {"causal_attention": causal_attention}
+    was_training = model.training
+    model.train(train)
+    try:
+        try:
+            step, unsupported, memory = _symbolic(model, example_input, batch_dim, specs, style, loss, options, strict)
+        except TraceError as err:
+            if style is not None or "data-dependent" in str(err):
+                raise
+            try:  # the fallback route: concrete traces on a grid, interpolated exactly
+                step, unsupported, memory = interpolated(
+                    model, example_input, batch_dim=batch_dim, dims=specs, loss=loss, options=options,
+                    reason=str(err).splitlines()[0], strict=strict,
+                )
+            except (TraceError, ShapeError) as again:  # the symbolic route's cause comes first
+                raise TraceError(f"{err}\n  the interpolation fallback failed too: {again}") from err
+    finally:
+        model.train(was_training)
+    return Analysis(step, unsupported, memory)

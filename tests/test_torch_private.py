@@ -1,0 +1,300 @@
+"""Pins for ``symcx._torch``, the one module that reaches into private torch.
+
+Each name in ``symcx._torch.__all__`` is checked for the behaviour symcx relies on, not only
+for existing, so a torch upgrade that changes one fails here first, with the name in the
+test's name. ``test_every_name_is_pinned`` keeps the list complete: a name added to
+``__all__`` without a pin here fails it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib
+import operator
+from typing import Any
+
+import pytest
+import sympy
+import torch
+
+from symcx import _torch
+from symcx._torch import (
+    PRIVATE_APIS,
+    DimDynamic,
+    FakeTensorMode,
+    OpOverload,
+    OpOverloadPacket,
+    ShapeEnv,
+    StatelessSymbolicContext,
+    TorchDispatchMode,
+    WeakTensorKeyDictionary,
+    autograd_would_have_decomposed,
+    current_sequence_nr,
+    eager_lstm_kernels,
+    enable_python_dispatcher,
+    is_op,
+    op_names,
+    op_schema,
+    packet_name,
+    reparametrize_module,
+    sequence_nr,
+    torch_sympy_functions,
+    tree_flatten,
+    tree_leaves,
+    tree_map,
+    tree_unflatten,
+)
+
+aten = torch.ops.aten
+
+#: Which test below pins each name of ``symcx._torch.__all__``.
+PINS = {
+    "PRIVATE_APIS": "test_private_apis_each_resolve",
+    "FakeTensorMode": "test_fake_mode_makes_symbolic_sizes_from_a_context",
+    "ShapeEnv": "test_shape_env_keeps_equal_sizes_apart_and_records_guards",
+    "DimDynamic": "test_fake_mode_makes_symbolic_sizes_from_a_context",
+    "StatelessSymbolicContext": "test_fake_mode_makes_symbolic_sizes_from_a_context",
+    "enable_python_dispatcher": "test_python_dispatcher_runs_python_decompositions",
+    "reparametrize_module": "test_reparametrize_module_swaps_tied_tensors_and_restores",
+    "autograd_would_have_decomposed": "test_autograd_would_have_decomposed",
+    "TorchDispatchMode": "test_dispatch_mode_sees_each_aten_call",
+    "WeakTensorKeyDictionary": "test_weak_tensor_key_dictionary_keys_by_identity_weakly",
+    "OpOverload": "test_op_types",
+    "OpOverloadPacket": "test_op_types",
+    "tree_flatten": "test_pytree",
+    "tree_leaves": "test_pytree",
+    "tree_map": "test_pytree",
+    "tree_unflatten": "test_pytree",
+    "torch_sympy_functions": "test_torch_sympy_functions_symbols_translates",
+    "is_op": "test_op_types",
+    "op_names": "test_op_names",
+    "op_schema": "test_op_schema_names_arguments_and_aliasing",
+    "packet_name": "test_op_names",
+    "sequence_nr": "test_sequence_numbers_tie_backward_nodes_to_forward_ops",
+    "current_sequence_nr": "test_sequence_numbers_tie_backward_nodes_to_forward_ops",
+    "eager_lstm_kernels": "test_eager_lstm_kernels_picks_onednn_and_restores",
+}
+
+
+def test_every_name_is_pinned():
+    assert sorted(PINS) == sorted(_torch.__all__)
+    missing = sorted({test for test in PINS.values() if test not in globals()})
+    assert not missing, f"PINS names tests that do not exist: {missing}"
+
+
+def _resolve(dotted: str) -> Any:
+    """The object at a dotted path: the longest importable module, then attributes."""
+    parts = dotted.split(".")
+    for k in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:k]))
+        except ImportError:
+            continue
+        for attr in parts[k:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(dotted)
+
+
+def _paths(entry: str) -> list[str]:
+    """Dotted paths of a ``PRIVATE_APIS`` line: ``"a.b.C / D (why)"`` → ``["a.b.C", "a.b.D"]``."""
+    head = entry.split(" (")[0].split(":")[0]
+    parts = [p.strip() for p in head.split(" / ")]
+    parent = parts[0].rsplit(".", 1)[0]
+    return [p if "." in p else f"{parent}.{p}" for p in parts]
+
+
+@pytest.mark.parametrize("entry", PRIVATE_APIS)
+def test_private_apis_each_resolve(entry):
+    for path in _paths(entry):
+        _resolve(path)  # raises ImportError / AttributeError when torch moved it
+
+
+def test_private_apis_paths_are_read_as_written():
+    assert _paths("torch.x.A / B / torch.y.C (note: a, b)") == ["torch.x.A", "torch.x.B", "torch.y.C"]
+    with pytest.raises(AttributeError):
+        _resolve("torch.utils.no_such_name")
+
+
+def _fake_mode() -> FakeTensorMode:
+    return FakeTensorMode(shape_env=ShapeEnv(duck_shape=False), allow_non_fake_inputs=False)
+
+
+def _symbolic(mode: FakeTensorMode, shape: tuple[int, ...], dynamic: set[int]) -> torch.Tensor:
+    sizes = [DimDynamic.DYNAMIC if d in dynamic else DimDynamic.STATIC for d in range(len(shape))]
+    return mode.from_tensor(torch.randn(shape), symbolic_context=StatelessSymbolicContext(dynamic_sizes=sizes))
+
+
+def test_fake_mode_makes_symbolic_sizes_from_a_context():
+    mode = _fake_mode()
+    x = _symbolic(mode, (4, 3), {0})
+    assert isinstance(x.shape[0], torch.SymInt) and type(x.shape[1]) is int and x.shape[1] == 3
+    assert x.device.type == "cpu" and x.dtype == torch.float32
+    real = torch.ones(1, 3)
+    with mode:
+        assert type((x * 2).shape[0]) is torch.SymInt
+        with pytest.raises(Exception, match="(?i)fake"):  # allow_non_fake_inputs=False refuses a real tensor
+            x + real
+
+
+def test_shape_env_keeps_equal_sizes_apart_and_records_guards():
+    mode = _fake_mode()
+    env = mode.shape_env
+    x, y = _symbolic(mode, (4, 3), {0}), _symbolic(mode, (4, 3), {0})
+    sx, sy = x.shape[0].node.expr, y.shape[0].node.expr
+    assert isinstance(sx, sympy.Symbol) and sx != sy  # duck_shape=False: equal sizes, two symbols
+    values = env.backed_var_to_val if hasattr(env, "backed_var_to_val") else env.var_to_val
+    assert values[sx] == 4 and values[sy] == 4  # the hints symcx reads
+    assert env.guards == []
+    with mode:
+        x + y  # broadcasting equal sizes unifies the two symbols
+    assert env.replace(sy) == sx or env.replace(sx) == sy
+    assert bool(x.shape[0] > 2)
+    assert [str(g.expr) for g in env.guards if g.expr.free_symbols == {sx}]  # the comparison left a guard
+
+
+def _lstm_ops(*, python_dispatcher: bool, eager: bool) -> set[str]:
+    """Op families an ``nn.LSTM`` step (input needing grad) records under a fake mode."""
+    lstm = torch.nn.LSTM(3, 5)
+    mode = _fake_mode()
+    rec = _Recorder()
+    with contextlib.ExitStack() as stack:
+        if eager:
+            stack.enter_context(eager_lstm_kernels())
+        stack.enter_context(reparametrize_module(lstm, {k: mode.from_tensor(v) for k, v in lstm.named_parameters()}))
+        stack.enter_context(mode)
+        if python_dispatcher:
+            stack.enter_context(enable_python_dispatcher())
+        stack.enter_context(rec)
+        lstm(torch.randn(7, 2, 3, requires_grad=True))
+    return {op_names(f)[1] for f in rec.calls}
+
+
+def test_python_dispatcher_runs_python_decompositions():
+    # with it, torch's Python LSTM decomposition runs (unrolled cells: addmm, sigmoid, tanh)
+    assert {"aten.addmm", "aten.sigmoid"} <= _lstm_ops(python_dispatcher=True, eager=False)
+    # without it, the C++ composite runs: one oneDNN layer, no addmm (torch 2.13, measured)
+    without = _lstm_ops(python_dispatcher=False, eager=False)
+    assert "aten.addmm" not in without and "aten.mkldnn_rnn_layer" in without
+
+
+def test_eager_lstm_kernels_picks_onednn_and_restores():
+    ops = _lstm_ops(python_dispatcher=True, eager=True)
+    assert "aten.mkldnn_rnn_layer" in ops and "aten.addmm" not in ops
+    # the patch is undone on exit: the decomposition unrolls cells again
+    assert "aten.addmm" in _lstm_ops(python_dispatcher=True, eager=False)
+
+
+def test_reparametrize_module_swaps_tied_tensors_and_restores():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    model[1].weight = model[0].weight
+    original = model[0].weight
+    w = torch.zeros(2, 2)
+    with reparametrize_module(model, {"0.weight": w}):
+        assert model[0].weight is w and model[1].weight is w  # tie_weights=True
+        assert model(torch.ones(1, 2)).shape == (1, 2)
+    assert model[0].weight is original and model[1].weight is original
+    assert isinstance(original, torch.nn.Parameter)
+
+
+def test_autograd_would_have_decomposed():
+    x = torch.ones(2, 2, requires_grad=True)
+    assert autograd_would_have_decomposed(aten.mm.default, [x]) is False  # has its own autograd kernel
+    assert autograd_would_have_decomposed(aten.linear.default, [x]) is True  # CompositeImplicitAutograd
+
+
+class _Recorder(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[Any] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls.append(func)
+        return func(*args, **(kwargs or {}))
+
+
+def test_dispatch_mode_sees_each_aten_call():
+    x = torch.ones(2, 3)
+    rec = _Recorder()
+    with rec:
+        y = (x * 2).sum()
+    assert rec.calls == [aten.mul.Tensor, aten.sum.default]
+    assert y.item() == 12.0  # the mode ran each op: 2·6 = 12
+    rec.calls.clear()
+    x * 2
+    assert rec.calls == []  # inactive once the block exits
+
+
+def test_weak_tensor_key_dictionary_keys_by_identity_weakly():
+    d = WeakTensorKeyDictionary()
+    a, b = torch.ones(2), torch.ones(2)
+    d[a], d[b] = "a", "b"
+    assert d[a] == "a" and d[b] == "b" and len(d) == 2  # equal values, two keys
+    del a
+    gc.collect()
+    assert len(d) == 1 and d.get(b) == "b"
+
+
+def test_op_types():
+    assert isinstance(aten.mm.default, OpOverload) and not isinstance(aten.mm, OpOverload)
+    assert isinstance(aten.mm, OpOverloadPacket) and not isinstance(aten.mm.default, OpOverloadPacket)
+    assert is_op(aten.mm.default) and is_op(torch.ops.prim.device.default)
+    assert not is_op(aten.mm) and not is_op(operator.getitem) and not is_op(torch.mm)
+
+
+@pytest.mark.parametrize("target, names", [
+    (aten.mm.default, ("aten.mm.default", "aten.mm")),
+    (aten.add.Tensor, ("aten.add.Tensor", "aten.add")),
+    (aten._softmax.default, ("aten._softmax.default", "aten._softmax")),
+    (torch.ops.prim.device.default, ("prim.device.default", "prim.device")),
+    (operator.getitem, ("getitem", "getitem")),
+])
+def test_op_names(target, names):
+    assert op_names(target) == names
+    if is_op(target):
+        assert packet_name(target.overloadpacket) == names[1]
+
+
+def test_op_schema_names_arguments_and_aliasing():
+    addmm = op_schema(aten.addmm.default)
+    assert [(a.name, a.kwarg_only, a.has_default_value()) for a in addmm.arguments] == [
+        ("self", False, False), ("mat1", False, False), ("mat2", False, False),
+        ("beta", True, True), ("alpha", True, True),
+    ]
+    assert addmm.arguments[3].default_value == 1 and addmm.returns[0].alias_info is None
+    view = op_schema(aten.view.default)  # a view's return aliases self, read-only
+    assert view.returns[0].alias_info.before_set & view.arguments[0].alias_info.before_set
+    assert view.returns[0].alias_info.is_write is False
+    add_ = op_schema(aten.add_.Tensor)  # in place: self is written and returned
+    assert add_.arguments[0].alias_info.is_write is True
+    assert add_.returns[0].alias_info.before_set == add_.arguments[0].alias_info.before_set
+    assert op_schema(operator.getitem) is None and op_schema(aten.mm) is None
+
+
+def test_sequence_numbers_tie_backward_nodes_to_forward_ops():
+    x = torch.ones(2, requires_grad=True)
+    y = x * 2
+    after_mul = current_sequence_nr()
+    z = y.sum()
+    after_sum = current_sequence_nr()
+    assert sequence_nr(y.grad_fn) == after_mul
+    assert sequence_nr(z.grad_fn) == after_sum == after_mul + 1
+
+
+def test_pytree():
+    tree = ({"a": 1, "b": [2, 3]}, (4,))
+    leaves, spec = tree_flatten(tree)
+    assert leaves == [1, 2, 3, 4] and tree_leaves(tree) == leaves
+    assert tree_unflatten([5, 6, 7, 8], spec) == ({"a": 5, "b": [6, 7]}, (8,))
+    assert tree_map(lambda v: v * 10, tree) == ({"a": 10, "b": [20, 30]}, (40,))
+
+
+def test_torch_sympy_functions_symbols_translates():
+    f = torch_sympy_functions
+    # the classes symcx.symbols maps to plain sympy (its _translations table)
+    for name in ("FloorDiv", "CeilDiv", "PythonMod", "Mod", "FloorToInt", "CeilToInt", "PowByNatural", "Identity"):
+        assert isinstance(getattr(f, name), type) and issubclass(getattr(f, name), sympy.Basic), name
+    assert f.FloorDiv(7, 2) == 3 and f.CeilDiv(7, 2) == 4 and f.PythonMod(-7, 3) == 2
+    s = sympy.Symbol("s", integer=True, positive=True)
+    assert type(f.FloorDiv(s, 2)).__name__ == "FloorDiv"  # stays unevaluated on a symbol
