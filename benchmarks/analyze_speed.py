@@ -2,7 +2,7 @@
 
 Models: the seed homework's MNIST CNN (input 2×1×28×28) and a 32-layer MLP; ResNet-50 (input 2×3×224×224); GPT-2 small, 12 layers (Hugging Face's
 ``GPT2LMHeadModel`` from its default config when ``transformers`` is installed, and
-``symcx.zoo_models.gpt2_small``; input 2×128 token ids); ReLU MLPs of width 256 at depths 8,
+``symcx.zoo.models.gpt2_small``; input 2×128 token ids); ReLU MLPs of width 256 at depths 8,
 48 and 64 (input 2×256). symcx analyzes one training step (forward, loss, backward) with the
 batch symbolic (GPT-2 also with the sequence length symbolic); FlopCounterMode counts a real
 forward+backward on the CPU at the same input, and symcx's formula at that size must equal its
@@ -36,7 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import symcx
 from symcx.zoo import MLP, MnistCNN
-from symcx.zoo_models import ResNet50, gpt2_small
+from symcx.zoo.models import ResNet50, gpt2_small
 
 SEED_FLOOR_S = 1.0
 GPT2_FLOOR_S = 5.0
@@ -98,7 +98,7 @@ def gpt2_models(ids: torch.Tensor) -> list[tuple[str, torch.nn.Module, Example]]
     else:
         model = transformers.GPT2LMHeadModel(transformers.GPT2Config(use_cache=False))
         models.append((f"GPT-2 (transformers {transformers.__version__})", model, {"input_ids": ids}))
-    models.append(("GPT-2 (symcx.zoo_models.gpt2_small)", gpt2_small(), ids))
+    models.append(("GPT-2 (symcx.zoo.models.gpt2_small)", gpt2_small(), ids))
     return models
 
 

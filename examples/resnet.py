@@ -1,4 +1,4 @@
-"""ResNet-18 and ResNet-50 (written in ``symcx.zoo_models``): FLOPs per image, with the image side symbolic.
+"""ResNet-18 and ResNet-50 (written in ``symcx.zoo.models``): FLOPs per image, with the image side symbolic.
 
 Run from the repository root: ``python -m examples.resnet``. The 224×224 figures are the
 familiar 1.82 and 4.09 GMACs (×2 = FLOPs) per image.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 import symcx
-from symcx.zoo_models import ResNet18, ResNet50
+from symcx.zoo.models import ResNet18, ResNet50
 
 
 def main() -> None:

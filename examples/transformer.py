@@ -1,7 +1,7 @@
 """A GPT-style decoder with the sequence length ``L`` symbolic: attention's ``t·L²·d`` term appears.
 
 Run from the repository root: ``python -m examples.transformer``. The decoder is
-``symcx.zoo_models.GPT`` (token and learned position embeddings, pre-norm blocks with causal
+``symcx.zoo.models.GPT`` (token and learned position embeddings, pre-norm blocks with causal
 ``F.scaled_dot_product_attention`` and a GELU MLP); ``gpt2_small`` is the same at GPT-2's
 124M sizes, built on the meta device so no weights are allocated.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 import symcx
-from symcx.zoo_models import GPT, gpt2_small
+from symcx.zoo.models import GPT, gpt2_small
 
 
 def main() -> None:

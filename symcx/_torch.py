@@ -16,6 +16,7 @@ import torch._decomp.decompositions as _decompositions
 from torch._dispatch.python import enable_python_dispatcher
 from torch._ops import OpOverload, OpOverloadPacket
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
 from torch.nn.utils.stateless import _reparametrize_module
 from torch.utils._python_dispatch import TorchDispatchMode, autograd_would_have_decomposed
@@ -48,6 +49,7 @@ __all__ = [
     "sequence_nr",
     "current_sequence_nr",
     "eager_lstm_kernels",
+    "make_fx",
 ]
 
 #: The private torch surface, one line each (pinned by tests/test_torch_private.py).
@@ -65,6 +67,7 @@ PRIVATE_APIS = (
     "torch._ops.OpOverload / OpOverloadPacket: _opname, _overloadname, _schema, _qualified_op_name",
     "torch._decomp.decompositions.select_one_layer_lstm_function / mkldnn_one_layer_lstm",
     "torch._C._get_mkldnn_enabled",
+    "torch.fx.experimental.proxy_tensor.make_fx (the reference the recorder is tested against)",
 )
 
 

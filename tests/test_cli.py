@@ -16,7 +16,7 @@ import torch
 
 from symcx import cli
 from symcx.errors import SymcxError
-from symcx.models import example_input, load_model, parse_input, parse_symbolic
+from symcx.cli_specs import example_input, load_model, parse_input, parse_symbolic
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 
 import pytest
 import sympy
@@ -71,6 +72,11 @@ def test_schema_sections(seed):
     assert conv1["name"] == "conv1" and conv1["type"] == "Conv2d" and conv1["ops"] == ["aten.convolution"]
     assert conv1["out_shape"] == ["t", "32", "26", "26"]
     assert sorted(conv1["derivation"][0]) == sorted(["2", "t", "32", "1", "3", "3", "26", "26"])
+    # no grad input for the first layer; grad weight: 2 * in 1 * out 32 * t * 26*26 positions * 3*3 kernel
+    assert conv1["backward_derivation"] == [["2", "1", "32", "t", "26", "26", "3", "3"]]
+    # fc2's grad input t×10 @ 10×128 and grad weight 10×t @ t×128
+    fc2 = next(row for row in doc["layers"] if row["name"] == "fc2")
+    assert fc2["backward_derivation"] == [["2", "t", "10", "128"], ["2", "10", "t", "128"]]
 
 
 @pytest.mark.parametrize("batch", [1, 64])
@@ -131,19 +137,44 @@ def test_symbolic_widths_evaluate_at_the_seed_sizes():
     assert doc["values"]["totals"]["params"] == 784 * 512 + 512 + 512 * 256 + 256 + 256 * 10 + 10
 
 
-def test_memory_is_null_without_a_memory_formula(seed):
-    class NoMemory(Analysis):
-        def memory(self, **kwargs):
-            raise symcx.SymcxError("no memory formula")
+def test_memory_is_null_without_a_memory_formula(seed, monkeypatch):
+    a = seed.subs()
 
-    doc = json.loads(to_json(NoMemory(seed.graph, seed.trace, seed.unsupported), at={"t": 2}))
+    def no_memory(**kwargs):
+        raise symcx.SymcxError("no memory formula")
+
+    monkeypatch.setattr(a, "memory", no_memory)
+    doc = json.loads(to_json(a, at={"t": 2}))
     assert doc["memory"] is None and doc["values"]["memory"] is None
     assert doc["values"]["totals"]["forward_flops"] == 23984896 * 2
 
 
+def test_memory_section_and_per_layer_bytes(seed):
+    doc = json.loads(to_json(seed, at={"t": 64}, optimizer="sgd-momentum"))
+    mem = doc["memory"]
+    # float32: 4 bytes per parameter, one momentum buffer per parameter
+    assert mem["params"] == mem["grads"] == mem["optimizer"] == str(4 * 1199882)
+    assert (mem["optimizer_name"], mem["inputs"]) == ("sgd-momentum", "3136*t")  # 4 * 28 * 28 bytes per sample
+    fc1 = next(m for m in mem["by_layer"] if m["name"] == "fc1")
+    assert fc1["param_bytes"] == str(4 * (9216 * 128 + 128))
+    values = doc["values"]["memory"]
+    assert values["inputs"] == 3136 * 64 and "peak_node" not in values
+    assert next(m for m in values["by_layer"] if m["name"] == "fc1")["param_bytes"] == 4 * (9216 * 128 + 128)
+
+
+def test_unsupported_ops_and_bad_at(seed, monkeypatch):
+    a = seed.subs()
+    monkeypatch.setattr(a, "unsupported", Counter({("aten.fft_r2c", "fc1"): 2}))
+    doc = json.loads(to_json(a))
+    assert doc["unsupported"] == [{"op": "aten.fft_r2c", "layer": "fc1", "count": 2}]
+    with pytest.raises(symcx.SymcxError, match="unknown symbol 'H'"):
+        to_json(seed, at={"H": 3})
+
+
 def test_substituted_analysis_and_options(seed):
-    doc = json.loads(seed.subs(t=8).to_json())
+    doc = json.loads(to_json(seed.subs(t=8)))
     assert doc["substituted"] == {"t": "8"} and "t" not in doc["symbols"]
     assert doc["totals"]["forward_flops"] == str(23984896 * 8)
+    assert doc["values"]["totals"]["forward_flops"] == 23984896 * 8  # a substituted number is a value too
     with pytest.raises(TypeError):
         to_json(seed, colour="red")

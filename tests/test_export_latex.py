@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import subprocess
-from collections import Counter
 
 import pytest
 import torch
 
 import symcx
-from symcx.analysis import Analysis
-from symcx.export import to_latex
+from symcx.export import build_report, to_latex
+from symcx.export.latex import SymcxLatexPrinter
+from symcx.export.report import UncountedNote
 from symcx.zoo import MLP, MnistCNN
 
 PDFLATEX = shutil.which("pdflatex")
@@ -102,21 +103,33 @@ def test_unknown_and_bad_options(seed):
 
 
 def test_uncounted_ops_are_listed(seed):
-    gaps = Analysis(seed.graph, seed.trace, Counter({("aten.fft_r2c", "fc1"): 2}))
-    tex = to_latex(gaps)
+    report = build_report(seed)
+    gaps = dataclasses.replace(report, notes=report.notes + (UncountedNote("aten.fft_r2c", "fc1", 2),))
+    tex = SymcxLatexPrinter().doprint(gaps)
     assert r"\item Not counted (no cost rule): $\mathtt{aten.fft\_r2c}$ in $\mathtt{fc1}$ ($\times 2$)." in tex
-    assert r"\text{Not counted (no cost rule)} &\ \mathtt{aten.fft\_r2c}" in gaps._repr_latex_()
+    array = SymcxLatexPrinter({"environment": "array"}).doprint(gaps)
+    assert r"\text{Not counted (no cost rule)} &\ \mathtt{aten.fft\_r2c}\ \text{in}\ \mathtt{fc1} \times 2" in array
+
+
+def test_notes(seed):
+    tex = to_latex(seed, epochs=1, samples=60000)
+    items = [line for line in tex.splitlines() if line.startswith(r"\item ")]
+    assert items[0].startswith(r"\item Traced once with symbolic sizes: one joint forward+backward aten graph")
+    assert items[1] == (r"\item FLOPs follow FlopCounterMode (one multiply-add is 2 FLOPs; matmul, convolution, "
+                        r"attention). Other FLOPs: elementwise ops, norms, pooling, softmax, reductions.")
+    assert items[2] == (r"\item Training: epochs $1$, samples $60{,}000$, $\lceil 60{,}000 / t \rceil$ steps per "
+                        "epoch (the last, partial batch counted as a full one).")
 
 
 def test_memory_section_is_shown_and_optional(seed):
-    assert r"\text{Peak (training step)} &=" in to_latex(seed)
-
-    class NoMemory(Analysis):
-        def memory(self, **kwargs):
-            raise symcx.SymcxError("no memory formula")
-
-    tex = to_latex(NoMemory(seed.graph, seed.trace, seed.unsupported))
-    assert "Peak" not in tex and r"\text{Forward FLOPs}" in tex
+    tex = to_latex(seed)
+    # float32: 4 bytes per parameter, 4 * 28 * 28 per input sample
+    assert r"\text{Parameters} &= 4{,}799{,}528 \\" + "\n" + r"\text{Buffers} &= 0" in tex
+    assert r"\text{Input batch} &= 3{,}136 t \\" in tex
+    assert r"Memory of one training step, in bytes (optimizer: sgd)." in tex
+    no_memory = dataclasses.replace(build_report(seed), memory=None)
+    tex = SymcxLatexPrinter().doprint(no_memory)
+    assert "Peak" not in tex and "Memory of" not in tex and r"\text{Forward FLOPs}" in tex
 
 
 def test_jupyter_latex_is_math_mode_only(seed):

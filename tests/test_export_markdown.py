@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections import Counter
+import dataclasses
 
 import pytest
 import torch
 
 import symcx
-from symcx.analysis import Analysis
-from symcx.export import to_markdown
+from symcx.export import build_report, to_markdown
+from symcx.export.markdown import MarkdownPrinter
+from symcx.export.report import UncountedNote
 from symcx.zoo import MLP, MnistCNN
 
 
@@ -40,12 +41,33 @@ def test_totals_with_values_and_number_styles(seed):
     assert "Big-O: one step `O(t)`, training `O(N*n)`." in md
 
 
+def test_backward_derivations(seed):
+    md = to_markdown(seed)
+    # grad input t×10 @ 10×128 and grad weight 10×t @ t×128: 2*128*10 each = 5,120 per sample
+    assert "- `fc2` backward: `2 × t × 10 × 128 + 2 × 10 × t × 128` = `5,120*t`" in md
+    assert "- `conv1` backward: `2 × 1 × 32 × t × 26 × 26 × 3 × 3` = `389,376*t`" in md  # grad weight only
+
+
 def test_memory_notes_and_title(seed):
-    gaps = Analysis(seed.graph, seed.trace, Counter({("aten.fft_r2c", "fc1"): 2}))
-    md = to_markdown(gaps, title="Homework 3")
+    md = to_markdown(seed, title="Homework 3", epochs=1, samples=60000)
     assert md.startswith("## Homework 3\n")
-    assert "- Not counted (no cost rule): `aten.fft_r2c` in `fc1` (×2)." in md
-    assert "| Peak (training step) |" in md
+    # float32: 4 bytes per parameter, 4 * 28 * 28 per input sample
+    assert "| Parameters | `4,799,528` |" in md and "| Input batch | `3,136*t` |" in md
+    assert "Memory of one training step, bytes (optimizer: sgd):" in md
+    notes = md[md.index("Notes:"):].splitlines()[2:]
+    assert notes[0].startswith("- Traced once with symbolic sizes")
+    assert notes[1] == ("- FLOPs follow FlopCounterMode (one multiply-add is 2 FLOPs; matmul, convolution, attention); "
+                        "other FLOPs are elementwise ops, norms, pooling, softmax and reductions.")
+    assert notes[2] == ("- Training: epochs `1`, samples `60,000`, `ceiling(60,000/t)` steps per epoch "
+                        "(the last, partial batch counted as a full one).")
+
+
+def test_uncounted_ops_and_missing_memory_are_shown(seed):
+    report = build_report(seed)
+    gaps = dataclasses.replace(report, memory=None, notes=report.notes + (UncountedNote("aten.fft_r2c", "fc1", 2),))
+    md = MarkdownPrinter().doprint(gaps)
+    assert md.endswith("- Not counted (no cost rule): `aten.fft_r2c` in `fc1` (×2).\n")
+    assert "Peak" not in md and "| Forward FLOPs | `23,984,896*t` |" in md
 
 
 def test_compound_factors_are_parenthesized():
@@ -60,6 +82,8 @@ def test_symbolic_widths_and_jupyter_hook():
     a = symcx.analyze(MLP(), torch.randn(1, 784), widths="letters")
     md = to_markdown(a)
     assert "| Forward FLOPs | `2*i*j*t + 2*j*k*t + 2*k*l*t` |" in md
+    # i*j + j + j*k + k + k*l + l parameters: weights and biases
+    assert "| Parameters | `i*j + j*k + j + k*l + k + l` |" in md
     assert a._repr_markdown_() == md == a.to_markdown()
 
 

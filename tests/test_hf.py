@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import symcx
 from symcx import t
-from symcx.trace import default_loss
+from symcx.capture import default_loss
 
 tf = pytest.importorskip("transformers")
 

@@ -373,7 +373,7 @@ def test_subs_evaluates_every_figure(seed):
 
 def test_step_memory_takes_the_graph(seed):
     _, a = seed
-    assert step_memory(a.graph, optimizer="adam").peak == a.memory("adam").peak
+    assert step_memory(a.step, optimizer="adam").peak == a.memory("adam").peak
 
 
 def test_max_batch_size():

@@ -19,7 +19,7 @@ from examples.mlp import MLP
 from examples.mnist_cnn import Net
 from symcx import t
 from symcx.zoo import BUNDLED
-from symcx.zoo_models import GPT, LSTMClassifier, ResNet18, ResNet50, TinyTransformer, ViT
+from symcx.zoo.models import GPT, LSTMClassifier, ResNet18, ResNet50, TinyTransformer, ViT
 
 
 def fcm_step(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, int]:

@@ -9,53 +9,9 @@ from torch import nn
 
 import symcx
 from symcx import t
-from symcx.trace import trace_training_step
+from symcx._torch import is_op, make_fx, op_names
+from symcx.capture import default_loss, trace_training_step
 from symcx.zoo import MnistCNN
-
-
-def test_private_torch_apis_still_exist():
-    """Each private API trace.py relies on; a torch upgrade that moves one fails here first."""
-    from torch._dispatch.python import enable_python_dispatcher
-    from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: F401
-    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
-    from torch.utils import _pytree  # noqa: F401
-    from torch.utils._sympy import functions
-
-    import inspect
-
-    from torch.nn.utils.stateless import _reparametrize_module
-    from torch.utils._python_dispatch import autograd_would_have_decomposed
-
-    assert {"tie_weights", "strict"} <= set(inspect.signature(_reparametrize_module).parameters)
-    from torch.utils.weak import WeakTensorKeyDictionary
-
-    assert callable(enable_python_dispatcher) and callable(autograd_would_have_decomposed)
-    assert not autograd_would_have_decomposed(torch.ops.aten.mm.default, [torch.ones(1)])
-    assert isinstance(torch.autograd._get_sequence_nr(), int)
-    assert torch.ops.prim.device.default is not None and torch.ops.aten.lift_fresh_copy.default is not None
-    weak = WeakTensorKeyDictionary()
-    key = torch.ones(1)
-    weak[key] = 1
-    assert weak.get(key) == 1
-    assert hasattr(DimDynamic, "DYNAMIC") and hasattr(DimDynamic, "STATIC")
-    env = ShapeEnv(duck_shape=False)
-    assert env.duck_shape is False and env.guards == [] and callable(env.replace)
-    assert StatelessSymbolicContext(dynamic_sizes=[DimDynamic.STATIC]) is not None
-    for name in ("FloorDiv", "CeilDiv", "PythonMod", "Mod"):
-        assert hasattr(functions, name)
-    from symcx import trace
-
-    assert trace.OpOverload is type(torch.ops.aten.mm.default)
-    assert trace.OpOverloadPacket is type(torch.ops.aten.mm)
-    assert trace.tree_leaves(({"a": 1}, [2])) == [1, 2]
-    assert trace.tree_map(lambda v: v + 1, (1, [2])) == (2, [3])
-    assert issubclass(trace.TorchDispatchMode, object) and hasattr(trace.TorchDispatchMode, "__torch_dispatch__")
-    import torch._decomp.decompositions as decomp
-
-    assert callable(decomp.select_one_layer_lstm_function) and callable(decomp.mkldnn_one_layer_lstm)
-    assert isinstance(torch._C._get_mkldnn_enabled(), bool)
-    x = torch.ones(2, requires_grad=True)
-    assert isinstance((x * 2).sum().grad_fn._sequence_nr(), int)
 
 
 def test_backward_ops_map_to_their_forward_module():
@@ -65,9 +21,9 @@ def test_backward_ops_map_to_their_forward_module():
     ]
     assert len(conv_bwd) == 2
     a = symcx.analyze(MnistCNN(), torch.randn(2, 1, 28, 28))
-    layers = {d["layer"] for _, d in a.graph.nodes(data=True) if d.get("packet") == "aten.convolution_backward"}
+    layers = {v.layer for v in a.step.nodes if v.packet == "aten.convolution_backward"}
     assert layers == {"conv1", "conv2"}
-    phases = {d["phase"] for _, d in a.graph.nodes(data=True)}
+    phases = {v.phase for v in a.step.nodes}
     assert {"input", "param", "forward", "loss", "backward", "output"} <= phases
 
 
@@ -86,14 +42,14 @@ def test_kernel_selection_guard_is_dropped_not_printed():
     # CPU convolution adds the guard t < 16 (t <= 15); the same graph holds at t = 16: no assumption
     a = symcx.analyze(MnistCNN(), torch.randn(2, 1, 28, 28))
     assert a.assumptions == []
-    assert [str(g) for g in a.trace.dropped_guards] == ["t <= 15"]
+    assert [str(g) for g in a.dropped_guards] == ["t <= 15"]
 
 
 def test_no_shape_env_symbol_reaches_the_user():
     a = symcx.analyze(MnistCNN(), torch.randn(2, 1, 28, 28), dims={"H": 2, "W": 3})
     allowed = {t, symcx.symbol("H"), symcx.symbol("W")}
-    for _, d in a.graph.nodes(data=True):
-        out = d.get("out")
+    for v in a.step.nodes:
+        out = v.out
         infos = out if isinstance(out, tuple) else (out,)
         for info in infos:
             if isinstance(info, symcx.TensorInfo):
@@ -186,7 +142,7 @@ def test_lstm_after_a_trainable_layer_keeps_the_length_symbolic():
     a = symcx.analyze(EmbeddedLSTM(), torch.randn(3, 10, 8), dims={"L": 1})
     L = symcx.symbol("L")
     assert a.route == "symbolic" and a.unsupported == {}
-    assert any(d.get("packet") == "aten.mkldnn_rnn_layer" for _, d in a.graph.nodes(data=True))
+    assert any(v.packet == "aten.mkldnn_rnn_layer" for v in a.step.nodes)
     # per-step cells by hand: Linear 2·t·L·8·16; layer 0 2·t·L·4·32·(16+32); layer 1 2·t·L·4·32·(32+32)
     assert a.forward_flops == (256 + 12288 + 16384) * t * L
     # backward: Linear grad-W 256; layer 0 grad-W 4096 + 8192, grad-input 4096, grad-h 8192 per step 1..L-1;
@@ -197,10 +153,6 @@ def test_lstm_after_a_trainable_layer_keeps_the_length_symbolic():
 @pytest.mark.parametrize("name", ["cnn", "gru", "block"])
 def test_recorder_records_the_ops_make_fx_traces(name):
     """symcx's dispatch recorder sees the same aten calls as torch's own make_fx on the same step."""
-    from torch.fx.experimental.proxy_tensor import make_fx
-
-    from symcx.trace import OpOverload
-
     torch.manual_seed(0)
     model, x = {
         "cnn": (MnistCNN(), torch.randn(2, 1, 28, 28)),
@@ -211,7 +163,7 @@ def test_recorder_records_the_ops_make_fx_traces(name):
 
     def step(params, x):
         out = torch.func.functional_call(model, params, (x,))
-        loss = symcx.trace.default_loss(out)
+        loss = default_loss(out)
         return torch.autograd.grad(loss, list(params.values()))
 
     reference = make_fx(step, tracing_mode="symbolic")(params, x)
@@ -219,7 +171,7 @@ def test_recorder_records_the_ops_make_fx_traces(name):
     def aten(graph):
         return [
             str(n.target) for n in graph.nodes
-            if isinstance(n.target, OpOverload) and not n.target._opname.startswith("sym_")
+            if is_op(n.target) and not op_names(n.target)[1].startswith("aten.sym_")
         ]
 
     ours = trace_training_step(model, x).graph
@@ -243,7 +195,7 @@ def test_in_place_metadata_change_keeps_each_node_its_own_shape():
 
     a = symcx.analyze(Model(), torch.randn(3, 4))
     assert not a.unsupported
-    shapes = {d["packet"]: d["out"].shape for _, d in a.graph.nodes(data=True) if d.get("phase") == "forward"}
+    shapes = {v.packet: v.out.shape for v in a.step.nodes if v.phase == "forward"}
     assert shapes["aten.mul"] == (t, 6) and shapes["aten.unsqueeze_"] == (t, 1, 6)
     assert a.forward_flops == 2 * 4 * 6 * t  # the Linear; mul is pointwise, FlopCounterMode's convention
 

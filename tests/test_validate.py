@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import statistics
 import weakref
 
 import pytest
 import torch
 from rich.console import Console
-from torch.utils import _pytree as pytree
-from torch.utils._python_dispatch import TorchDispatchMode
-
 import symcx.validation.live_bytes
+from symcx._torch import TorchDispatchMode, tree_leaves
 from symcx.errors import DeviceError, SymcxError
 from symcx.validation import SCHEMA, Validation, fit_line, validate
 from symcx.validation import measure
@@ -25,10 +24,14 @@ from symcx.zoo import MLP, MnistCNN
 
 # Seed net per sample, by hand: conv1 2·26·26·3·3·1·32 = 389,376; conv2 2·24·24·3·3·32·64 =
 # 21,233,664; fc1 2·9216·128 = 2,359,296; fc2 2·128·10 = 2,560; total 23,984,896.
-SEED_FORWARD = 389_376 + 21_233_664 + 2_359_296 + 2_560
+SEED_FORWARD = 23_984_896
 # Backward: grad-weight of every layer (same products as forward) plus grad-input of conv2,
-# fc1, fc2 (not conv1: the image needs no gradient) = 23,984,896 + 21,233,664 + 2,359,296 + 2,560.
-SEED_BACKWARD = SEED_FORWARD + 21_233_664 + 2_359_296 + 2_560
+# fc1, fc2 (not conv1: the image needs no gradient) = 23,984,896 + 21,233,664 + 2,359,296
+# + 2,560 = 47,580,416.
+SEED_BACKWARD = 47_580_416
+# Seed net parameters, by hand: conv1 32·1·3·3 + 32 = 320; conv2 64·32·3·3 + 64 = 18,496;
+# fc1 128·9216 + 128 = 1,179,776; fc2 10·128 + 10 = 1,290; total 1,199,882 (float32).
+SEED_PARAMS = 1_199_882
 # MLP 784-512-256-10 per sample: forward 2·(784·512 + 512·256 + 256·10) = 1,070,080;
 # backward: grad-weights 1,070,080 + grad-inputs of layers 2, 3: 2·(512·256 + 256·10) = 267,264.
 MLP_FORWARD = 2 * (784 * 512 + 512 * 256 + 256 * 10)
@@ -54,7 +57,6 @@ def seed_sweep():
 # --- FLOPs ----------------------------------------------------------------------------------
 def test_seed_net_flops_equal_hand_count_at_every_size(seed_sweep):
     v, _ = seed_sweep
-    assert SEED_FORWARD == 23_984_896 and SEED_BACKWARD == 47_580_416
     for row in v.sizes:
         fwd, bwd = row.flops
         assert (fwd.phase, bwd.phase) == ("forward", "backward")
@@ -107,10 +109,32 @@ def test_seed_net_memory_prediction_close_to_measurement(seed_sweep):
     for row in v.sizes:
         assert row.peak_bytes > 0 and row.predicted_bytes > 0
         assert abs(row.memory_rel_error) < 0.01
-        # 1,199,882 float32 parameters + the batch t·1·28·28·4 bytes.
-        assert row.baseline_bytes == 1_199_882 * 4 + row.batch_size * 28 * 28 * 4
+        # the parameters + the batch t·1·28·28·4 bytes
+        assert row.baseline_bytes == SEED_PARAMS * 4 + row.batch_size * 28 * 28 * 4
     assert v.memory_fit.n == 3 and v.memory_fit.r2 > 0.999
     assert v.memory_fit.slope == pytest.approx(1.0, abs=0.01)
+
+
+class _PinsBatch(torch.nn.Module):
+    """``int(x.shape[0])`` pins the batch during a symbolic trace: analyze interpolates instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(12, 6)
+
+    def forward(self, x):
+        return torch.relu(self.fc(x)) + torch.ones(int(x.shape[0]), 6)
+
+
+def test_an_interpolated_analysis_is_validated_by_its_own_formulas():
+    assert symcx.analyze(_PinsBatch(), torch.randn(3, 12)).route == "interpolated"
+    v = validate(_PinsBatch(), torch.randn(3, 12), batch_sizes=[2, 16, 64], backward=True, repeats=1, warmup=0)
+    assert v.ok
+    for row in v.sizes:  # by hand: forward 2·t·12·6; backward grad-weight only, 2·6·t·12
+        assert [c.measured for c in row.flops] == [144 * row.batch_size, 144 * row.batch_size]
+        # the memory formulas hold at every size, not only at the sizes traced
+        assert abs(row.peak_bytes - row.predicted_bytes) <= 64, row
+        assert row.baseline_bytes == row.predicted_baseline_bytes == (12 * 6 + 6) * 4 + row.batch_size * 12 * 4
 
 
 # --- time -----------------------------------------------------------------------------------
@@ -118,14 +142,25 @@ def test_times_are_recorded_and_summarized(seed_sweep):
     v, _ = seed_sweep
     for row in v.sizes:
         assert len(row.times_s) == 2 and all(s > 0 for s in row.times_s)
-        assert row.time["min_s"] <= row.time["median_s"] <= row.time["max_s"]
-        assert row.time["q1_s"] <= row.time["median_s"] <= row.time["q3_s"]
-        assert row.flops_per_s == pytest.approx(row.predicted_flops / row.time["median_s"])
+        lo, hi = sorted(row.times_s)  # two samples, by hand: median the mean, quartiles at 1/4 and 3/4
+        assert row.time["min_s"] == lo and row.time["max_s"] == hi
+        assert row.time["median_s"] == pytest.approx((lo + hi) / 2)
+        assert row.time["q1_s"] == pytest.approx(lo + (hi - lo) / 4)
+        assert row.time["q3_s"] == pytest.approx(lo + 3 * (hi - lo) / 4)
+        assert row.time["stdev_s"] == pytest.approx((hi - lo) / 2**0.5)
+        flops = (SEED_FORWARD + SEED_BACKWARD) * row.batch_size
+        assert row.flops_per_s == pytest.approx(flops / ((lo + hi) / 2))
+
+
+def test_time_fit_is_the_least_squares_line_of_the_medians(seed_sweep):
+    v, _ = seed_sweep
+    xs = [(SEED_FORWARD + SEED_BACKWARD) * r.batch_size for r in v.sizes]
+    ys = [sum(r.times_s) / 2 for r in v.sizes]  # the median of two samples
+    slope, intercept = statistics.linear_regression(xs, ys)  # the standard library's, as oracle
     fit = v.time_fit
     assert fit.n == 3
-    xs = [r.predicted_flops for r in v.sizes]
-    ys = [r.median_s for r in v.sizes]
-    assert fit == fit_line(xs, ys)
+    assert fit.slope == pytest.approx(slope) and fit.intercept == pytest.approx(intercept, abs=1e-12)
+    assert fit.r2 == pytest.approx(statistics.correlation(xs, ys) ** 2)  # R² of a line is r²
 
 
 def test_fit_line_recovers_an_exact_line_and_rejects_degenerate_input():
@@ -243,9 +278,9 @@ class _TinyDevice(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        leaves = pytree.tree_leaves((args, kwargs))
+        leaves = tree_leaves((args, kwargs))
         inputs = {x.untyped_storage().data_ptr() for x in leaves if isinstance(x, torch.Tensor)}
-        for x in pytree.tree_leaves(out):
+        for x in tree_leaves(out):
             if isinstance(x, torch.Tensor) and x.untyped_storage().data_ptr() not in inputs:  # a new allocation
                 nbytes = x.untyped_storage().nbytes()
                 self.allocated.append(weakref.ref(x.untyped_storage()))
@@ -375,7 +410,7 @@ def test_seed_net_on_cuda():
         assert row.status == "ok"
         assert row.flops[0].measured == SEED_FORWARD * row.batch_size
         assert row.flops[1].measured == SEED_BACKWARD * row.batch_size
-        assert row.peak_bytes > 0 and row.baseline_bytes >= 1_199_882 * 4
+        assert row.peak_bytes > 0 and row.baseline_bytes >= SEED_PARAMS * 4
     assert next(model.parameters()).device.type == "cpu"  # moved back
 
 

@@ -20,7 +20,6 @@ from .report import (
     NUMBER_SETTINGS,
     AssumptionNote,
     ConventionNote,
-    DeviationNote,
     Figure,
     Report,
     RouteNote,

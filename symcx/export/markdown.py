@@ -16,7 +16,6 @@ from .report import (
     NUMBER_SETTINGS,
     AssumptionNote,
     ConventionNote,
-    DeviationNote,
     Figure,
     Report,
     RouteNote,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 import sympy
 
@@ -240,6 +240,7 @@ class DeviationNote:
 
 
 Note = Union[RouteNote, ConventionNote, TrainingNote, AssumptionNote, UncountedNote, DeviationNote]
+_N = TypeVar("_N", RouteNote, ConventionNote, TrainingNote, AssumptionNote, UncountedNote, DeviationNote)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,7 +276,7 @@ class Report:
         """The totals or training figure ``key`` (:data:`TOTALS`, :data:`TRAINING`)."""
         return next(f for f in self.totals + self.training if f.key == key)
 
-    def notes_of(self, kind: type) -> list[Any]:
+    def notes_of(self, kind: type[_N]) -> list[_N]:
         """The notes of one kind (:class:`UncountedNote`…), in order."""
         return [note for note in self.notes if isinstance(note, kind)]
 
@@ -294,7 +295,9 @@ def _at_values(analysis: Analysis, at: Mapping[Any, Any] | None) -> dict[sympy.S
     return {symbol(str(k)): sympy.sympify(v) for k, v in (at or {}).items()}
 
 
-def _figures(labels: Mapping[str, str], formulas: Mapping[str, Any], at: Mapping[sympy.Symbol, Any]) -> tuple[Figure, ...]:
+def _figures(
+    labels: Mapping[str, str], formulas: Mapping[str, Any], at: Mapping[sympy.Symbol, Any]
+) -> tuple[Figure, ...]:
     """A :class:`Figure` per key of ``labels``: its formula from ``formulas``, and its value at ``at``."""
     out = []
     for key, label in labels.items():
@@ -369,15 +372,16 @@ def build_report(
     >>> step = r.figure("step_flops")
     >>> step.formula, step.value, r.figure("total_flops").formula, r.big_o.training
     (48*t, 480, 96*t*ceiling(N/t), O(N))
-    >>> r.memory.peak_layer, r.notes[0]
-    ('', RouteNote(text='Traced once with symbolic sizes: ...'))
+    >>> [type(note).__name__ for note in r.notes]
+    ['RouteNote', 'ConventionNote', 'TrainingNote']
     """
     at_values = _at_values(analysis, at)
     values = analysis.values
     epochs = sympy.sympify(epochs).subs(values)
     samples = sympy.sympify(samples).subs(values)
-    training = _fields(analysis.training(epochs=epochs, samples=samples), TRAINING.keys() - {"epochs", "samples"})
-    training = {"epochs": epochs, "samples": samples, **{k: sympy.sympify(v).subs(values) for k, v in training.items()}}
+    totals = analysis.training(epochs=epochs, samples=samples)
+    training = {"epochs": epochs, "samples": samples}
+    training.update({key: getattr(totals, key) for key in TRAINING if key not in training})
     return Report(
         symbols=analysis.symbols,
         hints=analysis.hints,

@@ -18,7 +18,6 @@ from .markdown import MarkdownPrinter
 from .report import (
     AssumptionNote,
     ConventionNote,
-    DeviationNote,
     Figure,
     Report,
     RouteNote,

@@ -216,6 +216,7 @@ def _misread(kernel: Callable[..., Cost], call: OpCall, packed: str) -> tuple:
 
     Read that way the sequence lengths are taken for head counts, and FlopCounterMode raises
     unless ``s_q`` is a multiple of ``s_k`` (its grouped-query check): then it reports nothing.
+    It reads the shapes literally, size-1 dims included (a decode step's ``s_q = 1``).
     """
     if isinstance(call[packed], TensorInfo):
         return None, ()

@@ -243,6 +243,22 @@ def test_flash_and_efficient_bshd_kernels(c):
             assert causal.flops == 4 * b * h * u * d
 
 
+def test_decode_step_bshd_kernels_by_hand():
+    # one query, one key, 2 heads, d = 1 (a decode step): q, k, v are (b, s, h, d) = (1, 1, 2, 1).
+    # Right: 4·b·h·s_q·s_k·d = 4·1·2·1·1·1 = 8 forward, 2.5× = 20 backward. FlopCounterMode reads
+    # the shapes literally as (b, h, s, d) = (1, 1, 2, 1), with no case for size-1 dims: heads 1,
+    # sequence 2, so 4·1·1·2·2·1 = 16 forward and 10·1·1·2·2·1 = 40 backward.
+    q, k, v, g = (_meta(1, 1, 2, 1) for _ in range(4))
+    args = (q, k, v, None, None, 1, 1, 0.0, False, False)
+    fcm_fwd, out = _fcm(lambda: aten._flash_attention_forward(*args))
+    bargs = (g, q, k, v, out[0], out[1], None, None, 1, 1, 0.0, False, out[2], out[3])
+    fcm_bwd, grads = _fcm(lambda: aten._flash_attention_backward(*bargs))
+    forward = _rule(aten._flash_attention_forward.default, args, out)
+    backward = _rule(aten._flash_attention_backward.default, bargs, grads)
+    assert (forward.flops, backward.flops) == (8, 20)
+    assert (forward.fcm_flops, backward.fcm_flops) == (fcm_fwd, fcm_bwd) == (16, 40)
+
+
 def test_packed_batches_count_at_max_length():
     # 2 sequences of at most 6 queries and 3 keys, 4 heads, d = 8: FlopCounterMode's bound on
     # meta offsets, 4·2·4·6·3·8 = 4,608 forward and 2.5× = 11,520 backward
