@@ -15,6 +15,7 @@ import torch
 import torch._decomp.decompositions as _decompositions
 from torch._dispatch.python import enable_python_dispatcher
 from torch._ops import OpOverload, OpOverloadPacket
+from torch._C._profiler import _EventType as ProfilerEventType
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
@@ -50,6 +51,7 @@ __all__ = [
     "current_sequence_nr",
     "eager_lstm_kernels",
     "make_fx",
+    "ProfilerEventType",
 ]
 
 #: The private torch surface, one line each (pinned by tests/test_torch_private.py).
@@ -68,6 +70,7 @@ PRIVATE_APIS = (
     "torch._decomp.decompositions.select_one_layer_lstm_function / mkldnn_one_layer_lstm",
     "torch._C._get_mkldnn_enabled",
     "torch.fx.experimental.proxy_tensor.make_fx (the reference the recorder is tested against)",
+    "torch._C._profiler._EventType (the allocator-peak oracle of tests/test_memory.py)",
 )
 
 

@@ -182,7 +182,7 @@ def _allocator_peak(fn) -> int:
     """Peak of the CPU allocator's total over ``fn``, from the profiler's allocation events
     (test-only oracle: ``experimental_event_tree`` is not public API). Unlike the live-tensor
     tracker it sees memory kernels allocate internally."""
-    from torch._C._profiler import _EventType
+    from symcx._torch import ProfilerEventType as _EventType
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:

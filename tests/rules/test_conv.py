@@ -23,7 +23,7 @@ CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
-def per_group(layer: nn.modules.conv._ConvNd, x: torch.Tensor) -> torch.Tensor:
+def per_group(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``layer(x)`` as ``groups`` ungrouped convolutions on channel slices, concatenated."""
     g, dims = layer.groups, len(layer.kernel_size)
     c_in, w = x.shape[1] // g, layer.weight

@@ -27,6 +27,10 @@ from symcx.rules import lookup
 
 from .conftest import evaluate, info, needs_grad, run_step
 
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+INSTANCE_NORMS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+
 
 @st.composite
 def norms(draw):
@@ -59,14 +63,14 @@ def norm_by_hand(layer: nn.Module, shape: tuple, input_grad: bool) -> tuple[int,
     gamma = getattr(layer, "weight", None) is not None
     beta = getattr(layer, "bias", None) is not None
     grads = gamma or beta
-    running = isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.track_running_stats and not layer.training
+    running = isinstance(layer, BATCH_NORMS) and layer.track_running_stats and not layer.training
     forward = ((0 if running else 4) + 2 + gamma + beta) * numel
-    if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.training and layer.track_running_stats:
+    if isinstance(layer, BATCH_NORMS) and layer.training and layer.track_running_stats:
         forward += 1  # num_batches_tracked += 1
     if not (input_grad or grads):
         return forward, 0
     backward = (((2 if running else 9) if input_grad else 0) + (3 if grads else 0)) * numel
-    if isinstance(layer, nn.modules.instancenorm._InstanceNorm):
+    if isinstance(layer, INSTANCE_NORMS):
         # instance norm is a batch norm over (1, N·C, …) with γ, β repeated N times: their
         # N·C gradients are summed back, one add each
         backward += (gamma + beta) * shape[0] * shape[1]
@@ -144,7 +148,7 @@ def test_pool_other_flops_by_hand(case):
         expected = (x.numel(), x.numel())
     elif window is None:
         expected = (x.numel() + out, x.numel())
-    elif isinstance(layer, nn.modules.pooling._MaxPoolNd):
+    elif isinstance(layer, MAX_POOLS):
         expected = (window * out, out)
     else:
         expected = (window * out, window * out)
@@ -201,7 +205,7 @@ def test_analyze_rows_by_hand(layer, shape, window):
             expected = norm_by_hand(layer, (batch, *shape), True)
         elif window is None:
             expected = (x_numel + out, x_numel)
-        elif isinstance(layer, nn.modules.pooling._MaxPoolNd):
+        elif isinstance(layer, MAX_POOLS):
             expected = (window * out, out)
         else:
             expected = (window * out, window * out)
