@@ -120,7 +120,7 @@ def measure(
     first = next(iter(example.values())) if isinstance(example, dict) else example
     values = {"t": first.shape[0], **{k: first.shape[d] for k, d in (dims or {}).items()}}
     return dict(
-        name=name, nodes=a.graph.number_of_nodes(), wall=wall, median=median, cpu=cpu, fcm_wall=fcm_wall, fcm_cpu=fcm_cpu,
+        name=name, nodes=len(a.step.nodes), wall=wall, median=median, cpu=cpu, fcm_wall=fcm_wall, fcm_cpu=fcm_cpu,
         fvcore=fvcore_seconds(model, example) if fvcore else None,
         exact=a.subs(**values).flop_counter_flops("step") == flops, unsupported=sum(a.unsupported.values()),
     )

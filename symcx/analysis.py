@@ -309,6 +309,9 @@ class Analysis:
     def subs(self, values: Mapping[Any, Any] | None = None, **named: Any) -> "Analysis":
         """The same analysis with symbols replaced by numbers (``subs(t=64)``).
 
+        Every symbol (``t``, ``n``, ``N`` and each size) is a positive integer, so a number must
+        be one (a Python ``int`` or a sympy ``Integer`` > 0); a sympy expression substitutes
+        partially (``subs(t=symcx.symbol("b"))``). Anything else raises :class:`SymcxError`.
         The step keeps its symbolic costs; every property of the result is evaluated.
         """
         by_name = {s.name: s for s in (*self.step.user_symbols.values(), t, n, N)}
@@ -317,7 +320,17 @@ class Analysis:
             sym = by_name.get(key) if isinstance(key, str) else key
             if sym is None:
                 raise SymcxError(f"unknown symbol {key!r}; this analysis has {sorted(by_name)}")
-            merged[sym] = sympy.sympify(value)
+            name = getattr(sym, "name", key)
+            if isinstance(value, sympy.Basic) and not value.is_number:
+                merged[sym] = value  # partial substitution: an expression in other symbols
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, sympy.Integer)) or value < 1:
+                raise SymcxError(
+                    f"subs({name}={value!r}): {name} is a size, so give a positive integer "
+                    f"(or a sympy expression, e.g. symcx.symbol('b')), not a {type(value).__name__}"
+                    + (f" {value!r}" if isinstance(value, (int, float, sympy.Basic)) else "")
+                )
+            merged[sym] = sympy.Integer(value)
         return Analysis(self.step, self.unsupported, self._memory_model, merged)
 
     def __repr__(self) -> str:

@@ -20,9 +20,13 @@ from . import __version__
 from .errors import SymcxError
 from .cli_specs import example_input, load_model, parse_input, parse_symbolic
 from .symbols import N, n, symbol
+from .memory import OPTIMIZER_COPIES
 from .zoo import BUNDLED
 
 __all__ = ["main", "build_parser", "write_atomic"]
+
+#: The ``--optimizer`` choices (given in any case, normalised to lower case).
+OPTIMIZERS = tuple(OPTIMIZER_COPIES)
 
 _MODEL_HELP = (
     "the model: path/to/file.py:ClassOrFactory, package.module:factory, "
@@ -136,8 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epochs for the training totals: a number or a symbol name (default: n)")
     a.add_argument("--samples", type=_arg(_amount), default=N, metavar="N",
                    help="training-set size for the training totals: a number or a symbol name (default: N)")
-    a.add_argument("--optimizer", default="sgd",
-                   help="optimizer state in the memory table: sgd, sgd-momentum, adam or adamw (default: sgd)")
+    a.add_argument("--optimizer", type=str.lower, choices=OPTIMIZERS, default="sgd",
+                   help="optimizer state in the memory table (any case; default: sgd)")
     a.add_argument("--numbers", choices=("separators", "scientific", "plain"), default="separators",
                    help="how integers print: 1,199,882 (separators, default), 1.20e6 (scientific), or plain")
     a.add_argument("--fragment", action="store_true",

@@ -66,6 +66,7 @@ class GRUAfterLinear(nn.Module):
         return self.rnn(self.lin(x))[0]
 
 
+@pytest.mark.slow
 def test_graph_that_grows_with_length_is_fitted_per_layer_and_op():
     a = symcx.analyze(GRUAfterLinear(), torch.randn(3, 10, 8), dims={"L": 1})
     assert a.route == "interpolated" and a.unsupported == {}

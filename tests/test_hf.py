@@ -27,6 +27,8 @@ IMPLS = ["eager", "sdpa"]
 SIZES_TL = [(2, 8), (3, 12)]
 VOCAB, WIDTH, HEADS, LAYERS, POSITIONS = 100, 64, 4, 2, 64
 
+pytestmark = pytest.mark.slow  # Hugging Face models: each builds and traces a transformer
+
 
 def fcm_step(model: torch.nn.Module, **inputs: torch.Tensor) -> tuple[int, int]:
     """(forward, backward) FLOPs FlopCounterMode counts on a real step, loss ``logits.sum()``.

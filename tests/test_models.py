@@ -130,6 +130,7 @@ def gpt():
     return model, analyzed(model, model.example_input(16), dims={"L": 1})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch, length", SIZES_TL)
 def test_gpt_with_sdpa_is_flop_counter_plus_the_attention_formula(gpt, batch, length):
     # On CPU F.scaled_dot_product_attention runs the fused flash kernel, which FlopCounterMode counts 0.

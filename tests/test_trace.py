@@ -150,6 +150,7 @@ def test_lstm_after_a_trainable_layer_keeps_the_length_symbolic():
     assert sympy.expand(a.backward_flops - (41216 * t * L + 16384 * t * (L - 1))) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cnn", "gru", "block"])
 def test_recorder_records_the_ops_make_fx_traces(name):
     """symcx's dispatch recorder sees the same aten calls as torch's own make_fx on the same step."""

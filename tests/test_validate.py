@@ -115,26 +115,51 @@ def test_seed_net_memory_prediction_close_to_measurement(seed_sweep):
     assert v.memory_fit.slope == pytest.approx(1.0, abs=0.01)
 
 
-class _PinsBatch(torch.nn.Module):
-    """``int(x.shape[0])`` pins the batch during a symbolic trace: analyze interpolates instead."""
+class _Pinning(torch.nn.Module):
+    """With ``pin``, ``int(x.shape[0])`` fixes the batch during a symbolic trace: analyze interpolates."""
 
-    def __init__(self) -> None:
+    def __init__(self, pin: bool) -> None:
         super().__init__()
+        self.pin = pin
         self.fc = torch.nn.Linear(12, 6)
 
     def forward(self, x):
-        return torch.relu(self.fc(x)) + torch.ones(int(x.shape[0]), 6)
+        b = int(x.shape[0]) if self.pin else x.shape[0]
+        return torch.relu(self.fc(x)) + torch.ones(b, 6)
 
 
-def test_an_interpolated_analysis_is_validated_by_its_own_formulas():
-    assert symcx.analyze(_PinsBatch(), torch.randn(3, 12)).route == "interpolated"
-    v = validate(_PinsBatch(), torch.randn(3, 12), batch_sizes=[2, 16, 64], backward=True, repeats=1, warmup=0)
+def test_an_interpolated_analysis_predicts_what_the_symbolic_one_does():
+    assert symcx.analyze(_Pinning(pin=True), torch.randn(3, 12)).route == "interpolated"
+    sweeps = [validate(_Pinning(pin), torch.randn(3, 12), batch_sizes=[2, 16, 64], backward=True, repeats=1,
+                       warmup=0) for pin in (True, False)]
+    interpolated, symbolic = sweeps
+    assert interpolated.ok and symbolic.ok
+    for row, same in zip(interpolated.sizes, symbolic.sizes):
+        # by hand: forward 2·t·12·6 = 144·t; backward grad-weight only (x needs no grad), 144·t
+        assert [c.measured for c in row.flops] == [144 * row.batch_size] * 2
+        assert row.predicted_bytes == same.predicted_bytes
+        # W and b (12·6 + 6)·4 bytes, the batch t·12·4
+        assert row.predicted_baseline_bytes == row.baseline_bytes == (12 * 6 + 6) * 4 + row.batch_size * 12 * 4
+
+
+class _Sequence(torch.nn.Module):
+    """A GRU over dim 0: the swept size is its length, and its graph grows a cell per step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = torch.nn.GRU(4, 6)
+
+    def forward(self, x):
+        return self.rnn(x)[0]
+
+
+def test_a_graph_that_grows_with_t_is_validated():
+    # the interpolated route fits the graph per layer and op; its memory comes from Analysis.memory
+    v = validate(_Sequence(), torch.randn(3, 2, 4), batch_sizes=[2, 16, 64], repeats=1, warmup=0)
     assert v.ok
-    for row in v.sizes:  # by hand: forward 2·t·12·6; backward grad-weight only, 2·6·t·12
-        assert [c.measured for c in row.flops] == [144 * row.batch_size, 144 * row.batch_size]
-        # the memory formulas hold at every size, not only at the sizes traced
-        assert abs(row.peak_bytes - row.predicted_bytes) <= 64, row
-        assert row.baseline_bytes == row.predicted_baseline_bytes == (12 * 6 + 6) * 4 + row.batch_size * 12 * 4
+    for row in v.sizes:  # by hand, per step: 2·2·4·18 (input) + 2·2·6·18 (hidden) = 720
+        assert [c.measured for c in row.flops] == [720 * row.batch_size]
+        assert row.predicted_bytes > 0
 
 
 # --- time -----------------------------------------------------------------------------------

@@ -311,12 +311,18 @@ def _fields(source: Any, keys: Iterable[str]) -> dict[str, Any]:
     return {key: getattr(source, key) for key in keys}
 
 
+#: How :class:`symcx.interpolate` says the interpolated route has no memory formula.
+_NO_MEMORY_FORMULA = "no memory formula"
+
+
 def _memory(analysis: Analysis, optimizer: str, at: Mapping[sympy.Symbol, Any]) -> MemorySection | None:
     """The memory section, or None where no memory formula exists for ``optimizer``."""
     try:
         mem = analysis.memory(optimizer=optimizer)
-    except SymcxError:
-        return None
+    except SymcxError as err:  # only the interpolated route's missing formula; a bad optimizer raises
+        if str(err).startswith(_NO_MEMORY_FORMULA):
+            return None
+        raise
     by_layer = tuple(LayerBytes(m.name, _figures(LAYER_MEMORY, _fields(m, LAYER_MEMORY), at)) for m in mem.by_layer)
     return MemorySection(optimizer, _figures(MEMORY, _fields(mem, MEMORY), at), mem.peak_node, mem.peak_layer,
                          by_layer)
