@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -253,8 +254,11 @@ class Analysis:
                 optimizer=optimizer, dtype=dtype, training=training, values=self._values or None)
         return self._memories[key]
 
-    def max_batch_size(self, budget_bytes: int, optimizer: str = "sgd") -> int:
+    def max_batch_size(self, budget_bytes: int | str, optimizer: str = "sgd") -> int:
         """Largest batch ``t`` whose training-step peak fits in ``budget_bytes`` (0 if none).
+
+        ``budget_bytes`` is bytes, or a string such as ``"16GiB"``, ``"512 MB"`` or ``"1.5GB"``
+        (see :func:`symcx.memory.parse_bytes`).
 
         >>> import torch, symcx
         >>> a = symcx.analyze(torch.nn.Linear(784, 10), torch.randn(2, 784))
@@ -324,11 +328,10 @@ class Analysis:
             if isinstance(value, sympy.Basic) and not value.is_number:
                 merged[sym] = value  # partial substitution: an expression in other symbols
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, sympy.Integer)) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, (numbers.Integral, sympy.Integer)) or value < 1:
                 raise SymcxError(
-                    f"subs({name}={value!r}): {name} is a size, so give a positive integer "
-                    f"(or a sympy expression, e.g. symcx.symbol('b')), not a {type(value).__name__}"
-                    + (f" {value!r}" if isinstance(value, (int, float, sympy.Basic)) else "")
+                    f"subs({name}={value!r}): {name} must be a positive integer or a sympy expression "
+                    f"(e.g. symcx.symbol('b')), not {value!r} ({type(value).__name__})"
                 )
             merged[sym] = sympy.Integer(value)
         return Analysis(self.step, self.unsupported, self._memory_model, merged)

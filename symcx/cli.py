@@ -1,8 +1,13 @@
 """The ``symcx`` command line: ``analyze`` a model's cost, ``validate`` it against measurements.
 
-This is the only module that prints. Exit codes: 0 done; 2 bad arguments or input (unknown
-model, malformed ``--input``, missing file, a class that is not an ``nn.Module``, an
-unwritable ``--output``, ``--device cuda`` without CUDA), with one line on stderr.
+This is the only module that prints. Exit codes: 0 done; 1 ``validate`` measured a FLOP count
+that differs from its formula; 2 bad arguments or input (unknown model, malformed ``--input``,
+missing file, a class that is not an ``nn.Module``, an unknown ``--optimizer``, ``--fragment``
+without ``--format latex``, an unwritable ``--output`` or ``--plot``, a ``--plot`` extension
+other than png/pdf/svg/jpg/jpeg, ``validate`` of a model on the meta device, ``--device cuda``
+without CUDA), with one line on stderr; 3 ``validate`` ran no batch size at all (every size
+raised or ran out of memory): its table still prints, one line on stderr says why each size
+failed, and neither ``--output`` nor ``--plot`` is written; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from . import __version__
-from .errors import SymcxError
+from .errors import ShapeError, SymcxError, TraceError
 from .cli_specs import example_input, load_model, parse_input, parse_symbolic
 from .symbols import N, n, symbol
 from .memory import OPTIMIZER_COPIES
@@ -33,9 +38,14 @@ _MODEL_HELP = (
     f"or a bundled name ({', '.join(BUNDLED)}); called with no arguments"
 )
 _INPUT_HELP = (
-    "input shape without the batch dim, sizes joined by 'x' (1x28x28); several inputs "
+    "the shape of one sample, excluding the batch dim, sizes joined by 'x' (1x28x28, not 1x1x28x28): "
+    "symcx adds the batch, which the trace makes the symbol t (example size 8); several inputs "
     "joined by ',', integer inputs with a dtype suffix (128:long). Default: the model's example_input()"
 )
+#: Extensions ``--plot`` writes (matplotlib picks the format by extension).
+PLOT_EXTENSIONS = ("png", "pdf", "svg", "jpg", "jpeg")
+#: ``validate``'s exit code when no batch size ran.
+EXIT_NOTHING_RAN = 3
 _ANALYZE_EPILOG = """examples:
   symcx analyze mnist-cnn
   symcx analyze mnist-cnn --input 1x28x28 --format latex --output seed.tex
@@ -162,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--repeats", type=_arg(_positive_int), default=20, help="timed runs per batch size (default: 20)")
     v.add_argument("--warmup", type=_arg(_count), default=3, help="untimed runs first (default: 3)")
     v.add_argument("--output", metavar="FILE", help="write the results as JSON to FILE")
-    v.add_argument("--plot", metavar="FILE", help="plot measured against predicted to FILE (png, pdf, svg)")
+    v.add_argument("--plot", metavar="FILE",
+                   help=f"plot measured against predicted to FILE ({', '.join(PLOT_EXTENSIONS)})")
     return parser
 
 
@@ -201,6 +212,49 @@ def _check_writable(path: str | None) -> None:
         raise SymcxError(f"cannot write {path}: no directory {folder}")
     if os.path.isdir(path):
         raise SymcxError(f"cannot write {path}: it is a directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SymcxError(f"cannot write {path}: directory {folder} is not writable")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise SymcxError(f"cannot write {path}: the file is read-only")
+
+
+def _check_plot(path: str | None) -> None:
+    """Fail before any work when ``--plot`` has an extension it does not write."""
+    if path is None:
+        return
+    ext = os.path.splitext(path)[1].lstrip(".").lower()
+    if ext not in PLOT_EXTENSIONS:
+        raise SymcxError(f"cannot plot to {path}: the extension must be one of {', '.join(PLOT_EXTENSIONS)}"
+                         f", not {('.' + ext) if ext else 'none'}")
+
+
+def _sample_ranks(make: Callable[[], Any]) -> list[int] | None:
+    """Ranks of one sample of each input ``make()`` builds (the batch dim excluded), or None."""
+    try:
+        example = make()
+    except Exception:
+        return None
+    tensors = example if isinstance(example, (tuple, list)) else [example]
+    if not all(hasattr(x, "dim") for x in tensors):
+        return None
+    return [x.dim() - 1 for x in tensors]
+
+
+@contextlib.contextmanager
+def _input_hint(model: Any, spec: str | None) -> Any:
+    """Add to an error the likely cause: ``--input`` given with a batch dim the model does not want."""
+    try:
+        yield
+    except (ShapeError, TraceError) as err:
+        make = getattr(model, "example_input", None)
+        ranks = _sample_ranks(make) if spec is not None and callable(make) else None
+        given = [len(shape) for shape, _ in parse_input(spec)] if ranks is not None else []
+        if ranks is None or len(given) != len(ranks) or not any(g == r + 1 for g, r in zip(given, ranks)):
+            raise
+        raise SymcxError(
+            f"{err}; note: --input {spec} has one dim more than a sample of {type(model).__name__}'s example_input() "
+            f"({', '.join(map(str, ranks))} dims): --input excludes the batch dim, which symcx adds"
+        ) from err
 
 
 def _console() -> Any:
@@ -230,12 +284,15 @@ def _analyze(args: argparse.Namespace) -> int:
     from .export import build_report, to_json, to_latex, to_markdown
     from .export.table import to_renderables
 
+    if args.fragment and args.format != "latex":
+        raise SymcxError(f"--fragment is for --format latex only, not --format {args.format}")
     _check_writable(args.output)
     model = load_model(args.model)
     x = example_input(model, args.input)
     dims = parse_symbolic(args.symbolic, x) if args.symbolic else None
     widths = {"symbolic": "d", "letters": "letters", None: False}[args.widths]
-    analysis = analyze(model, x, dims=dims, widths=widths, strict=args.strict)
+    with _input_hint(model, args.input):
+        analysis = analyze(model, x, dims=dims, widths=widths, strict=args.strict)
     at = {"t": args.batch} if args.batch is not None else None
     common = dict(at=at, epochs=args.epochs, samples=args.samples, optimizer=args.optimizer)
     if args.format == "table":
@@ -260,13 +317,17 @@ def _validate(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import Progress
 
+    _check_plot(args.plot)
     _check_writable(args.output)
     _check_writable(args.plot)
     model = load_model(args.model)
+    if any(p.is_meta for p in (*model.parameters(), *model.buffers())):
+        raise SymcxError(f"{args.model} builds its parameters on the meta device, which holds no data to run; "
+                         f"validate runs the model for real: build it on cpu or cuda ('symcx analyze' works on meta)")
     x = example_input(model, args.input)
     from .validation import validate
 
-    with Progress(console=Console(stderr=True), transient=True) as bar:
+    with Progress(console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty()) as bar:
         task: list[Any] = []
 
         def progress(done: int, total: int, label: str) -> None:
@@ -274,9 +335,14 @@ def _validate(args: argparse.Namespace) -> int:
                 task.append(bar.add_task(label, total=total))
             bar.update(task[0], completed=done, total=total, description=label)
 
-        result = validate(model, x, device=args.device, batch_sizes=args.batch_sizes, backward=args.backward,
-                          repeats=args.repeats, warmup=args.warmup, progress=progress)
+        with _input_hint(model, args.input):
+            result = validate(model, x, device=args.device, batch_sizes=args.batch_sizes, backward=args.backward,
+                              repeats=args.repeats, warmup=args.warmup, progress=progress)
     _console().print(result.rich_table())
+    if not result.any_ok:  # nothing measured, nothing compared: an error, and no file written
+        reasons = "; ".join(f"t={r.batch_size}: {r.status}: {r.error}" for r in result.sizes)
+        print(f"symcx validate: error: no batch size ran ({reasons})", file=sys.stderr)
+        return EXIT_NOTHING_RAN
     if args.output is not None:
         write_atomic(args.output, result.to_json())
         print(f"wrote {args.output}", file=sys.stderr)

@@ -17,7 +17,10 @@ run: the peak of live tensor bytes allocated while a function runs.
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import re
 from collections.abc import Callable, Mapping
+from fractions import Fraction
 from typing import Any, Protocol
 
 import sympy
@@ -39,6 +42,7 @@ __all__ = [
     "STEP_TEMPORARY_COPIES",
     "step_memory",
     "max_batch_size",
+    "parse_bytes",
 ]
 
 #: Copies of the trainable parameters an optimizer keeps as state (SGD without momentum: none;
@@ -123,8 +127,10 @@ class Memory:
         """Bytes held for the whole step: parameters, buffers, inputs and optimizer state."""
         return self.params + self.buffers + self.inputs + self.optimizer
 
-    def max_batch_size(self, budget_bytes: int) -> int:
+    def max_batch_size(self, budget_bytes: int | str) -> int:
         """Largest batch ``t`` whose peak fits in ``budget_bytes`` (0 if not even ``t = 1``).
+
+        ``budget_bytes`` is bytes or a string such as ``"16GiB"``; see :func:`parse_bytes`.
 
         >>> import torch, symcx
         >>> mem = symcx.analyze(torch.nn.Linear(4, 3), torch.randn(2, 4)).memory()
@@ -387,8 +393,39 @@ class TracedMemory:
         return step_memory(self.step).by_layer
 
 
-def max_batch_size(peak: sympy.Expr, budget_bytes: int, symbol: sympy.Symbol = t) -> int:
+#: Bytes per unit of a budget string: decimal (powers of 1000) and binary (powers of 1024).
+_BYTE_UNITS = {"b": 1, **{f"{p}b": 1000 ** (i + 1) for i, p in enumerate("kmgtp")},
+               **{f"{p}ib": 1024 ** (i + 1) for i, p in enumerate("kmgtp")}}
+_BUDGET = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*", re.IGNORECASE)
+_BUDGET_FORMS = ("bytes as an int, or a string such as '16GB', '16GiB', '512 MiB', '1.5GB' "
+                 "(B, KB, MB, GB, TB: powers of 1000; KiB, MiB, GiB, TiB: of 1024)")
+
+
+def parse_bytes(budget: int | str) -> int:
+    """A memory budget in bytes: an int is bytes, a string a number and a unit (rounded down).
+
+    >>> parse_bytes(1024), parse_bytes("1KiB"), parse_bytes("1.5GB"), parse_bytes("512 MiB")
+    (1024, 1024, 1500000000, 536870912)
+    """
+    if isinstance(budget, str):
+        match = _BUDGET.fullmatch(budget)
+        unit = match[2].lower() if match else ""
+        if match is None or unit not in _BYTE_UNITS and unit:
+            raise SymcxError(f"cannot read the budget {budget!r}: give {_BUDGET_FORMS}")
+        return int(Fraction(match[1]) * _BYTE_UNITS[unit or "b"])
+    if isinstance(budget, float) and budget.is_integer():
+        budget = int(budget)
+    if isinstance(budget, bool) or not isinstance(budget, numbers.Integral):
+        raise SymcxError(f"the budget must be {_BUDGET_FORMS}; not {budget!r}")
+    if budget < 0:
+        raise SymcxError(f"the budget must be a number of bytes >= 0, not {budget!r}")
+    return int(budget)
+
+
+def max_batch_size(peak: sympy.Expr, budget_bytes: int | str, symbol: sympy.Symbol = t) -> int:
     """Largest integer ``symbol`` (≥ 1) with ``peak <= budget_bytes``, or 0 if none.
+
+    ``budget_bytes`` is bytes, or a string such as ``"16GiB"`` (see :func:`parse_bytes`).
 
     The peak must depend on no other symbol and never decrease as ``symbol`` grows: checked
     as a sum of polynomials and ``Max`` of polynomials whose coefficients of ``symbol`` are
@@ -399,8 +436,7 @@ def max_batch_size(peak: sympy.Expr, budget_bytes: int, symbol: sympy.Symbol = t
     17179869
     """
     peak = sympy.sympify(peak)
-    if budget_bytes < 0:
-        raise SymcxError(f"the budget must be a number of bytes >= 0, not {budget_bytes!r}")
+    budget_bytes = parse_bytes(budget_bytes)
     others = peak.free_symbols - {symbol}
     if others:
         names = ", ".join(sorted(map(str, others)))

@@ -54,6 +54,12 @@ def _dim_specs(dims: Mapping[str, Any] | None) -> list[DimSpec]:
     return specs
 
 
+def _same_cause(first: str, again: str) -> bool:
+    """Whether the fallback failed for the symbolic route's own reason (its message contains the cause)."""
+    cause = first.strip().splitlines()[0].strip() if first.strip() else ""
+    return bool(cause) and (again.strip() == first.strip() or cause in again)
+
+
 def analyze(
     model: torch.nn.Module,
     example_input: Any,
@@ -133,13 +139,18 @@ def analyze(
         except TraceError as err:
             if style is not None or "data-dependent" in str(err):
                 raise
+            repeated = False
             try:  # the fallback route: concrete traces on a grid, interpolated exactly
                 step, unsupported, memory = interpolated(
                     model, example_input, batch_dim=batch_dim, dims=specs, loss=loss, options=options,
                     reason=str(err).splitlines()[0], strict=strict,
                 )
             except (TraceError, ShapeError) as again:  # the symbolic route's cause comes first
-                raise TraceError(f"{err}\n  the interpolation fallback failed too: {again}") from err
+                if not _same_cause(str(err), str(again)):
+                    raise TraceError(f"{err}\n  the interpolation fallback failed too: {again}") from err
+                repeated = True
+            if repeated:
+                raise  # the fallback failed for the same reason: the symbolic route's error, once
     finally:
         model.train(was_training)
     return Analysis(step, unsupported, memory)

@@ -43,6 +43,16 @@ NET_PY = textwrap.dedent("""
     class NeedsArgs(torch.nn.Module):
         def __init__(self, width):
             super().__init__()
+
+    def on_meta():
+        with torch.device("meta"):
+            return Net()
+
+    def boom():
+        class Boom(torch.nn.Linear):
+            def forward(self, x):
+                raise RuntimeError("boom")
+        return Boom(4, 3)
 """)
 
 
@@ -119,6 +129,21 @@ def test_model_file_factory_with_symbolic_dims(workdir):
      "symcx analyze: error: net.py:NotAModule is a class but not a torch.nn.Module subclass"),
     (["validate", "mnist-cnn", "--batch-sizes", "0,x"], "malformed --batch-sizes '0,x'"),
     (["analyze", "mnist-cnn", "--output", "missing/out.tex"], "cannot write missing/out.tex: no directory"),
+    (["analyze", "mnist-cnn", "--optimizer", "lion"],
+     "argument --optimizer: invalid choice: 'lion' (choose from 'sgd', 'sgd-momentum', 'adam', 'adamw')"),
+    (["analyze", "mnist-cnn", "--fragment", "--format", "markdown"],
+     "symcx analyze: error: --fragment is for --format latex only, not --format markdown"),
+    (["analyze", "mnist-cnn", "--fragment", "--format", "json"], "--fragment is for --format latex only"),
+    (["analyze", "mnist-cnn", "--fragment"], "--fragment is for --format latex only, not --format table"),
+    (["validate", "mnist-cnn", "--plot", "fit.xyz", "--output", "keep.txt"],
+     "symcx validate: error: cannot plot to fit.xyz: the extension must be one of png, pdf, svg, jpg, jpeg"),
+    (["validate", "mnist-cnn", "--plot", "fit"], "cannot plot to fit: the extension must be one of"),
+    (["validate", "mnist-cnn", "--plot", "missing/fit.png"], "cannot write missing/fit.png: no directory"),
+    (["validate", "net.py:on_meta", "--input", "3x8x8", "--output", "keep.txt"],
+     "symcx validate: error: net.py:on_meta builds its parameters on the meta device"),
+    (["analyze", "mnist-cnn", "--input", "1x1x28x28"],
+     "note: --input 1x1x28x28 has one dim more than a sample of MnistCNN's example_input() (3 dims): "
+     "--input excludes the batch dim"),
 ])
 def test_bad_arguments_one_line_exit_2(workdir, args, message):
     (workdir / "keep.txt").write_text("old")
@@ -131,6 +156,78 @@ def test_bad_arguments_one_line_exit_2(workdir, args, message):
     assert "Traceback" not in out.stderr
     assert (workdir / "keep.txt").read_text() == "old"  # written whole or not at all
     assert sorted(p.name for p in workdir.iterdir()) == ["keep.txt", "net.py"]
+
+
+def test_optimizer_in_any_case():
+    parser = cli.build_parser()
+    for given, expected in [("ADAM", "adam"), ("AdamW", "adamw"), ("SGD-Momentum", "sgd-momentum"), ("sgd", "sgd")]:
+        assert parser.parse_args(["analyze", "mlp", "--optimizer", given]).optimizer == expected
+    assert parser.parse_args(["analyze", "mlp"]).optimizer == "sgd"
+
+
+def test_optimizer_upper_case_keeps_the_memory_section():
+    out = run("analyze", "mnist-cnn", "--optimizer", "Adam", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    # Adam keeps two copies of the 1,199,882 float32 parameters and a 4-byte step per tensor (8)
+    assert doc["memory"]["optimizer"] == str(2 * 4 * 1199882 + 4 * 8)
+
+
+def test_build_report_raises_for_a_bad_optimizer():
+    from symcx.export import build_report
+
+    a = symcx_analyze_linear()
+    with pytest.raises(SymcxError, match="optimizer must be one of"):
+        build_report(a, optimizer="lion")
+    assert build_report(a, optimizer="adam").memory is not None
+
+
+def symcx_analyze_linear():
+    import symcx
+
+    return symcx.analyze(torch.nn.Linear(4, 3), torch.randn(2, 4))
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write anywhere")
+def test_unwritable_output_fails_first(workdir):
+    locked = workdir / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        out = run("validate", "mnist-cnn", "--output", "locked/out.json", cwd=workdir)
+    finally:
+        locked.chmod(0o700)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr == f"symcx validate: error: cannot write locked/out.json: directory {locked} is not writable\n"
+
+
+@pytest.mark.parametrize("args, reason", [
+    (["mlp", "--batch-sizes", "99999999999999999999"], "t=99999999999999999999: error: OverflowError"),
+    (["torch.nn:ReLU", "--input", "4", "--backward", "--batch-sizes", "2,4"],
+     "t=2: error: RuntimeError: element 0 of tensors does not require grad"),
+])
+def test_validate_where_no_batch_size_ran_exits_3(workdir, args, reason):
+    out = run("validate", *args, "--repeats", "1", "--warmup", "0", "--output", "out.json", "--plot", "fit.png",
+              cwd=workdir)
+    assert out.returncode == 3, out.stderr
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("symcx validate: error: no batch size ran (")
+    assert reason in out.stderr and "Traceback" not in out.stderr
+    assert "error" in out.stdout  # the table still shows each size's failure
+    assert sorted(p.name for p in workdir.iterdir()) == ["net.py"]  # neither file written
+
+
+def test_trace_error_said_once(workdir):
+    out = run("analyze", "net.py:boom", "--input", "4", cwd=workdir)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.count("\n") == 1 and out.stderr.count("RuntimeError: boom") == 1, out.stderr
+    assert "fallback failed too" not in out.stderr
+
+
+def test_input_help_says_the_batch_is_excluded(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["analyze", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "excluding the batch dim" in text and "the symbol t (example size 8)" in text
 
 
 def test_help_runs_as_a_module():

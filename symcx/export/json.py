@@ -19,7 +19,8 @@ from ..symbols import N, n
 from .report import AssumptionNote, DeviationNote, Figure, MemorySection, Report, UncountedNote, build_report
 
 if TYPE_CHECKING:
-    from ..analysis import Analysis, LayerRow
+    from ..analysis import Analysis
+    from ..rows import LayerRow
 
 __all__ = ["SCHEMA", "CONVENTION", "to_json"]
 

@@ -33,7 +33,8 @@ from .report import (
 )
 
 if TYPE_CHECKING:
-    from ..analysis import Analysis, LayerRow
+    from ..analysis import Analysis
+    from ..rows import LayerRow
 
 __all__ = ["SymcxLatexPrinter", "to_latex"]
 

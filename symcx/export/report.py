@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 import sympy
 
-from ..analysis import big_o
+from ..complexity import big_o
 from ..errors import SymcxError
 from ..symbols import N, n, symbol
 
 if TYPE_CHECKING:
-    from ..analysis import Analysis, LayerRow
+    from ..analysis import Analysis
+    from ..rows import LayerRow
 
 __all__ = [
     "TOTALS",

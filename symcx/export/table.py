@@ -27,7 +27,7 @@ from .report import (
 )
 
 if TYPE_CHECKING:
-    from ..analysis import LayerRow
+    from ..rows import LayerRow
 
 __all__ = ["TablePrinter", "to_renderables"]
 

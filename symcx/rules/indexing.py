@@ -6,18 +6,31 @@ bytes still count in memory). Their backward *accumulates* (several outputs read
 accumulated element: ``_unsafe_index_put``/``index_put`` with ``accumulate=True``, a reflection
 or replication pad's backward, ``col2im``. An embedding bag adds each looked-up row into its
 bag (``mean`` then divides once per output element) and its backward scatters them back.
+
+Scatters count the combining op only: a plain ``scatter`` (``Tensor.max(dim)``'s, ``topk``'s and
+``sort``'s backward write each gradient once into zeros) moves data and costs 0, as do
+``index_copy``, ``index_fill``, ``take`` and the view ``unfold`` (in ``ZERO_COST``). A scatter that
+reduces (``scatter_add``, ``scatter`` with ``reduce=``, ``scatter_reduce``, ``index_add``,
+``index_reduce``, ``put``/``index_put`` accumulating, ``unfold_backward``, the embedding backward)
+does one op per scattered element, the element count of ``index`` (``src`` beyond it is unread) or
+of ``source``; ``mean`` also counts each element into its slot (one add each) and divides once
+per output element.
 """
 
 from __future__ import annotations
 
 import sympy
 
-from ..cost import Cost, OpCall
+from ..cost import Cost, OpCall, TensorInfo
 from .registry import rule
 
-__all__ = ["accumulate_flops", "pad_backward_flops", "col2im_flops", "embedding_bag_flops", "embedding_bag_backward_flops"]
+__all__ = [
+    "accumulate_flops", "pad_backward_flops", "col2im_flops", "embedding_bag_flops", "embedding_bag_backward_flops",
+    "scatter_flops", "scatter_add_flops", "scatter_reduce_flops", "index_add_flops", "index_reduce_flops",
+    "put_flops", "unfold_backward_flops", "embedding_backward_flops",
+]
 
-@rule("aten._unsafe_index_put", "aten.index_put", "aten.index_put_")
+@rule("aten._unsafe_index_put", "aten.index_put", "aten.index_put_", "aten._index_put_impl", "aten._index_put_impl_")
 def accumulate_flops(call: OpCall) -> Cost:
     """One add per value written when ``accumulate`` is set (a gather's backward), else none."""
     return Cost(other_flops=call["values"].numel if call["accumulate"] else sympy.Integer(0))
@@ -51,3 +64,63 @@ def embedding_bag_flops(call: OpCall) -> Cost:
 def embedding_bag_backward_flops(call: OpCall) -> Cost:
     """indices·D adds: every looked-up row's gradient scattered back into the weight gradient."""
     return Cost(other_flops=call["indices"].numel * call["grad"].shape[-1])
+
+
+def _reduced(scattered: sympy.Expr, out: TensorInfo, reduce: str | None) -> sympy.Expr:
+    """Ops of a reducing scatter of ``scattered`` elements into ``out``: one each (add, multiply,
+    max, min); ``mean`` sums (one add each), counts (one add each) and divides each output once."""
+    if reduce is None:
+        return sympy.Integer(0)
+    return 2 * scattered + out.numel if reduce == "mean" else scattered
+
+
+@rule("aten.scatter", "aten.scatter_")
+def scatter_flops(call: OpCall) -> Cost:
+    """0 without ``reduce`` (data movement); index.numel with ``reduce="add"``/``"multiply"``."""
+    return Cost(other_flops=_reduced(call["index"].numel, call["self"], call.get("reduce")))
+
+
+@rule("aten.scatter_add", "aten.scatter_add_")
+def scatter_add_flops(call: OpCall) -> Cost:
+    """index.numel: one add per scattered element of ``src``."""
+    return Cost(other_flops=call["index"].numel)
+
+
+@rule("aten.scatter_reduce", "aten.scatter_reduce_")
+def scatter_reduce_flops(call: OpCall) -> Cost:
+    """index.numel (sum, prod, amax, amin: one op per scattered element); mean: 2·index.numel + self.numel."""
+    return Cost(other_flops=_reduced(call["index"].numel, call["self"], call["reduce"]))
+
+
+@rule("aten.index_add", "aten.index_add_")
+def index_add_flops(call: OpCall) -> Cost:
+    """source.numel adds, and as many multiplies when ``alpha`` ≠ 1."""
+    return Cost(other_flops=call["source"].numel * (1 if call.get("alpha", 1) == 1 else 2))
+
+
+@rule("aten.index_reduce", "aten.index_reduce_")
+def index_reduce_flops(call: OpCall) -> Cost:
+    """source.numel (prod, amax, amin); mean: 2·source.numel + self.numel."""
+    return Cost(other_flops=_reduced(call["source"].numel, call["self"], call["reduce"]))
+
+
+@rule("aten.put", "aten.put_")
+def put_flops(call: OpCall) -> Cost:
+    """source.numel adds when ``accumulate``, else 0 (a write)."""
+    return Cost(other_flops=call["source"].numel if call["accumulate"] else sympy.Integer(0))
+
+
+@rule("aten.unfold_backward")
+def unfold_backward_flops(call: OpCall) -> Cost:
+    """grad_in.numel: every window element's gradient added back into the input gradient."""
+    return Cost(other_flops=call["grad_in"].numel)
+
+
+@rule("aten.embedding_dense_backward")
+def embedding_backward_flops(call: OpCall) -> Cost:
+    """grad_output.numel adds (each looked-up row's gradient into its weight row: t·L·D, not V·D);
+    ``scale_grad_by_freq`` adds a count per index and a divide per grad_output element."""
+    grad, flops = call["grad_output"], call["grad_output"].numel
+    if call["scale_grad_by_freq"]:
+        flops += call["indices"].numel + grad.numel
+    return Cost(other_flops=flops)

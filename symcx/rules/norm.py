@@ -7,6 +7,8 @@ normalize 2 (subtract mean, multiply by 1/σ), affine 1 each for γ (multiply) a
 with running statistics), 3 more when γ/β get grads.
 RMS norm: 3 per element (square, add, multiply by 1/rms), 1 more for γ; backward 7 per element
 for grad-input, 2 for grad-γ.
+Weight norm (``w = g·v/‖v‖``, on the weight, not the activations): 3 per element of v (square,
+add, scale) + 2 per norm (sqrt, g/‖v‖); backward 5 per element of v + 3 per norm.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from __future__ import annotations
 from ..cost import Cost, OpCall, TensorInfo
 from .registry import rule
 
-__all__ = ["norm_flops", "norm_backward_flops", "rms_norm_flops"]
+__all__ = ["norm_flops", "norm_backward_flops", "rms_norm_flops", "weight_norm_flops", "weight_norm_backward_flops"]
 
 STATS, NORMALIZE, BACKWARD_INPUT, BACKWARD_INPUT_EVAL, BACKWARD_AFFINE = 4, 2, 9, 2, 3
 RMS, RMS_BACKWARD_INPUT, RMS_BACKWARD_WEIGHT = 3, 7, 2
+WN_PER_V, WN_PER_G, WN_BACKWARD_PER_V, WN_BACKWARD_PER_G = 3, 2, 5, 3
 
 
 def _affine(call: OpCall) -> int:
@@ -74,3 +77,23 @@ def rms_norm_backward_flops(call: OpCall) -> Cost:
     mask = call["output_mask"]
     per = (RMS_BACKWARD_INPUT if mask[0] else 0) + (RMS_BACKWARD_WEIGHT if mask[1] else 0)
     return Cost(other_flops=per * call["grad_out"].numel)
+
+
+@rule("aten._weight_norm_interface")
+def weight_norm_flops(call: OpCall) -> Cost:
+    """w = g·v/‖v‖, the norm over every dim but ``dim``: 3·v.numel + 2·g.numel.
+
+    Per element of v: square, add (the norms) and the scaling multiply; per norm (element of g):
+    sqrt and g/‖v‖.
+    """
+    return Cost(other_flops=WN_PER_V * call["v"].numel + WN_PER_G * call["g"].numel)
+
+
+@rule("aten._weight_norm_interface_backward")
+def weight_norm_backward_flops(call: OpCall) -> Cost:
+    """5·v.numel + 3·g.numel, as the kernel computes (per element of v / per norm):
+
+    grad_g = Σ(grad_w·v)/‖v‖ (multiply, add / divide); grad_v = (g/‖v‖)·(grad_w − v·(grad_g/‖v‖))
+    (multiply, subtract, multiply / divide, divide).
+    """
+    return Cost(other_flops=WN_BACKWARD_PER_V * call["saved_v"].numel + WN_BACKWARD_PER_G * call["saved_g"].numel)

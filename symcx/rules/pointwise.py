@@ -96,9 +96,6 @@ PER_ELEMENT: dict[str, int] = {
     "aten._log_softmax_backward_data": 4,  # g − exp(y)·Σg: exp, sum, multiply, subtract
     "aten.nll_loss_backward": 1,  # scatter −w into the grad
     "aten.mse_loss_backward": 3,  # 2·(x − y)·g/N per grad-input element: subtract, multiply, scale
-    "aten.embedding_dense_backward": 1,  # scatter-add of each grad row (per weight element)
-    "aten.scatter_add": 1,
-    "aten.index_add": 1,
     "aten.xlogy": 3,  # x·log(y), 0 where x = 0: log, multiply, select
     "aten.binary_cross_entropy_backward": 5,  # g·(x − y)/(x·(1 − x)): subtract, subtract, multiply, divide, multiply
     "aten.smooth_l1_loss_backward": 7,  # d = x − y; g·(|d| < β ? d/β : sign d): subtract, abs, compare, divide, sign, select, multiply

@@ -50,6 +50,8 @@ ZERO_COST = ALIAS_OPS | frozenset(
         "aten.channel_shuffle", "aten.native_channel_shuffle",
         "aten.as_strided_", "aten.squeeze_", "aten.unsqueeze_", "aten.t_", "aten.transpose_", "aten.swapdims_",
         "aten.swapaxes_", "aten.detach_",
+        "aten.unfold", "aten.unfold_copy", "aten.index_copy", "aten.index_copy_", "aten.index_fill",
+        "aten.index_fill_", "aten.take", "aten.take_along_dim",
     }
 )
 

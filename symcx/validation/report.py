@@ -209,6 +209,11 @@ class Validation:
         """No FLOP count differs from its formula (OOM and errors are reported, not failures)."""
         return not self.failures
 
+    @property
+    def any_ok(self) -> bool:
+        """At least one batch size ran (status ``"ok"``); False when every size failed or ran out of memory."""
+        return any(row.status == "ok" for row in self.sizes)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form, schema ``symcx.validation/1``."""
         return {

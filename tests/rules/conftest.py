@@ -119,6 +119,14 @@ def run_step(fn: Callable[..., Any], *inputs: Any) -> Step:
     return Step(r_fwd.calls, r_bwd.calls, f_fwd.get_total_flops(), f_bwd.get_total_flops())
 
 
+def run_forward(fn: Callable[..., Any], *inputs: Any) -> Step:
+    """Run ``fn(*inputs)`` alone (ops without a derivative: ``scatter`` with ``reduce=``, ``put``)
+    under FlopCounterMode and a :class:`Recorder`; the backward phase is empty."""
+    with FlopCounterMode(display=False) as f_fwd, Recorder() as r_fwd:
+        fn(*inputs)
+    return Step(r_fwd.calls, [], f_fwd.get_total_flops(), 0)
+
+
 def fcm_counts(fn: Callable[..., Any], *inputs: Any) -> tuple[int, int]:
     """(forward, backward) FLOPs FlopCounterMode counts for ``fn(*inputs)`` and its backward."""
     with FlopCounterMode(display=False) as f:
