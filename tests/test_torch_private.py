@@ -25,6 +25,7 @@ from symcx._torch import (
     FakeTensorMode,
     OpOverload,
     OpOverloadPacket,
+    ProfilerEventType,
     ShapeEnv,
     StatelessSymbolicContext,
     TorchDispatchMode,
@@ -34,6 +35,7 @@ from symcx._torch import (
     eager_lstm_kernels,
     enable_python_dispatcher,
     is_op,
+    make_fx,
     op_names,
     op_schema,
     packet_name,
@@ -74,6 +76,8 @@ PINS = {
     "sequence_nr": "test_sequence_numbers_tie_backward_nodes_to_forward_ops",
     "current_sequence_nr": "test_sequence_numbers_tie_backward_nodes_to_forward_ops",
     "eager_lstm_kernels": "test_eager_lstm_kernels_picks_onednn_and_restores",
+    "make_fx": "test_make_fx_traces_aten_calls_with_symbolic_sizes",
+    "ProfilerEventType": "test_profiler_event_type_tags_allocations",
 }
 
 
@@ -298,3 +302,27 @@ def test_torch_sympy_functions_symbols_translates():
     assert f.FloorDiv(7, 2) == 3 and f.CeilDiv(7, 2) == 4 and f.PythonMod(-7, 3) == 2
     s = sympy.Symbol("s", integer=True, positive=True)
     assert type(f.FloorDiv(s, 2)).__name__ == "FloorDiv"  # stays unevaluated on a symbol
+
+
+def test_make_fx_traces_aten_calls_with_symbolic_sizes():
+    # the oracle of tests/test_trace.py: torch's own tracer, on the same step as symcx's recorder
+    g = make_fx(lambda x: (x * 2).sum(), tracing_mode="symbolic")(torch.ones(3, 4))
+    assert [n.target for n in g.graph.nodes if n.op == "call_function"] == [aten.mul.Tensor, aten.sum.default]
+    (x,) = [n for n in g.graph.nodes if n.op == "placeholder"]
+    assert all(isinstance(size, torch.SymInt) for size in x.meta["val"].shape)  # every size symbolic
+
+
+def test_profiler_event_type_tags_allocations():
+    # the allocator-peak oracle of tests/test_memory.py walks the profiler's event tree
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        x = torch.empty(1000)  # 1000·4 = 4000 bytes allocated, then freed
+        del x
+    sizes, todo = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while todo:
+        event = todo.pop()
+        todo.extend(event.children)
+        if event.tag == ProfilerEventType.Allocation:
+            sizes.append(event.extra_fields.alloc_size)
+    assert sorted(sizes) == [-4000, 4000]  # a free is an allocation event of negative size

@@ -12,7 +12,6 @@ checkpointing runs a region's forward again.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import linecache
 import logging
 import re
@@ -30,77 +29,21 @@ from .._torch import (
     StatelessSymbolicContext,
     eager_lstm_kernels,
     enable_python_dispatcher,
-    is_op,
-    op_names,
     reparametrize_module,
     tree_flatten,
     tree_leaves,
     tree_unflatten,
 )
 from ..errors import ShapeError, TraceError
-from ..guards import as_bound, holds_everywhere, tightest, violating_hints
-from ..symbols import symbol, to_plain, width_names
-from .recorder import Recorder, TensorMeta, module_tags, outside_torch, tag_backward
+from .bounds import drop_guards
+from .naming import WIDTH, assumptions_of, name_symbols
+from .records import DimSpec, Trace
+from .recorder import Recorder, module_tags, outside_torch, tag_backward
 
 __all__ = ["Trace", "DimSpec", "trace_training_step", "trace_at", "default_loss", "BATCH_HINT"]
 
 #: Default example value of the batch symbol: away from 0/1 specialization and kernel thresholds.
 BATCH_HINT = 8
-#: The name a width dim of an input gets until the widths are named in layer order.
-_WIDTH = "__width__"
-
-
-@dataclasses.dataclass(frozen=True)
-class DimSpec:
-    """A symbolic input dimension: ``name`` for dim ``dim`` of input number ``input``.
-
-    ``shared``: also every other input of the same rank whose size there equals input 0's
-    (token ids with their attention mask and token types share ``L``).
-    """
-
-    name: str
-    dim: int
-    input: int = 0
-    shared: bool = False
-
-
-@dataclasses.dataclass
-class Trace:
-    """The joint graph of one training step and what is needed to read its sizes.
-
-    ``rename`` maps ShapeEnv symbols to user symbols (``t``, ``H``, ``d_0``…); every
-    size must go through :meth:`expr` before it leaves the capture layer.
-    """
-
-    graph: torch.fx.Graph
-    rename: dict[sympy.Symbol, sympy.Expr]
-    shape_env: ShapeEnv
-    user_symbols: dict[str, sympy.Symbol]
-    hints: dict[sympy.Symbol, int]
-    param_nodes: dict[str, str]  # fx placeholder name -> parameter name
-    buffer_nodes: dict[str, str]
-    input_nodes: list[str]
-    trainable: frozenset[str]
-    assumptions: list[sympy.Basic]
-    dropped_guards: list[sympy.Basic]
-    module_types: dict[str, str]
-    leaf_modules: frozenset[str]
-    _exprs: dict[Any, sympy.Expr] = dataclasses.field(default_factory=dict, repr=False)
-
-    def expr(self, value: Any) -> sympy.Expr:
-        """A size (int, SymInt or sympy expr) as plain sympy in user symbols (memoized)."""
-        if isinstance(value, (torch.SymInt, torch.SymFloat)):
-            value = value.node.expr
-        if isinstance(value, (int, float)):
-            return sympy.Integer(value) if isinstance(value, int) else sympy.Float(value)
-        out = self._exprs.get(value)
-        if out is None:
-            out = self._exprs[value] = to_plain(self.shape_env.replace(value)).xreplace(self.rename)
-        return out
-
-    def shape(self, tensor: torch.Tensor | TensorMeta) -> tuple[sympy.Expr, ...]:
-        """The shape of a (fake) tensor in user symbols."""
-        return tuple(self.expr(s) for s in tensor.shape)
 
 
 def _source_line(err: BaseException) -> str | None:
@@ -206,7 +149,7 @@ def _dynamic_dims(k: int, x: torch.Tensor, batch_dim: int | None, named: Mapping
                 raise ShapeError(f"dimension {name!r} is dim {d} of input {k}, which has {ndim} dims")
             dyn[d % ndim] = name
     if widths and x.is_floating_point() and ndim >= 2 and 1 not in dyn:
-        dyn[1] = _WIDTH
+        dyn[1] = WIDTH
     return dyn
 
 
@@ -300,7 +243,7 @@ def _record(model: torch.nn.Module, mode: FakeTensorMode, recorder: Recorder, st
         raise
     except Exception as err:  # anything torch raises while tracing the user's model
         cls, cause = _classify(err)
-        names = {str(sym): name for sym, name in input_syms.items() if name != _WIDTH}
+        names = {str(sym): name for sym, name in input_syms.items() if name != WIDTH}
         cause = re.sub(r"\bs\d+\b", lambda m: names.get(m.group(0), m.group(0)), cause)
         where = _source_line(err)
         raise cls(f"cannot trace {type(model).__name__}: {cause}" + (f"\n  at {where}" if where else "")) from err
@@ -328,90 +271,14 @@ def _trace_once(
         return _joint_step(model, recorder, params, trainable, fargs, fkwargs, loss or default_loss)
 
     recorder.output(_record(model, mode, recorder, step, input_syms, {**params, **buffers}))
-    rename, user_symbols, hint_values = _name_symbols(shape_env, input_syms, width_syms, widths)
+    rename, user_symbols, hint_values = name_symbols(shape_env, input_syms, width_syms, widths)
     return Trace(
         graph=recorder.graph, rename=rename, shape_env=shape_env, user_symbols=user_symbols, hints=hint_values,
         param_nodes=param_nodes, buffer_nodes=buffer_nodes, input_nodes=input_nodes, trainable=trainable,
-        assumptions=_assumptions(shape_env, rename, user_symbols), dropped_guards=[],
+        assumptions=assumptions_of(shape_env, rename, user_symbols), dropped_guards=[],
         module_types={name: type(mod).__name__ for name, mod in model.named_modules()},
         leaf_modules=frozenset(name for name, mod in model.named_modules() if not any(True for _ in mod.children())),
     )
-
-
-def _name_symbols(
-    shape_env: ShapeEnv,
-    input_syms: Mapping[sympy.Symbol, str],
-    width_syms: Sequence[sympy.Symbol],
-    widths: str | None,
-) -> tuple[dict[sympy.Symbol, sympy.Expr], dict[str, sympy.Symbol], dict[sympy.Symbol, int]]:
-    """Give every free ShapeEnv symbol a user name: t and named dims first, widths in layer order."""
-    rename: dict[sympy.Symbol, sympy.Expr] = {}
-    user: dict[str, sympy.Symbol] = {}
-    hints: dict[sympy.Symbol, int] = {}
-    values = shape_env.backed_var_to_val if hasattr(shape_env, "backed_var_to_val") else shape_env.var_to_val
-
-    def canon(sym: sympy.Symbol) -> sympy.Expr:
-        return shape_env.replace(sym)
-
-    ordered: list[tuple[sympy.Symbol, str | None]] = []
-    ordered += [(s, name) for s, name in input_syms.items() if name != _WIDTH]
-    width_like = [s for s, name in input_syms.items() if name == _WIDTH] + list(width_syms)
-    seen_width: list[sympy.Expr] = []
-    for s in width_like:
-        c = canon(s)
-        if c.is_Symbol and c not in seen_width and c not in [canon(x) for x, _ in ordered]:
-            seen_width.append(c)
-    names = width_names(len(seen_width), widths or "d")
-    for c, name in zip(seen_width, names):
-        ordered.append((c, name))
-
-    for s, name in ordered:
-        c = canon(s)
-        if not c.is_Symbol:
-            if name in ("t",) or name in {d for d in input_syms.values()}:
-                if c.is_Number:
-                    hint = "" if name == "t" else (
-                        f" (if another input has this size, name it there too: "
-                        f"dims={{{name!r}: [(input, dim), ...]}})"
-                    )
-                    raise TraceError(
-                        f"the model pins {name!r} to {c}: a shape check fixed it during tracing, "
-                        f"so no formula in {name} exists on the symbolic route{hint}"
-                    )
-            continue
-        if c in rename:
-            continue
-        user_sym = symbol(name)
-        rename[c] = user_sym
-        user.setdefault(name, user_sym)
-        if c in values:
-            hints[user_sym] = int(values[c])
-    for s in list(input_syms) + list(width_syms):
-        c = canon(s)
-        if s not in rename and c.is_Symbol and c in rename:
-            rename[s] = rename[c]
-    return rename, user, hints
-
-
-def _assumptions(
-    shape_env: ShapeEnv, rename: Mapping[sympy.Symbol, sympy.Expr], user: Mapping[str, sympy.Symbol]
-) -> list[sympy.Basic]:
-    """Guards that bound a user symbol (e.g. ``t < 16``), in user symbols; noise dropped."""
-    out: list[sympy.Basic] = []
-    allowed = set(user.values())
-    for guard in shape_env.guards:
-        try:
-            expr = to_plain(shape_env.replace(guard.expr)).xreplace(rename)
-        except (TypeError, ValueError, ZeroDivisionError):  # sympy cannot rewrite it: not a bound we can state
-            continue
-        if expr in (sympy.true, sympy.false) or not expr.free_symbols <= allowed:
-            continue
-        if not isinstance(expr, (sympy.StrictLessThan, sympy.LessThan, sympy.StrictGreaterThan, sympy.GreaterThan)):
-            continue
-        if holds_everywhere(expr) or expr in out:
-            continue
-        out.append(as_bound(expr))
-    return tightest(out)
 
 
 def trace_training_step(
@@ -431,20 +298,11 @@ def trace_training_step(
     """
     hints = {"t": BATCH_HINT} if batch_dim is not None else {}
     trace = _trace_once(model, example_input, hints=hints, batch_dim=batch_dim, dims=dims, widths=widths, loss=loss)
-    kept, dropped = [], []
-    for guard in trace.assumptions:
-        beyond = violating_hints(guard, trace.hints)
-        if beyond is None:
-            kept.append(guard)
-            continue
-        values = {**{str(s): v for s, v in trace.hints.items()}, **beyond}
-        try:
-            other = trace_at(model, example_input, values, batch_dim=batch_dim, dims=dims, loss=loss)
-        except (TraceError, ShapeError):  # the model does not run past the bound: the bound is real
-            kept.append(guard)
-            continue
-        (dropped if _same_graph_at(trace, other, values) else kept).append(guard)
-    trace.assumptions, trace.dropped_guards = kept, dropped
+
+    def retrace(values: Mapping[str, int]) -> Trace:
+        return trace_at(model, example_input, values, batch_dim=batch_dim, dims=dims, loss=loss)
+
+    drop_guards(trace, retrace)
     return trace
 
 
@@ -459,32 +317,10 @@ def trace_at(
 ) -> Trace:
     """Trace one training step with every size concrete: ``values`` gives t and the named dims.
 
-    The fallback route traces at several such points and interpolates (see ``fallback.py``).
+    The interpolation route traces at several such points and fits (see ``interpolate.py``).
     """
     return _trace_once(
         model, example_input, batch_dim=batch_dim, dims=dims, widths=None, hints=values, loss=loss, static=True
     )
 
 
-def _tensor_ops(trace: Trace) -> list[torch.fx.Node]:
-    """The aten calls of a trace, without size arithmetic (which only a symbolic trace has)."""
-    return [
-        n for n in trace.graph.nodes
-        if n.op == "call_function" and is_op(n.target) and not op_names(n.target)[1].startswith("aten.sym_")
-    ]
-
-
-def _same_graph_at(symbolic: Trace, concrete: Trace, values: Mapping[str, int]) -> bool:
-    """The concrete trace runs the same ops, with the shapes the symbolic one gives at ``values``."""
-    at = {symbol(k): v for k, v in values.items()}
-    na, nb = _tensor_ops(symbolic), _tensor_ops(concrete)
-    if len(na) != len(nb):
-        return False
-    for x, y in zip(na, nb):
-        if x.target != y.target:
-            return False
-        vx, vy = x.meta.get("val"), y.meta.get("val")
-        if isinstance(vx, TensorMeta) and isinstance(vy, TensorMeta):
-            if [e.subs(at) for e in symbolic.shape(vx)] != list(vy.shape):
-                return False
-    return True
