@@ -1,0 +1,74 @@
+"""The step-time model: op classes, a fit that recovers known costs, and datasheet rooflines."""
+
+from __future__ import annotations
+
+import pytest
+import sympy
+import torch
+from torch import nn
+
+import symcx
+from symcx import t
+from symcx.validation.timing import (
+    DEVICE_PROFILES,
+    Calibration,
+    ClassFit,
+    calibrate,
+    node_features,
+    op_class,
+    predict_step_seconds,
+    roofline_seconds,
+)
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    return symcx.analyze(nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8)), torch.randn(2, 64))
+
+
+def test_classes_and_features_by_hand(mlp):
+    nodes = {v.name: v for v in mlp.step.calls()}
+    assert op_class(nodes["addmm"]) == "gemm" and op_class(nodes["relu"]) == "compute"
+    assert op_class(nodes["t"]) == "free"
+    flops, nbytes = node_features(nodes["addmm"])
+    # addmm(bias 32, x t×64, w^T 64×32): 2·t·64·32 FLOPs (+0 other); reads 4·(32 + 64t + 2048), writes 4·32t
+    assert flops == 2 * 64 * 32 * t
+    assert nbytes == 4 * (32 + 64 * t + 64 * 32) + 4 * 32 * t
+
+
+def test_calibration_recovers_known_costs(mlp):
+    """Node times made from known per-class costs are fitted back (pooled where a class has too few nodes)."""
+    truth = {"gemm": ClassFit(2e-6, 1e-11, 0.0), "compute": ClassFit(1e-6, 0.0, 5e-11)}
+    samples = []
+    for batch in (1, 2, 4, 8, 16, 32, 64):
+        at = {t: batch}
+        seconds = {}
+        for v in mlp.step.calls():
+            c = op_class(v)
+            f, b = (float(sympy.sympify(e).xreplace(at)) for e in node_features(v))
+            seconds[v.name] = truth[c].seconds(f, b) if c in truth else 1e-6
+        samples.append((mlp.step, at, seconds))
+    cal = calibrate(samples, "synthetic")
+    gemm = cal.classes["gemm"]
+    assert gemm.launch == pytest.approx(2e-6, rel=1e-6) and gemm.s_per_flop == pytest.approx(1e-11, rel=1e-6)
+    assert cal.classes["compute"].s_per_byte == pytest.approx(5e-11, rel=1e-6)
+    # classes with no node here (conv, attention, movement) take the fit pooled over every class
+    assert cal.classes["conv"] == cal.classes["attention"] == cal.classes["movement"]
+    assert 0.95 < cal.r2 < 1
+    predicted = predict_step_seconds(mlp.step, cal)
+    assert predicted.free_symbols == {t}
+    expected = sum(s for v, s in samples[3][2].items())  # t = 8
+    assert float(predicted.subs(t, 8)) == pytest.approx(expected, rel=0.05)
+    assert Calibration.from_json(cal.to_json()) == cal
+
+
+def test_roofline_on_a_named_gpu(mlp):
+    h100 = DEVICE_PROFILES["h100-sxm"]
+    assert (h100.flops["bf16"], h100.bandwidth) == (989.4e12, 3.35e12)  # dense, from the datasheet
+    seconds = roofline_seconds(mlp.step, "h100-sxm", dtype="bf16")
+    # at t = 1e6 the big matmul is compute-bound: 2·1e6·64·32 FLOPs / 989.4 TFLOP/s ≥ its share
+    assert float(seconds.subs(t, 10**6)) > 2 * 10**6 * 64 * 32 / 989.4e12
+    with pytest.raises(symcx.SymcxError, match="unknown device profile"):
+        roofline_seconds(mlp.step, "a200")
+    with pytest.raises(symcx.SymcxError, match="no 'fp8' peak"):
+        roofline_seconds(mlp.step, "l4", dtype="fp8")
