@@ -17,11 +17,14 @@ from .errors import DeviceError, RuleError, ShapeError, SymcxError, TraceError, 
 from .routes import analyze
 from .rows import LayerRow
 from .rules import register, rule
+from .serving import Inference, inference
 from .symbols import N, n, symbol, t
 from .validation import Validation, validate
 
 __all__ = [
     "analyze",
+    "inference",
+    "Inference",
     "validate",
     "Validation",
     "Analysis",

@@ -20,6 +20,7 @@ import sympy
 
 from .complexity import big_o
 from .errors import SymcxError
+from .layer_table import LayerTable
 from .memory import Memory, MemoryModel
 from .printing import render
 from .rows import LayerRow, layer_rows
@@ -274,9 +275,12 @@ class Analysis:
         return [row.subs(self._values) for row in rows] if self._values else rows
 
     @property
-    def layers(self) -> list[LayerRow]:
-        """Per-layer rows in forward order (layers with no cost, params or ops are omitted)."""
-        return list(self._rows)
+    def layers(self) -> LayerTable:
+        """Per-layer rows in forward order (layers with no cost, params or ops are omitted).
+
+        A :class:`~symcx.layer_table.LayerTable`: a list that prints as a table.
+        """
+        return LayerTable(self._rows)
 
     # --- totals over training ------------------------------------------------------------
     def training(self, epochs: Any = n, samples: Any = N) -> Training:

@@ -1,13 +1,18 @@
 """The ``symcx`` command line: ``analyze`` a model's cost, ``validate`` it against measurements.
 
 This is the only module that prints. Exit codes: 0 done; 1 ``validate`` measured a FLOP count
-that differs from its formula; 2 bad arguments or input (unknown model, malformed ``--input``,
-missing file, a class that is not an ``nn.Module``, an unknown ``--optimizer``, ``--fragment``
-without ``--format latex``, an unwritable ``--output`` or ``--plot``, a ``--plot`` extension
-other than png/pdf/svg/jpg/jpeg, ``validate`` of a model on the meta device, ``--device cuda``
-without CUDA), with one line on stderr; 3 ``validate`` ran no batch size at all (every size
-raised or ran out of memory): its table still prints, one line on stderr says why each size
-failed, and neither ``--output`` nor ``--plot`` is written; 130 interrupted.
+that differs from its formula; 2 bad arguments or input (unknown model, malformed ``--input``
+or ``--model-args``, missing file, a class that is not an ``nn.Module``, an unknown
+``--optimizer``, ``--fragment`` without ``--format latex``, ``--exact`` or ``--depth`` without
+``--format table``/``markdown``, an unwritable ``--output``, ``--plot`` or ``--plot-memory``,
+a plot extension other than png/pdf/svg/jpg/jpeg, ``validate`` of a model on the meta device,
+``--device cuda`` without CUDA), with one line on stderr; 3 ``validate`` ran no batch size at
+all (every size raised, ran out of memory or was skipped): its table still prints, one line
+on stderr says why each size failed, and neither ``--output`` nor ``--plot`` is written; 130
+interrupted (a ``validate`` sweep first writes the sizes that finished, marked ``partial``).
+
+MODEL is imported, which runs its code: give only files you trust. symcx never unpickles
+weights.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any, NoReturn
 
 from . import __version__
 from .errors import ShapeError, SymcxError, TraceError
-from .cli_specs import example_input, load_model, parse_input, parse_symbolic
+from .cli_specs import example_input, load_model, parse_input, parse_model_args, parse_symbolic
 from .symbols import N, n, symbol
 from .memory import OPTIMIZER_COPIES
 from .zoo import BUNDLED
@@ -35,8 +40,11 @@ OPTIMIZERS = tuple(OPTIMIZER_COPIES)
 
 _MODEL_HELP = (
     "the model: path/to/file.py:ClassOrFactory, package.module:factory, "
-    f"or a bundled name ({', '.join(BUNDLED)}); called with no arguments"
+    f"or a bundled name ({', '.join(BUNDLED)}); called with --model-args (none by default). "
+    "The file is imported, which runs its code: give only files you trust"
 )
+_MODEL_ARGS_HELP = ("keyword arguments for the class or factory, key=value joined by ',' "
+                    "(name=resnet50,pretrained=false): ints, floats, true/false/none, else strings")
 _INPUT_HELP = (
     "the shape of one sample, excluding the batch dim, sizes joined by 'x' (1x28x28, not 1x1x28x28): "
     "symcx adds the batch, which the trace makes the symbol t (example size 8); several inputs "
@@ -44,6 +52,8 @@ _INPUT_HELP = (
 )
 #: Extensions ``--plot`` writes (matplotlib picks the format by extension).
 PLOT_EXTENSIONS = ("png", "pdf", "svg", "jpg", "jpeg")
+#: Columns of a table written to a pipe or file (wide enough for every column of the layer table).
+_FILE_WIDTH = 220
 #: ``validate``'s exit code when no batch size ran.
 EXIT_NOTHING_RAN = 3
 _ANALYZE_EPILOG = """examples:
@@ -52,6 +62,9 @@ _ANALYZE_EPILOG = """examples:
   symcx analyze mnist-cnn --batch 64 --epochs 1 --samples 60000 --format json
   symcx analyze mlp --widths letters
   symcx analyze my_net.py:Net --input 3x32x32 --symbolic H,W
+  symcx analyze resnet18 --depth 1 --exact
+  symcx analyze mnist-cnn --plot-memory memory.png
+  symcx analyze timm:create_model --model-args model_name=resnet50,pretrained=false --input 3x224x224
 
 FLOPs follow FlopCounterMode (1 multiply-add = 2 FLOPs; matmul, convolution, attention);
 "other FLOPs" count what it ignores (elementwise ops, norms, pooling, softmax)."""
@@ -136,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "totals, training totals over n epochs of N samples, big-O and the memory of a step.",
                        epilog=_ANALYZE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     a.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
+    a.add_argument("--model-args", type=_arg(parse_model_args), default={}, metavar="K=V,...", help=_MODEL_ARGS_HELP)
     a.add_argument("--input", type=_arg(_input_spec), metavar="SHAPE", help=_INPUT_HELP)
     a.add_argument("--format", choices=("table", "latex", "markdown", "json"), default="table",
                    help="output format (default: table, a rich table on the terminal)")
@@ -154,6 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="optimizer state in the memory table (any case; default: sgd)")
     a.add_argument("--numbers", choices=("separators", "scientific", "plain"), default="separators",
                    help="how integers print: 1,199,882 (separators, default), 1.20e6 (scientific), or plain")
+    a.add_argument("--exact", action="store_true",
+                   help="with --format table or markdown: exact numbers (21,233,664) instead of 21.2M and 9.08MiB; "
+                   "JSON and LaTeX are always exact")
+    a.add_argument("--depth", type=_arg(_positive_int), metavar="N",
+                   help="with --format table or markdown: fold the module tree below level N (blocks keep their totals)")
+    a.add_argument("--plot-memory", metavar="FILE",
+                   help=f"draw the memory timeline of one step at --batch (default t = 8) to FILE "
+                   f"({', '.join(PLOT_EXTENSIONS)}); a Markdown report shows it")
     a.add_argument("--fragment", action="store_true",
                    help="with --format latex: a fragment to \\input, not a whole document")
     a.add_argument("--strict", action="store_true", help="fail on an op that has no cost rule instead of listing it")
@@ -164,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "and fit time against predicted FLOPs.",
                        epilog=_VALIDATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     v.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
+    v.add_argument("--model-args", type=_arg(parse_model_args), default={}, metavar="K=V,...", help=_MODEL_ARGS_HELP)
     v.add_argument("--input", type=_arg(_input_spec), metavar="SHAPE", help=_INPUT_HELP)
     v.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default: cpu)")
     v.add_argument("--batch-sizes", type=_arg(_batch_sizes), default=[1, 16, 64, 256], metavar="LIST",
@@ -171,7 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--backward", action="store_true", help="time and measure full training steps, not forward only")
     v.add_argument("--repeats", type=_arg(_positive_int), default=20, help="timed runs per batch size (default: 20)")
     v.add_argument("--warmup", type=_arg(_count), default=3, help="untimed runs first (default: 3)")
-    v.add_argument("--output", metavar="FILE", help="write the results as JSON to FILE")
+    v.add_argument("--force", action="store_true",
+                   help="run every size, even one whose predicted peak exceeds the device's free memory "
+                   "(by default such a size is skipped, with the reason)")
+    v.add_argument("--output", metavar="FILE",
+                   help="write the results as JSON to FILE (after Ctrl-C: the sizes that finished, \"partial\": true)")
     v.add_argument("--plot", metavar="FILE",
                    help=f"plot measured against predicted to FILE ({', '.join(PLOT_EXTENSIONS)})")
     return parser
@@ -219,13 +246,14 @@ def _check_writable(path: str | None) -> None:
 
 
 def _check_plot(path: str | None) -> None:
-    """Fail before any work when ``--plot`` has an extension it does not write."""
+    """Fail before any work when a plot path has an extension matplotlib is not asked to write, or cannot be written."""
     if path is None:
         return
     ext = os.path.splitext(path)[1].lstrip(".").lower()
     if ext not in PLOT_EXTENSIONS:
         raise SymcxError(f"cannot plot to {path}: the extension must be one of {', '.join(PLOT_EXTENSIONS)}"
                          f", not {('.' + ext) if ext else 'none'}")
+    _check_writable(path)
 
 
 def _sample_ranks(make: Callable[[], Any]) -> list[int] | None:
@@ -258,10 +286,10 @@ def _input_hint(model: Any, spec: str | None) -> Any:
 
 
 def _console() -> Any:
-    """A rich console on stdout; a pipe gets whole lines, not 80 columns."""
+    """A rich console on stdout; a pipe gets whole lines (every column of the layer table), not 80 columns."""
     from rich.console import Console
 
-    return Console() if sys.stdout.isatty() else Console(width=150)
+    return Console() if sys.stdout.isatty() else Console(width=_FILE_WIDTH)
 
 
 def _render_table(renderables: list[Any], to_file: bool) -> str | None:
@@ -273,10 +301,37 @@ def _render_table(renderables: list[Any], to_file: bool) -> str | None:
             console.print(r)
         return None
     buffer = io.StringIO()
-    console = Console(file=buffer, width=150, color_system=None, force_terminal=False)
+    console = Console(file=buffer, width=_FILE_WIDTH, color_system=None, force_terminal=False)
     for r in renderables:
         console.print(r)
     return "".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines())
+
+
+def _check_analyze_options(args: argparse.Namespace) -> None:
+    """Refuse options that do not apply to ``--format``, and unwritable paths, before any work."""
+    if args.fragment and args.format != "latex":
+        raise SymcxError(f"--fragment is for --format latex only, not --format {args.format}")
+    for flag, given in (("--exact", args.exact), ("--depth", args.depth is not None)):
+        if given and args.format not in ("table", "markdown"):
+            raise SymcxError(f"{flag} is for --format table or markdown only, not --format {args.format}"
+                             + (" (always exact)" if flag == "--exact" else ""))
+    _check_writable(args.output)
+    _check_plot(args.plot_memory)
+
+
+def _plot_memory(analysis: Any, args: argparse.Namespace) -> str | None:
+    """Draw ``--plot-memory``; the path a Markdown report links to (beside ``--output``), or None."""
+    if args.plot_memory is None:
+        return None
+    from .export.timeline import DEFAULT_BATCH, plot_memory_timeline
+
+    batch = args.batch or DEFAULT_BATCH
+    peak = plot_memory_timeline(analysis, args.plot_memory, batch=batch, optimizer=args.optimizer,
+                                title=f"Memory of one training step of {args.model}, t = {batch} "
+                                f"(optimizer: {args.optimizer})")
+    print(f"wrote {args.plot_memory} (memory timeline at t = {batch}, peak {peak:,} bytes)", file=sys.stderr)
+    base = os.path.dirname(os.path.abspath(args.output)) if args.output else os.getcwd()
+    return os.path.relpath(os.path.abspath(args.plot_memory), base)
 
 
 def _analyze(args: argparse.Namespace) -> int:
@@ -284,25 +339,27 @@ def _analyze(args: argparse.Namespace) -> int:
     from .export import build_report, to_json, to_latex, to_markdown
     from .export.table import to_renderables
 
-    if args.fragment and args.format != "latex":
-        raise SymcxError(f"--fragment is for --format latex only, not --format {args.format}")
-    _check_writable(args.output)
-    model = load_model(args.model)
+    _check_analyze_options(args)
+    model = load_model(args.model, args.model_args)
     x = example_input(model, args.input)
     dims = parse_symbolic(args.symbolic, x) if args.symbolic else None
     widths = {"symbolic": "d", "letters": "letters", None: False}[args.widths]
     with _input_hint(model, args.input):
         analysis = analyze(model, x, dims=dims, widths=widths, strict=args.strict)
+    timeline = _plot_memory(analysis, args)
     at = {"t": args.batch} if args.batch is not None else None
     common = dict(at=at, epochs=args.epochs, samples=args.samples, optimizer=args.optimizer)
+    units = "exact" if args.exact else "human"
     if args.format == "table":
-        renderables = to_renderables(build_report(analysis, **common), numbers=args.numbers)
+        renderables = to_renderables(build_report(analysis, **common), numbers=args.numbers, units=units,
+                                     depth=args.depth)
         text = _render_table(renderables, to_file=args.output is not None)
     elif args.format == "latex":
         text = to_latex(analysis, standalone=not args.fragment, numbers=args.numbers,
                         title=f"symcx analysis of {args.model}", **common)
     elif args.format == "markdown":
-        text = to_markdown(analysis, numbers=args.numbers, title=f"symcx analysis of {args.model}", **common)
+        text = to_markdown(analysis, numbers=args.numbers, title=f"symcx analysis of {args.model}", units=units,
+                           depth=args.depth, timeline=timeline, **common)
     else:
         text = to_json(analysis, **common) + "\n"
     if args.output is not None:
@@ -319,8 +376,7 @@ def _validate(args: argparse.Namespace) -> int:
 
     _check_plot(args.plot)
     _check_writable(args.output)
-    _check_writable(args.plot)
-    model = load_model(args.model)
+    model = load_model(args.model, args.model_args)
     if any(p.is_meta for p in (*model.parameters(), *model.buffers())):
         raise SymcxError(f"{args.model} builds its parameters on the meta device, which holds no data to run; "
                          f"validate runs the model for real: build it on cpu or cuda ('symcx analyze' works on meta)")
@@ -337,8 +393,10 @@ def _validate(args: argparse.Namespace) -> int:
 
         with _input_hint(model, args.input):
             result = validate(model, x, device=args.device, batch_sizes=args.batch_sizes, backward=args.backward,
-                              repeats=args.repeats, warmup=args.warmup, progress=progress)
+                              repeats=args.repeats, warmup=args.warmup, progress=progress, force=args.force)
     _console().print(result.rich_table())
+    if result.partial:
+        return _interrupted(result, args)
     if not result.any_ok:  # nothing measured, nothing compared: an error, and no file written
         reasons = "; ".join(f"t={r.batch_size}: {r.status}: {r.error}" for r in result.sizes)
         print(f"symcx validate: error: no batch size ran ({reasons})", file=sys.stderr)
@@ -347,21 +405,38 @@ def _validate(args: argparse.Namespace) -> int:
         write_atomic(args.output, result.to_json())
         print(f"wrote {args.output}", file=sys.stderr)
     if args.plot is not None:
-        ext = os.path.splitext(args.plot)[1]
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(args.plot)), prefix=".symcx-", suffix=ext)
-        os.close(fd)
-        try:
-            result.plot(tmp)
-            os.chmod(tmp, _file_mode(args.plot))
-            os.replace(tmp, args.plot)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        print(f"wrote {args.plot}", file=sys.stderr)
+        _write_plot(result, args.plot)
     for line in result.failures:
         print(f"symcx validate: FLOP mismatch: {line}", file=sys.stderr)
     return 0 if result.ok else 1
+
+
+def _interrupted(result: Any, args: argparse.Namespace) -> int:
+    """After Ctrl-C in a sweep: write the sizes that finished (JSON marked partial), exit 130."""
+    done = len(result.sizes)
+    if args.output is not None and done:
+        write_atomic(args.output, result.to_json())
+        print(f"wrote {args.output} (partial: {done} of {len(args.batch_sizes)} sizes)", file=sys.stderr)
+    if args.plot is not None and result.any_ok:
+        _write_plot(result, args.plot)
+    print(f"symcx: interrupted after {done} of {len(args.batch_sizes)} batch sizes", file=sys.stderr)
+    return 130
+
+
+def _write_plot(result: Any, path: str) -> None:
+    """``result.plot`` to ``path``, whole or not at all (a temporary file beside it, then a rename)."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".symcx-",
+                               suffix=os.path.splitext(path)[1])
+    os.close(fd)
+    try:
+        result.plot(tmp)
+        os.chmod(tmp, _file_mode(path))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    print(f"wrote {path}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

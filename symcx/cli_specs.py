@@ -1,8 +1,9 @@
 """Model specs and input shapes as the command line takes them.
 
 A model spec is ``path/to/file.py:ClassOrFactory``, ``package.module:factory`` or a bundled
-name from :data:`symcx.zoo.BUNDLED` (``mnist-cnn``, ``mlp``). A class is called with no
-arguments, a factory likewise, and the product must be a ``torch.nn.Module``. An input
+name from :data:`symcx.zoo.BUNDLED` (``mnist-cnn``, ``mlp``). A class or factory is called
+with the keyword arguments of ``--model-args`` (none by default; see :func:`parse_model_args`),
+and the product must be a ``torch.nn.Module``. An input
 spec is sizes joined by ``x`` without the batch (``1x28x28``); several inputs are joined by
 ``,`` and an integer input takes a dtype suffix (``128:long``). Every failure is a
 :class:`~symcx.errors.SymcxError` with a one-line message.
@@ -24,7 +25,7 @@ from torch import nn
 from .errors import SymcxError
 from .zoo import BUNDLED
 
-__all__ = ["load_model", "parse_input", "example_input", "parse_symbolic"]
+__all__ = ["load_model", "parse_model_args", "parse_input", "example_input", "parse_symbolic"]
 
 #: Example size of the batch dim of a built input (the trace replaces it by the symbol t).
 EXAMPLE_BATCH = 2
@@ -59,30 +60,89 @@ def _import_module(name: str) -> Any:
         raise SymcxError(f"cannot import module {name!r}: {type(err).__name__}: {err}") from err
 
 
-def _build(obj: Any, where: str) -> nn.Module:
+def _value(text: str) -> Any:
+    """A ``--model-args`` value: int, float, true/false/none (any case), else the string itself."""
+    literal = {"true": True, "false": False, "none": None}
+    if text.lower() in literal:
+        return literal[text.lower()]
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_model_args(text: str | None) -> dict[str, Any]:
+    """``key=value`` pairs joined by ``,`` as keyword arguments for the model's class or factory.
+
+    Values are ints, floats, ``true``/``false``/``none`` (any case) or else strings.
+
+    Parameters
+    ----------
+    text : str or None
+        ``name=resnet50,pretrained=false``; None or empty gives no arguments.
+
+    Returns
+    -------
+    dict
+
+    Raises
+    ------
+    SymcxError
+        A pair without ``=``, a key that is not an identifier, or a key given twice.
+
+    Examples
+    --------
+    >>> parse_model_args("name=resnet50,pretrained=false,width=0.5,depth=18,head=None")
+    {'name': 'resnet50', 'pretrained': False, 'width': 0.5, 'depth': 18, 'head': None}
+    """
+    kwargs: dict[str, Any] = {}
+    for pair in (p.strip() for p in (text or "").split(",")):
+        if not pair:
+            continue
+        key, eq, value = (x.strip() for x in pair.partition("="))
+        if not eq or not key.isidentifier():
+            raise SymcxError(f"malformed --model-args item {pair!r}: expected key=value, e.g. depth=18,pretrained=false")
+        if key in kwargs:
+            raise SymcxError(f"--model-args gives {key!r} twice")
+        kwargs[key] = _value(value)
+    return kwargs
+
+
+def _build(obj: Any, where: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
+    kwargs = kwargs or {}
     if isinstance(obj, nn.Module):
+        if kwargs:
+            raise SymcxError(f"{where} is a module instance, which takes no --model-args; name its class or a factory")
         return obj
     if inspect.isclass(obj) and not issubclass(obj, nn.Module):
         raise SymcxError(f"{where} is a class but not a torch.nn.Module subclass")
     if not callable(obj):
         raise SymcxError(f"{where} is a {type(obj).__name__}, not an nn.Module class or factory")
+    call = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
     try:
-        model = obj()
+        model = obj(**kwargs)
     except Exception as err:
-        raise SymcxError(f"cannot build {where}(): {type(err).__name__}: {err}") from err
+        raise SymcxError(f"cannot build {where}({call}): {type(err).__name__}: {err}") from err
     if not isinstance(model, nn.Module):
         raise SymcxError(f"{where}() returned an object of type {type(model).__name__}, not a torch.nn.Module")
     return model
 
 
-def load_model(spec: str) -> nn.Module:
-    """Build the model that ``spec`` names.
+def load_model(spec: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """Build the model that ``spec`` names, calling it with ``kwargs``.
+
+    Importing a file or module runs its code: only give specs you trust. No weights are
+    ever unpickled here.
 
     Parameters
     ----------
     spec : str
         ``path/to/file.py:Name``, ``package.module:Name`` (``Name`` may be dotted), or a
         bundled name (``mnist-cnn``, ``mlp``).
+    kwargs : dict, optional
+        Keyword arguments for the class or factory (``--model-args``, :func:`parse_model_args`).
 
     Returns
     -------
@@ -100,9 +160,11 @@ def load_model(spec: str) -> nn.Module:
     'MnistCNN'
     >>> type(load_model("torch.nn:Identity")).__name__
     'Identity'
+    >>> load_model("torch.nn:Linear", {"in_features": 4, "out_features": 2, "bias": False})
+    Linear(in_features=4, out_features=2, bias=False)
     """
     if spec in BUNDLED:
-        return _build(BUNDLED[spec], spec)
+        return _build(BUNDLED[spec], spec, kwargs)
     if ":" not in spec:
         if spec.endswith(".py"):
             raise SymcxError(f"{spec}: say which class or factory to use, as {spec}:Name")
@@ -123,7 +185,7 @@ def load_model(spec: str) -> nn.Module:
             hint = f" (nn.Module classes there: {', '.join(found)})" if found else ""
             raise SymcxError(f"{source} has no attribute {attr!r}{hint}")
         obj = getattr(obj, part)
-    return _build(obj, f"{source}:{attr}")
+    return _build(obj, f"{source}:{attr}", kwargs)
 
 
 def parse_input(text: str) -> list[tuple[tuple[int, ...], torch.dtype]]:

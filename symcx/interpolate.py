@@ -4,13 +4,17 @@ When a model will not trace with symbolic sizes (a kernel that pins the batch, a
 refuses symbolic shapes), its FLOPs and bytes are still polynomials of low degree in t and
 the named dims. symcx traces the step at a grid of concrete values, checks that the step is
 the same at every point, fits each node's cost and shapes with a polynomial of degree ≤ 2 in
-each symbol, and verifies the fit at one more point. A node that does not fit is an error,
-never a guess.
+each symbol, and verifies the fit at two more points: one just past the grid, and one a few
+base sizes away (see :func:`_far_step`), where a size that steps with a stride (a strided
+convolution's output length, constant over a few consecutive sizes) leaves its plateau. A node
+that does not fit is an error, never a guess.
 
 Some steps grow with a size: a GRU or RNN runs one cell per time step, so the number of
-nodes depends on L. Then the nodes are grouped by (phase, layer, op) and each group's total
-cost is fitted instead; the merged step has one node per group and no data flow, and memory
-is fitted from the memory model of each concrete trace (:class:`FittedMemory`).
+nodes depends on L; so does a Python loop over time (a Mamba or RWKV scan). Then the nodes are
+grouped by (phase, module, op family), a functional op under its module's path rather than its
+per-call layer, and each group's total cost is fitted instead; the merged step has one node
+per group and no data flow, and memory is fitted from the memory model of each concrete trace
+(:class:`FittedMemory`).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import torch
 from ._torch import tree_leaves
 from .capture import BATCH_HINT, DimSpec, trace_at
 from .cost import Cost, TensorInfo
-from .errors import SymcxError, TraceError
+from .errors import ShapeError, SymcxError, TraceError
 from .memory import MEMORY_FIELDS, LayerMemory, Memory, MemoryModel, TracedMemory, step_memory
 from .rules import annotate_costs
 from .step import Node, Step, Storage, build_step
@@ -48,9 +52,13 @@ def _base_values(example: Any, batch_dim: int | None, dims: Sequence[DimSpec]) -
 
 
 class _Fitter:
-    """Fits values sampled on the grid (and the check point, last) with verified polynomials."""
+    """Fits values sampled on the grid with polynomials, each verified at the check points.
 
-    def __init__(self, grid: list[dict[str, int]], check: dict[str, int], names: list[str], reason: str) -> None:
+    Samples come in the order of ``grid + checks``: the grid's determine the polynomial, each
+    check point's must agree with it.
+    """
+
+    def __init__(self, grid: list[dict[str, int]], checks: list[dict[str, int]], names: list[str]) -> None:
         syms = [symbol(nm) for nm in names]
         self.monomials = [
             sympy.Mul(*[s**e for s, e in zip(syms, exps)])
@@ -58,21 +66,29 @@ class _Fitter:
         ]
         rows = [[m.subs({s: p[nm] for s, nm in zip(syms, names)}) for m in self.monomials] for p in grid]
         self.inverse = sympy.Matrix(rows).inv()
-        self.at_check = {symbol(k): check[k] for k in names}
-        self.names, self.reason = names, reason
+        self.size = len(grid)
+        self.checks = [{symbol(k): c[k] for k in names} for c in checks]
+        self.names = names
 
     def one(self, samples: Sequence[sympy.Expr], what: str) -> sympy.Expr:
-        """The polynomial through ``samples[:-1]``; it must give ``samples[-1]`` at the check point."""
-        coeffs = self.inverse * sympy.Matrix(list(samples[:-1]))
+        """The polynomial through the grid's samples; it must give each check point's sample."""
+        coeffs = self.inverse * sympy.Matrix(list(samples[: self.size]))
         poly = sympy.Add(*[c * m for c, m in zip(coeffs, self.monomials)])
-        if poly.subs(self.at_check) != samples[-1]:
-            raise TraceError(f"{self.reason}; and {what} is not a polynomial of degree ≤ {DEGREE} in {self.names}")
+        for at, sample in zip(self.checks, samples[self.size:]):
+            if poly.subs(at) != sample:
+                where = ", ".join(f"{k}={v}" for k, v in at.items())
+                raise TraceError(
+                    f"{what} is not a polynomial of degree ≤ {DEGREE} in {self.names}: "
+                    f"the grid gives {poly}, the trace at {where} gives {sample} (neither a cost of higher degree "
+                    f"nor a size that steps with the floor of a stride, as after a strided convolution or "
+                    f"pooling, has such a formula)"
+                )
         return poly
 
     def many(self, rows: Sequence[Sequence[sympy.Expr]], what: str) -> list[sympy.Expr]:
         """Fit column by column: ``rows[i]`` are the values at grid point ``i``."""
         if len({len(r) for r in rows}) != 1:
-            raise TraceError(f"{self.reason}; and {what} changes shape with the sizes")
+            raise TraceError(f"{what} changes shape with the sizes")
         return [self.one(col, what) for col in zip(*rows)]
 
 
@@ -103,6 +119,21 @@ def _rebuild(node: Node, fitted: list[sympy.Expr]) -> None:
                 info = dataclasses.replace(info, shape=tuple(next(it) for _ in info.shape))
             new.append(info)
         node.out = tuple(new) if isinstance(node.out, tuple) else new[0]
+
+
+def _module_layers(step: Step) -> None:
+    """Relabel each functional op's per-call layer (``mixer.bmm_16``) with its module's path.
+
+    Functional ops are named after their fx node, so a Python loop over time (a Mamba or RWKV
+    scan, ``for i in range(x.shape[1])``) makes new layers at every step and no two grid
+    points have the same layers; per module, the layers are the same and each one's cost is L
+    times one step's. Ops of the root module take the model's class name.
+    """
+    root = step.module_types.get("", "model")
+    # backward ops and parameters carry the layer of their forward op, so the forward's names say it all
+    renamed = {v.layer: v.module or root for v in step.calls() if v.phase == "forward" and v.layer != v.module}
+    for v in step.nodes:
+        v.layer = renamed.get(v.layer, v.layer)
 
 
 def _groups(step: Step) -> dict[tuple[str, str, str], list[Node]]:
@@ -136,11 +167,11 @@ def _group_node(key: tuple[str, str, str], members: list[list[Node]], order: int
 
 
 def _grouped(steps: list[Step], fit: _Fitter) -> list[Node]:
-    """The nodes of a step that grows with the sizes: one per (phase, layer, op family)."""
+    """The nodes of a step that grows with the sizes: one per (phase, module, op family)."""
     per_step = [_groups(s) for s in steps]
     keys = list(per_step[0])
     if any(set(g) != set(keys) for g in per_step[1:]):
-        raise TraceError(f"{fit.reason}; and the traced graph's layers and ops change with the sizes")
+        raise TraceError("the traced graph's layers and ops change with the sizes")
     ref = steps[0]
     nodes = []
     for v in ref.nodes:
@@ -185,7 +216,7 @@ class FittedMemory:
             fitted = {f: self.fit.one([getattr(m, f) for m in mems], f"memory {f}") for f in MEMORY_FIELDS}
         except TraceError as err:
             raise SymcxError(
-                f"no memory formula on the interpolated route: {str(err).rsplit('; and ', 1)[-1]} "
+                f"no memory formula on the interpolated route: {str(err).split(': the grid gives', 1)[0]} "
                 f"(its peak moves between program points as the sizes change); FLOPs and saved bytes are exact"
             ) from err
         ref = mems[0]
@@ -200,6 +231,36 @@ class FittedMemory:
                                  f"memory of {rows[0].name}")
             layers.append(LayerMemory(rows[0].name, *nums, saved=()))
         return tuple(layers)
+
+
+def _step_at(model: torch.nn.Module, example: Any, values: Mapping[str, int], batch_dim: int | None,
+             dims: Sequence[DimSpec], loss: Callable[[Any], torch.Tensor] | None) -> Step:
+    return build_step(trace_at(model, example, values, batch_dim=batch_dim, dims=dims, loss=loss))
+
+
+def _far_step(model: torch.nn.Module, example: Any, base: Mapping[str, int], batch_dim: int | None,
+              dims: Sequence[DimSpec], loss: Callable[[Any], torch.Tensor] | None) -> tuple[dict, Step] | None:
+    """A check point far from the grid, and its step: ``3·base + 1`` (else ``2·base + 1``) of each size.
+
+    The grid (base … base+2) and the near check (base+4) are five consecutive sizes: a size
+    that steps with the floor of a stride of 5 or more (a strided convolution's output,
+    ``⌊(L − k)/s⌋ + 1``) can be constant over all of them, and its fit would silently drop the
+    symbol. A point a few base lengths away (odd, off the strides' multiples) leaves that
+    plateau. Where the model does not run there (a size past a position table), the next
+    candidate is tried; if none runs, only the near check is made.
+    """
+    for scale in (3, 2):
+        values = {k: scale * v + 1 for k, v in base.items()}
+        try:
+            return values, _step_at(model, example, values, batch_dim, dims, loss)
+        except (TraceError, ShapeError):
+            continue
+    return None
+
+
+def _where(node: Node) -> str:
+    """A node's name and layer, for an error message."""
+    return f"{node.name} (in {node.layer})" if node.layer and node.layer != node.name else node.name
 
 
 def interpolated(
@@ -219,29 +280,36 @@ def interpolated(
     Raises
     ------
     TraceError
-        If the step changes between grid points or a node's cost is not a polynomial of
-        degree ≤ 2 in each symbol.
+        If the step changes between grid points, or a node's cost or shape is not a polynomial
+        of degree ≤ 2 in each symbol at a check point (the near one, base + 4, and one a few
+        base sizes away, which catches a size that steps with a stride).
     """
     base = _base_values(example_input, batch_dim, dims)
     names = list(base)
     if not names:
         raise TraceError(f"{reason}; and there is no size to interpolate over")
     grid = [dict(zip(names, p)) for p in itertools.product(*[[base[k] + i for i in range(DEGREE + 1)] for k in names])]
-    check = {k: base[k] + DEGREE + 2 for k in names}
+    checks = [{k: base[k] + DEGREE + 2 for k in names}]
     steps, unsupported = [], Counter()
-    for values in grid + [check]:
-        step = build_step(trace_at(model, example_input, values, batch_dim=batch_dim, dims=dims, loss=loss))
-        unsupported = annotate_costs(step.nodes, strict=strict, options=options)
-        steps.append(step)
+    for values in grid + checks:
+        steps.append(_step_at(model, example_input, values, batch_dim, dims, loss))
+        unsupported = annotate_costs(steps[-1].nodes, strict=strict, options=options)
+    far = _far_step(model, example_input, base, batch_dim, dims, loss)
+    if far is not None:
+        checks.append(far[0])
+        steps.append(far[1])
+        annotate_costs(far[1].nodes, strict=strict, options=options)
     ref = steps[0]
-    fit = _Fitter(grid, check, names, reason)
+    fit = _Fitter(grid, checks, names)
     same = all([v.name for v in s.nodes] == [v.name for v in ref.nodes]
                and all(a.op == b.op for a, b in zip(s.nodes, ref.nodes)) for s in steps[1:])
     if same:
         for v in ref.nodes:
-            _rebuild(v, fit.many([_scalars(s.node(v.name)) for s in steps], v.name))
+            _rebuild(v, fit.many([_scalars(s.node(v.name)) for s in steps], _where(v)))
         nodes, storages = ref.nodes, _fitted_storages(steps, fit)
     else:
+        for s in steps:
+            _module_layers(s)
         nodes, storages = tuple(_grouped(steps, fit)), {}
     syms = {k: symbol(k) for k in names}
     merged = dataclasses.replace(

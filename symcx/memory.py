@@ -41,6 +41,7 @@ __all__ = [
     "OPTIMIZER_COPIES",
     "STEP_TEMPORARY_COPIES",
     "step_memory",
+    "memory_timeline",
     "max_batch_size",
     "parse_bytes",
 ]
@@ -336,6 +337,58 @@ def step_memory(
         inference_peak_node=inf_node, candidates=candidates,
         by_layer=_by_layer(step, lives, saved if training else [], training, ev),
     )
+
+
+def memory_timeline(
+    step: Step,
+    *,
+    optimizer: str = "sgd",
+    dtype: Any = None,
+    values: Mapping[sympy.Symbol, Any] | None = None,
+) -> list[tuple[str, str, sympy.Expr]]:
+    """Bytes held at every op of a training step that allocates: the curve whose top is the peak.
+
+    The points are :func:`step_memory`'s own walk (forward, loss, backward, then
+    ``optimizer.step()``), each plus the resident bytes (parameters, buffers, the input batch,
+    optimizer state), so the largest point equals ``step_memory(...).peak`` at the same values.
+
+    Parameters
+    ----------
+    step : Step
+        The traced step (``Analysis.step``).
+    optimizer, dtype
+        As for :func:`step_memory`.
+    values : mapping, optional
+        Symbol values to substitute (``{t: 8}``); without them the bytes stay expressions.
+
+    Returns
+    -------
+    list of (node, phase, bytes)
+        In program order; ``phase`` is the node's (``"forward"``, ``"loss"``, ``"backward"``)
+        or ``"optimizer"`` for the last point, node ``"optimizer.step"``.
+
+    Examples
+    --------
+    >>> import torch, symcx
+    >>> mlp = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    >>> a = symcx.analyze(mlp, torch.randn(5, 4))
+    >>> curve = memory_timeline(a.step, values={symcx.t: 8})
+    >>> max(b for _, _, b in curve) == step_memory(a.step, values={symcx.t: 8}).peak
+    True
+    """
+    if optimizer not in OPTIMIZER_COPIES:
+        raise SymcxError(f"optimizer must be one of {sorted(OPTIMIZER_COPIES)}, not {optimizer!r}")
+    lives = _lives(step, _dtype_name(dtype))
+    trainable = [s for s in lives.values() if step.node(s.node).param in step.trainable and s.phase == "param"]
+    grads = sympy.Add(*[s.nbytes for s in trainable])
+    state = OPTIMIZER_COPIES[optimizer] * grads + _STEP_SCALAR_BYTES.get(optimizer, 0) * len(trainable)
+    resident = state + sympy.Add(*[s.nbytes for s in lives.values() if s.phase in ("param", "buffer", "input")])
+    phases = ("forward", "loss", "backward")
+    kept_to_end = sympy.Add(*[s.nbytes for s in lives.values() if s.last == _END and s.phase in phases])
+    points = [(v, step.node(v).phase, e) for v, e in _walk(lives, phases, "last")]
+    points.append((STEP_NODE, "optimizer", kept_to_end + STEP_TEMPORARY_COPIES[optimizer] * grads))
+    subs = dict(values or {})
+    return [(v, phase, sympy.sympify(resident + e).subs(subs)) for v, phase, e in points]
 
 
 def _by_layer(

@@ -8,6 +8,7 @@ step's ``route`` and ``fallback_reason`` say so for reports).
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -29,8 +30,13 @@ def _symbolic(
     model: torch.nn.Module, example_input: Any, batch_dim: int | None, dims: Sequence[DimSpec], widths: str | None,
     loss: Callable[[Any], torch.Tensor] | None, options: Mapping[str, Any], strict: bool,
 ) -> tuple[Step, Counter, MemoryModel]:
-    """The symbolic route: one trace with symbolic sizes, costed node by node."""
+    """The symbolic route: one trace with symbolic sizes, costed node by node.
+
+    Where the tracer departed from the request (``Trace.notes``: a batch the model pins), it warns.
+    """
     trace = trace_training_step(model, example_input, batch_dim=batch_dim, dims=dims, widths=widths, loss=loss)
+    for note in trace.notes:
+        warnings.warn(f"symcx: {type(model).__name__}: {note}", UserWarning, stacklevel=3)
     step = build_step(trace)
     unsupported = annotate_costs(step.nodes, strict=strict, options=options)
     return step, unsupported, TracedMemory(step)

@@ -28,7 +28,7 @@ from .capture import TensorMeta, Trace
 from .cost import Cost, OpCall, TensorInfo, bind_arguments
 from .opsets import ALIAS_OPS
 
-__all__ = ["Node", "Storage", "Step", "build_step", "storage_keys", "FORWARD_PHASES"]
+__all__ = ["Node", "Storage", "Step", "build_step", "storage_keys", "traffic", "FORWARD_PHASES"]
 
 ZERO = sympy.Integer(0)
 #: Phases whose FLOPs count as the forward of a step.
@@ -129,6 +129,12 @@ def storage_keys(value: Any) -> Iterator[str]:
     elif isinstance(value, (tuple, list)):
         for v in value:
             yield from storage_keys(v)
+
+
+def traffic(node: Node) -> sympy.Expr:
+    """Bytes a call node moves: its tensor arguments read, and the new storage it writes."""
+    read = sympy.Add(*[x.nbytes for x in (node.call.tensors if node.call else ())])
+    return read + sympy.sympify(node.bytes)
 
 
 def _info(trace: Trace, value: Any, tracked: frozenset[str] | set[str] = frozenset(), grad: bool = False) -> Any:

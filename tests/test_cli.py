@@ -53,6 +53,19 @@ NET_PY = textwrap.dedent("""
             def forward(self, x):
                 raise RuntimeError("boom")
         return Boom(4, 3)
+
+    def sized(channels=8, bias=True, kernel=3):
+        return torch.nn.Conv2d(3, channels, kernel, bias=bias)
+
+    class Interrupts(torch.nn.Linear):  # Ctrl-C as the sweep reaches a batch over 10 (the trace at t = 8 does not)
+
+        def __init__(self):
+            super().__init__(4, 3)
+
+        def forward(self, x):
+            if isinstance(x.shape[0], int) and x.shape[0] > 10:  # a real run, not the trace's symbolic size
+                raise KeyboardInterrupt
+            return super().forward(x)
 """)
 
 
@@ -70,7 +83,7 @@ def workdir(tmp_path):
 
 # --- subprocess runs: one per format and per bad argument ------------------------------------
 def test_table_on_the_terminal():
-    out = run("analyze", "mnist-cnn")
+    out = run("analyze", "mnist-cnn", "--exact")
     assert out.returncode == 0, out.stderr
     assert out.stderr == ""
     for text in ("conv1", "Conv2d", "389,376*t", "21,233,664*t", "23,984,896*t", "1,199,882", "O(N*n)",
@@ -202,7 +215,9 @@ def test_unwritable_output_fails_first(workdir):
 
 
 @pytest.mark.parametrize("args, reason", [
-    (["mlp", "--batch-sizes", "99999999999999999999"], "t=99999999999999999999: error: OverflowError"),
+    # the predicted peak, about 2**65 bytes at this size, exceeds any free memory: skipped unless --force
+    (["mlp", "--batch-sizes", "99999999999999999999"], "t=99999999999999999999: skipped: predicted peak "),
+    (["mlp", "--batch-sizes", "99999999999999999999", "--force"], "t=99999999999999999999: error: OverflowError"),
     (["torch.nn:ReLU", "--input", "4", "--backward", "--batch-sizes", "2,4"],
      "t=2: error: RuntimeError: element 0 of tensors does not require grad"),
 ])
@@ -212,7 +227,7 @@ def test_validate_where_no_batch_size_ran_exits_3(workdir, args, reason):
     assert out.returncode == 3, out.stderr
     assert out.stderr.count("\n") == 1 and out.stderr.startswith("symcx validate: error: no batch size ran (")
     assert reason in out.stderr and "Traceback" not in out.stderr
-    assert "error" in out.stdout  # the table still shows each size's failure
+    assert reason.split(": ")[1] in out.stdout  # the table still shows each size's failure
     assert sorted(p.name for p in workdir.iterdir()) == ["net.py"]  # neither file written
 
 
@@ -283,7 +298,7 @@ def test_load_model_specs(workdir):
         "net.py": "say which class or factory",
         f"{workdir / 'net.py'}:three": "returned an object of type int, not a torch.nn.Module",
         f"{workdir / 'net.py'}:NeedsArgs": "cannot build",
-        f"{workdir / 'net.py'}:Missing": "has no attribute 'Missing' (nn.Module classes there: NeedsArgs, Net)",
+        f"{workdir / 'net.py'}:Missing": "has no attribute 'Missing' (nn.Module classes there: Interrupts, NeedsArgs, Net)",
         "no_such_package_xyz:make": "cannot import module 'no_such_package_xyz'",
     }
     for spec, message in cases.items():
@@ -309,3 +324,83 @@ def test_input_and_symbolic_parsing():
         parse_symbolic("Q", image)
     with pytest.raises(SymcxError, match="malformed --symbolic"):
         parse_symbolic("H=x", image)
+
+
+# --- issue 13: --model-args, --exact/--depth, Ctrl-C in a sweep ------------------------------
+def test_model_args_reach_the_factory(workdir):
+    out = run("analyze", "net.py:sized", "--model-args", "channels=4,bias=false,kernel=1", "--input", "3x8x8",
+              "--format", "json", cwd=workdir)
+    assert out.returncode == 0, out.stderr
+    # Conv2d(3, 4, 1, bias=False): 4·3·1·1 = 12 weights, no bias; 2·t·4·3·8·8 = 1,536·t forward FLOPs
+    totals = json.loads(out.stdout)["totals"]
+    assert totals["params"] == "12" and totals["forward_flops"] == "1536*t"
+
+
+def test_model_args_for_validate(workdir):
+    out = run("validate", "net.py:sized", "--model-args", "channels=2,kernel=1", "--input", "3x4x4",
+              "--batch-sizes", "1,2", "--repeats", "1", "--warmup", "0", "--output", "v.json", cwd=workdir)
+    assert out.returncode == 0, out.stderr
+    sizes = json.loads((workdir / "v.json").read_text())["sizes"]
+    # Conv2d(3, 2, 1): 2·t·2·3·4·4 = 192·t FLOPs, measured by FlopCounterMode
+    assert [s["flops"][0]["measured"] for s in sizes] == [192, 384]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model-args", "channels"], "malformed --model-args item 'channels': expected key=value"),
+    (["--model-args", "width=2,width=3"], "--model-args gives 'width' twice"),
+    (["--model-args", "depth=3"], "cannot build net.py:sized(depth=3): TypeError: "),
+])
+def test_bad_model_args_one_line_exit_2(workdir, args, message):
+    out = run("analyze", "net.py:sized", *args, "--input", "3x8x8", cwd=workdir)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.count("\n") == 1 and message in out.stderr
+
+
+def test_parse_model_args_values():
+    from symcx.cli_specs import parse_model_args
+
+    assert parse_model_args("a=1,b=-2.5,c=TRUE,d=false,e=None,f=resnet50,g=1e3") == {
+        "a": 1, "b": -2.5, "c": True, "d": False, "e": None, "f": "resnet50", "g": 1000.0}
+    assert parse_model_args(None) == {} and parse_model_args("") == {}
+
+
+@pytest.mark.parametrize("flag", [["--exact"], ["--depth", "2"]])
+def test_table_options_rejected_for_json(flag):
+    out = run("analyze", "mnist-cnn", "--format", "json", *flag)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.startswith(f"symcx analyze: error: {flag[0]} is for --format table or markdown only")
+
+
+def test_human_units_by_default_exact_on_request():
+    human, exact = run("analyze", "mnist-cnn"), run("analyze", "mnist-cnn", "--exact")
+    assert human.returncode == exact.returncode == 0
+    # conv2: 2·24·24·3·3·32·64 = 21,233,664 FLOPs per sample
+    assert "21.2M*t" in human.stdout and "21,233,664*t" not in human.stdout
+    assert "21,233,664*t" in exact.stdout
+
+
+def test_depth_folds_the_tree(workdir):
+    out = run("analyze", "resnet18", "--depth", "1", "--format", "markdown", "--exact")
+    assert out.returncode == 0, out.stderr
+    assert "| **`layer1`** | block of 12 |" in out.stdout and "| `layer1.0.conv1` |" not in out.stdout
+
+
+def test_markdown_links_the_memory_timeline(workdir):
+    (workdir / "figs").mkdir()
+    out = run("analyze", "mnist-cnn", "--format", "markdown", "--output", "r.md", "--plot-memory", "figs/m.png",
+              "--batch", "4", cwd=workdir)
+    assert out.returncode == 0, out.stderr
+    assert "![Memory timeline of one training step](figs/m.png)" in (workdir / "r.md").read_text()
+    # the seed's peak at t = 4: 532,072·4 + 9,523,800 = 11,652,088 bytes (tests/test_memory.py)
+    assert "peak 11,652,088 bytes" in out.stderr
+    assert (workdir / "figs" / "m.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_ctrl_c_in_a_sweep_writes_the_finished_sizes_and_exits_130(workdir):
+    out = run("validate", "net.py:Interrupts", "--input", "4", "--batch-sizes", "2,4,16", "--repeats", "1",
+              "--warmup", "0", "--output", "v.json", cwd=workdir)
+    assert out.returncode == 130
+    assert "symcx: interrupted after 2 of 3 batch sizes" in out.stderr
+    doc = json.loads((workdir / "v.json").read_text())
+    assert doc["partial"] is True and [s["batch_size"] for s in doc["sizes"]] == [2, 4]
+    assert sorted(p.name for p in workdir.iterdir()) == ["net.py", "v.json"]  # written whole, no temporary

@@ -67,7 +67,7 @@ def test_schema_sections(seed):
     assert set(doc) >= {"symbols", "hints", "substituted", "route", "convention", "assumptions", "totals",
                         "training", "big_o", "memory", "layers", "unsupported", "deviations", "values"}
     assert doc["symbols"] == ["N", "n", "t"] and doc["route"] == "symbolic"
-    assert doc["big_o"] == {"step": "t", "training": "N*n"}
+    assert doc["big_o"] == {"step": "t", "training": "N*n", "where": {}}
     conv1 = doc["layers"][0]
     assert conv1["name"] == "conv1" and conv1["type"] == "Conv2d" and conv1["ops"] == ["aten.convolution"]
     assert conv1["out_shape"] == ["t", "32", "26", "26"]
@@ -77,6 +77,29 @@ def test_schema_sections(seed):
     # fc2's grad input t×10 @ 10×128 and grad weight 10×t @ t×128
     fc2 = next(row for row in doc["layers"] if row["name"] == "fc2")
     assert fc2["backward_derivation"] == [["2", "t", "10", "128"], ["2", "10", "t", "128"]]
+    assert fc2["backward_terms"] == [{"label": "grad input", "factors": ["2", "t", "10", "128"]},
+                                     {"label": "grad weight", "factors": ["2", "10", "t", "128"]}]
+
+
+def test_weights_biases_shapes_and_details(seed):
+    doc = json.loads(to_json(seed, at={"t": 2}))
+    conv1 = doc["layers"][0]
+    # 32 filters of 1×3×3: 288 weights, 32 biases; a 28×28 input, a 3×3 kernel, stride 1, no padding
+    assert (conv1["weights"], conv1["biases"]) == ("288", "32")
+    assert conv1["weight_shapes"] == [["32", "1", "3", "3"], ["32"]]
+    assert conv1["in_shape"] == ["t", "1", "28", "28"] and conv1["trainable"] is True
+    assert conv1["details"] == "k=3×3, s=1, p=0, d=1, g=1"
+    assert conv1["backward_terms"] == [{"label": "grad weight", "factors": ["2", "1", "32", "t", "26", "26", "3", "3"]}]
+    relu = doc["layers"][1]
+    assert relu["trainable"] is None and relu["weight_shapes"] == [] and relu["weights"] == "0"
+    fc1 = next(r for r in doc["values"]["layers"] if r["name"] == "fc1")
+    assert (fc1["weights"], fc1["biases"]) == (128 * 9216, 128)
+
+
+def test_big_o_states_the_numbers_given_for_n_and_N(seed):
+    doc = json.loads(to_json(seed, epochs=1, samples=60000))
+    # the total 71,565,312·t·ceiling(60000/t) does not grow with t: the big-O stays in n, N
+    assert doc["big_o"] == {"step": "t", "training": "N*n", "where": {"n": "1", "N": "60000"}}
 
 
 @pytest.mark.parametrize("batch", [1, 64])

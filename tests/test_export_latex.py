@@ -45,9 +45,12 @@ def test_conv_derivations_are_the_homework_products(seed):
 def test_backward_derivation_of_a_linear_layer(seed):
     tex = to_latex(seed)
     # grad input t×10 @ 10×128 and grad weight 10×t @ t×128: 2*128*10 each = 5,120 per sample
-    assert (r"\mathtt{fc2}\ \text{backward} &= 2 \times t \times 10 \times 128 \\" "\n"
-            r"&\phantom{=} + 2 \times 10 \times t \times 128 \\" "\n"
+    assert (r"\mathtt{fc2}\ \text{backward} &= \text{grad input: }2 \times t \times 10 \times 128 \\" "\n"
+            r"&\phantom{=} + \text{grad weight: }2 \times 10 \times t \times 128 \\" "\n"
             r"&= 5{,}120 t") in tex
+    # conv1's input needs no gradient: its backward is the grad weight alone, 2*1*32*t*26*26*3*3
+    assert (r"\mathtt{conv1}\ \text{backward} &= \text{grad weight: }2 \times 1 \times 32 \times t \times 26 "
+            r"\times 26 \times 3 \times 3 = 389{,}376 t") in tex
 
 
 def test_totals_params_and_big_o(seed):
@@ -76,12 +79,47 @@ def test_symbols_print_as_named(mlp):
     assert r"\mathtt{net.0}\ \text{forward} &= 2 \times t \times i \times j = 2 i j t" in tex
 
 
-def test_layer_names_are_escaped(seed):
+def test_big_o_with_numbers_for_n_and_N(seed):
+    tex = to_latex(seed, epochs=1, samples=60000)
+    # 71,565,312·t·ceil(60000/t) no longer grows with t; the big-O is said in n, N and their numbers
+    assert (r"\text{Big-O, training} &= \mathcal{O}\left(N n\right) \quad \text{with } n = 1,\ N = 60{,}000"
+            in tex)
+    assert r"\mathcal{O}\left(1\right)" not in tex
+
+
+def test_plain_names_in_the_tables_the_ops_in_the_appendix(seed):
     tex = to_latex(seed)
-    assert r"\texttt{max\_\allowbreak{}pool2d\_\allowbreak{}with\_\allowbreak{}indices} & " in tex
-    assert r"\texttt{\_\allowbreak{}log\_\allowbreak{}softmax} & " in tex
+    tables, appendix = tex.split("FLOPs of each matmul")[0], tex.split("Operators behind each row")[1]
+    # F.max_pool2d, F.log_softmax and the second F.relu, as a student names them
+    for plain in (r"\texttt{max pool} & ", r"\texttt{log-softmax} & ", r"\texttt{ReLU 2} & "):
+        assert plain in tables
+    for jargon in ("pool2d", "log\\_", "threshold", "make", "fake", "aten"):
+        assert jargon not in tables, jargon
+    assert r"max pool & \texttt{max\_\allowbreak{}pool2d\_\allowbreak{}with\_\allowbreak{}indices} & " in appendix
+    assert r"log-softmax & \texttt{\_\allowbreak{}log\_\allowbreak{}softmax} & " in appendix
     assert re.search(r"(?<!\\)_(?!\{)", tex) is None  # every underscore escaped or a math subscript
-    assert r"\mathtt{\_log\_softmax}" in seed._repr_latex_()
+    assert r"\mathtt{log-softmax}" in seed._repr_latex_()
+
+
+def test_route_note_is_a_plain_footnote_and_the_peak_in_words(seed):
+    tex = to_latex(seed)
+    assert r"Per-layer FLOPs of one training step\footnote{Counted by tracing one training step" in tex
+    # the peak: the backward of the second ReLU (threshold_backward_1 in the graph), in a footnote
+    assert (r"The peak is reached in the backward pass of ReLU 2.\footnote{Operator "
+            r"\texttt{threshold\_\allowbreak{}backward}, graph node \texttt{threshold\_\allowbreak{}backward\_"
+            r"\allowbreak{}1}.}") in tex
+    assert not [line for line in tex.splitlines() if line.startswith(r"\item Traced")]
+
+
+def test_weights_biases_and_shapes_table(seed):
+    tex = to_latex(seed)
+    # conv1: input t×1×28×28, output t×32×26×26, 32×1×3×3 = 288 weights and 32 biases
+    assert (r"\texttt{conv1} & $t \times 1 \times 28 \times 28$ & $t \times 32 \times 26 \times 26$ & "
+            r"$\mathrm{k=3\times 3, s=1, p=0, d=1, g=1}$ & $32 \times 1 \times 3 \times 3,\ 32$ & $288$ & $32$ \\"
+            in tex)
+    # fc1: 128·9216 = 1,179,648 weights, 128 biases, 9216 → 128
+    assert (r"$\mathrm{9216\to 128}$ & $128 \times 9{,}216,\ 128$ & $1{,}179{,}648$ & $128$ \\" in tex)
+    assert r"\texttt{conv1} & $320$ & $\text{yes}$ & $86{,}528 t$ & $0$ \\" in tex
 
 
 def test_standalone_document_and_fragment(seed):
@@ -114,10 +152,10 @@ def test_uncounted_ops_are_listed(seed):
 def test_notes(seed):
     tex = to_latex(seed, epochs=1, samples=60000)
     items = [line for line in tex.splitlines() if line.startswith(r"\item ")]
-    assert items[0].startswith(r"\item Traced once with symbolic sizes: one joint forward+backward aten graph")
-    assert items[1] == (r"\item FLOPs follow FlopCounterMode (one multiply-add is 2 FLOPs; matmul, convolution, "
-                        r"attention). Other FLOPs: elementwise ops, norms, pooling, softmax, reductions.")
-    assert items[2] == (r"\item Training: epochs $1$, samples $60{,}000$, $\lceil 60{,}000 / t \rceil$ steps per "
+    assert items[0] == (r"\item FLOPs count one multiply-add as 2 FLOPs, in matmul, convolution, attention (the "
+                        r"convention of PyTorch's FlopCounterMode). Other FLOPs are symcx's count of what that "
+                        r"convention leaves out: elementwise ops, norms, pooling, softmax, reductions.")
+    assert items[1] == (r"\item Training: epochs $1$, samples $60{,}000$, $\lceil 60{,}000 / t \rceil$ steps per "
                         "epoch (the last, partial batch counted as a full one).")
 
 

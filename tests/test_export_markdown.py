@@ -27,8 +27,8 @@ def test_derivations_and_layer_rows(seed):
     # fc1: 2*9216*128 = 2,359,296; params 9216*128 + 128 = 1,179,776
     row = next(x for x in md.splitlines() if x.startswith("| `fc1` |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[:4] == ["`fc1`", "Linear", "`t×128`", "`2,359,296*t`"]
-    assert cells[6] == "`1,179,776`"
+    assert cells[:4] == ["`fc1`", "Linear", "`t×9,216`", "`t×128`"]
+    assert cells[5:9] == ["`1,179,776`", "98.3%", "yes", "`2,359,296*t`"]  # 1,179,776 / 1,199,882 = 98.3%
 
 
 def test_totals_with_values_and_number_styles(seed):
@@ -44,8 +44,9 @@ def test_totals_with_values_and_number_styles(seed):
 def test_backward_derivations(seed):
     md = to_markdown(seed)
     # grad input t×10 @ 10×128 and grad weight 10×t @ t×128: 2*128*10 each = 5,120 per sample
-    assert "- `fc2` backward: `2 × t × 10 × 128 + 2 × 10 × t × 128` = `5,120*t`" in md
-    assert "- `conv1` backward: `2 × 1 × 32 × t × 26 × 26 × 3 × 3` = `389,376*t`" in md  # grad weight only
+    assert "- `fc2` backward: grad input `2 × t × 10 × 128` + grad weight `2 × 10 × t × 128` = `5,120*t`" in md
+    # grad weight only: the image needs no gradient
+    assert "- `conv1` backward: grad weight `2 × 1 × 32 × t × 26 × 26 × 3 × 3` = `389,376*t`" in md
 
 
 def test_memory_notes_and_title(seed):
@@ -92,3 +93,47 @@ def test_unknown_option(seed):
         to_markdown(seed, colour="red")
     with pytest.raises(ValueError, match="numbers must be one of"):
         to_markdown(seed, numbers="roman")
+
+
+def test_layer_table_columns_shares_and_human_units(seed):
+    md = to_markdown(seed, units="human", timeline="memory.png")
+    assert ("| Layer | Type | Input | Output | Kernel | Params | % params | Trainable | Forward FLOPs | "
+            "Backward FLOPs | % FLOPs | Other FLOPs | Saved bytes |") in md
+    row = next(x for x in md.splitlines() if x.startswith("| `conv2` |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # weights 64×32×3×3 and 64 biases: 18,496 parameters -> 18.5K, 1.5% of 1,199,882;
+    # 21,233,664 -> 21.2M forward, twice that backward; 3 * 21,233,664 of the step's 71,565,312: 89.0%
+    assert cells[4].startswith("64×32×3×3, 64")
+    assert cells[5:11] == ["`18.5K`", "1.5%", "yes", "`21.2M*t`", "`42.5M*t`", "89.0%"]
+    # 532,072 B per sample = 519.6 KiB; 9,523,800 B = 9.08 MiB
+    assert "| Peak (training step) | `520KiB*t + 9.08MiB` |" in md
+    assert "- `conv2` forward: `2 × t × 64 × 32 × 3 × 3 × 24 × 24` = `21,233,664*t`" in md  # derivations exact
+    assert "![Memory timeline of one training step](memory.png)" in md
+    with pytest.raises(ValueError, match="units"):
+        to_markdown(seed, units="roman")
+
+
+def test_module_tree_blocks_and_depth():
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU()))
+    a = symcx.analyze(net, torch.randn(2, 4))
+    md = to_markdown(a)
+    # block "1": the Linear(8, 8), 8*8 + 8 = 72 parameters of 4*8 + 8 + 72 = 112 (64.3%), 2*8*8 = 128 FLOPs
+    block = next(x for x in md.splitlines() if x.startswith("| **`1`** |"))
+    assert [c.strip() for c in block.strip("|").split("|")][1:9] == [
+        "block of 2", "", "", "", "`72`", "64.3%", "", "`128*t`"]
+    assert "| `1.0` |" in md
+    folded = to_markdown(a, depth=1)
+    assert "| **`1`** |" in folded and "| `1.0` |" not in folded
+
+
+def test_layers_prints_as_a_table(seed):
+    layers = seed.layers
+    assert isinstance(layers, list) and len(layers) == 12 and layers[0].name == "conv1"
+    text = repr(layers)
+    assert "LayerRow(" not in text
+    lines = text.splitlines()
+    assert lines[0].split() == ["Layer", "Type", "Output", "Params", "Forward", "FLOPs", "Backward", "FLOPs",
+                                "Other", "FLOPs", "Saved", "bytes"]
+    # conv2: 64*32*3*3 + 64 = 18,496 parameters; 2*24*24*3*3*32*64 = 21,233,664 FLOPs per sample
+    assert lines[3].split()[:5] == ["conv2", "Conv2d", "t×64×24×24", "18496", "21233664*t"]
+    assert "<td" in layers._repr_html_() and layers._repr_markdown_().startswith("| Layer |")

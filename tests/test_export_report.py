@@ -18,6 +18,8 @@ from symcx.export.report import (
     TrainingNote,
     UncountedNote,
     build_report,
+    plain_names,
+    plain_op,
     type_label,
 )
 from symcx.zoo import MnistCNN
@@ -40,7 +42,25 @@ def test_totals_and_training_at_a_batch_size(seed):
     assert r.figure("steps_per_epoch").value == 938
     assert r.figure("total_flops").value == 938 * (23984896 + 47580416) * 64
     assert r.at == {T: 64}
-    assert (r.big_o.step, r.big_o.training) == (symcx.O(T), symcx.O(sympy.Integer(1)))  # n and N are numbers
+    # with n and N numbers the total no longer grows (O(1)); the big-O stays in n and N, the numbers beside it
+    assert (r.big_o.step, r.big_o.training) == (symcx.O(T), symcx.O(symcx.N * symcx.n))
+    assert r.big_o.where == {symcx.n: 1, symcx.N: 60000}
+
+
+def test_big_o_without_numbers_has_no_where(seed):
+    r = build_report(seed)
+    assert r.big_o.training == symcx.O(symcx.N * symcx.n) and r.big_o.where == {}
+
+
+def test_plain_names_and_the_peak_op(seed):
+    names = plain_names(seed.layers)
+    # three F.relu calls in forward order, F.max_pool2d, F.log_softmax; modules keep their paths
+    assert [names[k] for k in ("relu", "relu_1", "relu_2")] == ["ReLU 1", "ReLU 2", "ReLU 3"]
+    assert (names["max_pool2d_with_indices"], names["_log_softmax"]) == ("max pool", "log-softmax")
+    assert (names["conv1"], names["dropout1"], names["loss"]) == ("conv1", "dropout1", "loss")
+    assert plain_op("aten.threshold_backward") == "ReLU (backward)" and plain_op("aten.foo_bar") == "foo bar"
+    mem = build_report(seed).memory
+    assert mem.peak_op == "aten.threshold_backward"  # the peak_node threshold_backward_1, ReLU 2's backward
 
 
 def test_summary_leaves_out_what_the_note_says(seed):

@@ -78,3 +78,70 @@ def test_graph_that_grows_with_length_is_fitted_per_layer_and_op():
     with pytest.raises(symcx.SymcxError, match="no memory formula"):
         a.memory()
     assert a.activation_bytes != 0  # saved bytes per layer still fit
+
+
+class TanhScan(nn.Module):
+    """A Python loop over time, as Mamba or RWKV run their scan: one step's ops per position."""
+
+    def __init__(self):
+        super().__init__()
+        self.W = nn.Parameter(torch.randn(8, 8))
+        self.U = nn.Parameter(torch.randn(4, 8))
+
+    def forward(self, x):
+        h = torch.zeros(x.shape[0], 8)
+        for i in range(x.shape[1]):
+            h = torch.tanh(h @ self.W + x[:, i] @ self.U)
+        return h
+
+
+class ScanAfterLinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(6, 4)
+        self.mixer = TanhScan()
+
+    def forward(self, x):
+        return self.mixer(self.inp(x))
+
+
+@pytest.fixture(scope="module")
+def scan():
+    return symcx.analyze(ScanAfterLinear(), torch.randn(3, 5, 6), dims={"L": 1})
+
+
+@pytest.mark.slow
+def test_python_scan_fits_as_length_times_one_step(scan):
+    assert scan.route == "interpolated" and scan.unsupported == {}
+    for batch, length in ((2, 7), (5, 16)):
+        fwd, bwd = fcm_forward_backward(ScanAfterLinear(), torch.randn(batch, length, 6))
+        at = scan.subs(t=batch, L=length)
+        assert (at.forward_flops, at.backward_flops) == (fwd, bwd)
+    L = symcx.symbols.symbol("L")
+    # by hand, per position: h@W 2·t·8·8 + x_i@U 2·t·4·8 = 192·t; inp 2·t·L·6·4 = 48·t·L
+    assert scan.forward_flops == 192 * t * L + 48 * t * L
+
+
+@pytest.mark.slow
+def test_python_scan_rows_are_per_module(scan):
+    # the scan's functional ops (mm_0 … mm_2L) are one row, the module's, not one per call
+    assert [row.name for row in scan.layers] == ["inp", "mixer", "loss"]
+
+
+class StridedThenPinned(nn.Module):
+    """A strided convolution, then ``int()`` of its output length: wav2vec2's feature encoder in small."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(1, 8, 10, stride=5)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y.reshape(y.shape[0], 8, int(y.shape[-1])).relu()
+
+
+def test_size_that_steps_with_a_stride_is_refused_not_dropped():
+    # ⌊(L − 10)/5⌋ + 1 is 63 for every L of the grid 320…322 and the near check 324: a fit there
+    # is constant in L (36 % low at L = 480); the far check must refuse it and name the node
+    with pytest.raises(symcx.TraceError, match=r"fallback failed too: convolution \(in conv\) is not a polynomial"):
+        symcx.analyze(StridedThenPinned(), torch.randn(2, 1, 320), dims={"L": 2})

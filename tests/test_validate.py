@@ -448,3 +448,80 @@ def test_cuda_out_of_memory_is_recorded():
     v = validate(torch.nn.Linear(width, width), torch.randn(1, width), device="cuda",
                  batch_sizes=[8, too_big, 16], repeats=1, warmup=0)
     assert [r.status for r in v.sizes] == ["ok", "oom", "ok"]
+
+
+# --- robustness: CPU out of memory, sizes too big for the device, Ctrl-C -------------------
+_CPU_OOM = ("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+            "you tried to allocate 12884901888 bytes. Error code 12 (Cannot allocate memory)")
+
+
+def _failing_at(monkeypatch, sizes: dict[int, BaseException]) -> None:
+    """Make measure.count_flops raise ``sizes[t]`` for the batch sizes listed (t read from the batch)."""
+    real = measure.make_batch
+    current: list[int] = []
+
+    def make_batch(example, batch, device, batch_dim=0):
+        current[:] = [batch]
+        return real(example, batch, device, batch_dim)
+
+    real_count = measure.count_flops
+
+    def count_flops(forward, backward):
+        if current and current[0] in sizes:
+            raise sizes[current[0]]
+        return real_count(forward, backward)
+
+    monkeypatch.setattr(measure, "make_batch", make_batch)
+    monkeypatch.setattr(measure, "count_flops", count_flops)
+
+
+def test_cpu_out_of_memory_is_recorded_as_oom(monkeypatch):
+    _failing_at(monkeypatch, {8: RuntimeError(_CPU_OOM)})
+    v = validate(MLP((4, 3, 2)), torch.randn(1, 4), batch_sizes=[2, 8, 4], repeats=1, warmup=0)
+    assert [r.status for r in v.sizes] == ["ok", "oom", "ok"]
+    assert "DefaultCPUAllocator: can't allocate memory" in v.result(8).error
+    assert "OOM" in render(v)
+    assert measure.is_oom(MemoryError())
+
+
+def test_sizes_predicted_past_free_memory_are_skipped_unless_forced(monkeypatch):
+    # MLP 4-3-2 in eval mode: far below 1 MB at t = 2; at t = 10**7 the input alone is 4·4·10**7 = 160 MB
+    monkeypatch.setattr(measure, "available_bytes", lambda dev: 10**8)
+    ran: list[int] = []
+    real = measure.make_batch
+
+    def make_batch(example, batch, device, batch_dim=0):
+        ran.append(batch)
+        return real(example, batch, device, batch_dim)
+
+    monkeypatch.setattr(measure, "make_batch", make_batch)
+    v = validate(MLP((4, 3, 2)), torch.randn(1, 4), batch_sizes=[2, 10**7], repeats=1, warmup=0)
+    assert [r.status for r in v.sizes] == ["ok", "skipped"] and ran == [2]
+    skipped = v.result(10**7)
+    # baseline: 23 float32 parameters (4·3 + 3 + 3·2 + 2) = 92 B and the input 4·4·10**7 B; 10**8 B = 95.37 MiB
+    assert skipped.predicted_baseline_bytes == 92 + 16 * 10**7
+    assert skipped.error.startswith("predicted peak ") and "exceeds the 95.37 MiB free on cpu" in skipped.error
+    assert "skipped" in render(v) and json.loads(v.to_json())["sizes"][1]["status"] == "skipped"
+    _failing_at(monkeypatch, {10**7: RuntimeError(_CPU_OOM)})  # forced: it runs (and here "fails")
+    forced = validate(MLP((4, 3, 2)), torch.randn(1, 4), batch_sizes=[10**7], repeats=1, warmup=0, force=True)
+    assert [r.status for r in forced.sizes] == ["oom"]
+
+
+def test_available_bytes_on_cpu_is_the_free_physical_memory():
+    import os
+
+    free = measure.available_bytes(torch.device("cpu"))
+    assert free == os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") and free > 0
+
+
+def test_ctrl_c_keeps_the_finished_sizes(monkeypatch):
+    _failing_at(monkeypatch, {8: KeyboardInterrupt()})
+    model = MLP((4, 3, 2))
+    v = validate(model, torch.randn(1, 4), batch_sizes=[2, 4, 8, 16], repeats=1, warmup=0)
+    assert v.partial and [r.batch_size for r in v.sizes] == [2, 4] and v.any_ok
+    assert v.result(4).flops[0].measured == 2 * (4 * 3 + 3 * 2) * 4  # 2·t·(in·hidden + hidden·out)
+    doc = json.loads(v.to_json())
+    assert doc["partial"] is True and len(doc["sizes"]) == 2
+    assert Validation.from_json(v.to_json()).partial
+    assert "interrupted" in render(v)
+    assert model.training  # restored (MLP starts in train mode)

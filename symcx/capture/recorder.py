@@ -29,7 +29,18 @@ from .._torch import (
     tree_map,
 )
 
-__all__ = ["TensorMeta", "Recorder", "module_tags", "tag_backward", "outside_torch"]
+__all__ = ["TensorMeta", "Recorder", "module_tags", "tag_backward", "grad_leaves", "outside_torch"]
+
+_aten = torch.ops.aten
+#: Ops whose output is a random draw: a branch on a value derived from one is a random branch.
+_RANDOM_OPS = frozenset({
+    _aten.rand, _aten.rand_like, _aten.randn, _aten.randn_like, _aten.randint, _aten.randint_like,
+    _aten.randperm, _aten.bernoulli, _aten.bernoulli_, _aten.uniform, _aten.uniform_, _aten.normal,
+    _aten.normal_, _aten.exponential_, _aten.geometric_, _aten.cauchy_, _aten.log_normal_,
+    _aten.random_, _aten.multinomial,
+})
+#: Ops that read a tensor's value into Python (``bool(t)``, ``t.item()``).
+_VALUE_READS = frozenset({_aten.is_nonzero.default, _aten._local_scalar_dense.default, _aten.item.default})
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _CAPTURE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -78,12 +89,20 @@ class Recorder(TorchDispatchMode):
     tensors, adding ops eager mode does not run. Nodes carry ``meta["val"]`` (a
     ``TensorMeta`` snapshot), ``meta["custom"]`` (the current tag), ``meta["seq_nr"]`` and, in
     the forward, ``meta["source"]`` (the model's ``file:line``).
+
+    With ``fake_mode``, a tensor that is not one of its fakes (a constant the model made on the
+    meta device, which skips ``lift_fresh``, or a real tensor a model-level cache kept) is
+    faked as a constant before the op runs. ``random_read`` is the source line where the model
+    read the value of a tensor derived from a random draw (LayerDrop's ``torch.rand([]) < p``).
     """
 
     _SIZE_QUERIES = (torch.ops.aten.size.default, torch.ops.aten.stride.default, torch.ops.aten.storage_offset.default)
 
-    def __init__(self) -> None:
+    def __init__(self, fake_mode: Any = None) -> None:
         super().__init__()
+        self.fake_mode = fake_mode
+        self.random_read: str | None = None
+        self._random = WeakTensorKeyDictionary()  # tensors derived from a random draw
         self.graph = torch.fx.Graph()
         self.tag: dict[str, Any] = {"phase": "forward", "module": ""}
         self._nodes = WeakTensorKeyDictionary()
@@ -139,10 +158,33 @@ class Recorder(TorchDispatchMode):
             self._decomposes[key] = autograd_would_have_decomposed(func, leaves)
         return self._decomposes[key]
 
+    def _fake_constant(self, value: Any) -> Any:
+        """A tensor that is not a fake of ``fake_mode`` as one (a constant); others unchanged."""
+        if self.fake_mode is None or not isinstance(value, torch.Tensor) or self.fake_mode.is_our_fake(value):
+            return value
+        return self.fake_mode.from_tensor(value)
+
+    def _note_random(self, func: OpOverload, args: tuple, kwargs: dict, out: Any) -> None:
+        """Mark outputs derived from a random draw; remember where the model reads one's value."""
+        if func.overloadpacket not in _RANDOM_OPS:
+            if not len(self._random):  # no random draw yet: nothing derives from one
+                return
+            if not any(isinstance(x, torch.Tensor) and x in self._random for x in tree_leaves((args, kwargs))):
+                return
+        if func in _VALUE_READS:
+            self.random_read = self.random_read or _user_frame() or "?"
+        for x in tree_leaves(out):
+            if isinstance(x, torch.Tensor):
+                self._random[x] = True
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is torch.ops.prim.device.default:  # a metadata query, as make_fx leaves it
             return func(*args, **kwargs)
+        if self.fake_mode is not None:
+            args, kwargs = tree_map(self._fake_constant, (args, kwargs))
+        if func in _VALUE_READS:  # noted before the read raises (a shape-only trace cannot read values)
+            self._note_random(func, args, kwargs, None)
         if func not in self._SIZE_QUERIES and self._would_decompose(func, args, kwargs):
             with self:  # inference mode skipped autograd's decomposition: apply it here, as make_fx
                 out = func.decompose(*args, **kwargs)
@@ -162,6 +204,7 @@ class Recorder(TorchDispatchMode):
         if self.tag.get("phase") == "forward":
             node.meta["source"] = _user_frame()
         self._track(node, out)
+        self._note_random(func, args, kwargs, out)
         return out
 
 
@@ -195,6 +238,27 @@ def module_tags(model: torch.nn.Module, recorder: Recorder) -> Iterator[None]:
     finally:
         h1.remove()
         h2.remove()
+
+
+def grad_leaves(roots: Sequence[Any]) -> list[torch.Tensor]:
+    """Every leaf tensor the autograd graph below ``roots`` accumulates a gradient into.
+
+    These are what ``loss.backward()`` differentiates w.r.t.: the trainable parameters and any
+    tensor the model itself made a leaf (``x.requires_grad = True`` in wav2vec2's encoder).
+    """
+    seen: set[Any] = set()
+    leaves: list[torch.Tensor] = []
+    todo = [r for r in roots if r is not None]
+    while todo:
+        node = todo.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)  # only AccumulateGrad nodes hold one
+        if isinstance(variable, torch.Tensor):
+            leaves.append(variable)
+        todo.extend(fn for fn, _ in node.next_functions if fn is not None and fn not in seen)
+    return leaves
 
 
 def tag_backward(roots: Sequence[Any], set_tag: Callable[..., None]) -> None:

@@ -35,7 +35,8 @@ class Trace:
     """The joint graph of one training step and what is needed to read its sizes.
 
     ``rename`` maps ShapeEnv symbols to user symbols (``t``, ``H``, ``d_0``…); every
-    size must go through :meth:`expr` before it leaves the capture layer.
+    size must go through :meth:`expr` before it leaves the capture layer. ``notes`` say where
+    the tracer departed from what was asked (a batch the model pins is traced concrete).
     """
 
     graph: torch.fx.Graph
@@ -51,6 +52,7 @@ class Trace:
     dropped_guards: list[sympy.Basic]
     module_types: dict[str, str]
     leaf_modules: frozenset[str]
+    notes: list[str] = dataclasses.field(default_factory=list)  # how the trace departed from the request
     _exprs: dict[Any, sympy.Expr] = dataclasses.field(default_factory=dict, repr=False)
 
     def expr(self, value: Any) -> sympy.Expr:

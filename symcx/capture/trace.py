@@ -38,7 +38,9 @@ from ..errors import ShapeError, TraceError
 from .bounds import drop_guards
 from .naming import WIDTH, assumptions_of, name_symbols
 from .records import DimSpec, Trace
-from .recorder import Recorder, module_tags, outside_torch, tag_backward
+from .caches import isolated_caches
+from .kernels import EagerKernels, eager_experts_hint
+from .recorder import Recorder, grad_leaves, module_tags, outside_torch, tag_backward
 
 __all__ = ["Trace", "DimSpec", "trace_training_step", "trace_at", "default_loss", "BATCH_HINT"]
 
@@ -55,11 +57,22 @@ def _source_line(err: BaseException) -> str | None:
     return None
 
 
-def _classify(err: BaseException) -> tuple[type, str]:
-    """The symcx error class and a one-line cause for an exception raised while tracing."""
+def _classify(err: BaseException, random_read: str | None = None) -> tuple[type, str]:
+    """The symcx error class and a one-line cause for an exception raised while tracing.
+
+    ``random_read``: where the model read the value of a random draw (the recorder's note).
+    """
     name = type(err).__name__
     text = str(err).strip().splitlines()[0] if str(err).strip() else name
-    if "DataDependent" in name or "data-dependent" in text.lower() or "_local_scalar_dense" in text:
+    data_dependent = "DataDependent" in name or "data-dependent" in text.lower() or "_local_scalar_dense" in text
+    if data_dependent and random_read is not None:
+        return TraceError, (
+            "data-dependent control flow on a random draw: the model branches on a "
+            "random value (LayerDrop: `if self.training and torch.rand([]) < p`), so one step has no fixed "
+            "graph; set the probability to 0 (e.g. `layerdrop=0` in a Hugging Face config) or call "
+            "analyze(..., train=False)"
+        )
+    if data_dependent:
         return TraceError, (
             "data-dependent control flow: the model branches on, or reads, a tensor's value "
             "(e.g. `if x.sum() > 0` or `.item()`), which a shape-only trace cannot follow"
@@ -211,7 +224,12 @@ def _joint_step(
     model: torch.nn.Module, recorder: Recorder, params: Mapping[str, torch.Tensor], trainable: frozenset[str],
     fargs: tuple, fkwargs: dict, loss_fn: Callable[[Any], torch.Tensor],
 ) -> tuple[list[torch.Tensor], Sequence[torch.Tensor | None]]:
-    """Forward, loss and ``autograd.grad`` w.r.t. the trainable parameters, tagged by phase."""
+    """Forward, loss and ``autograd.grad`` w.r.t. what ``loss.backward()`` would fill, tagged by phase.
+
+    That is the trainable parameters and, after them, any leaf the forward itself made to need
+    a gradient (``hidden_states.requires_grad = True``); most models have none, and their graph
+    is that of the parameters alone.
+    """
     recorder.set_tag(phase="forward", module="")
     with module_tags(model, recorder):
         out = model(*fargs, **fkwargs)
@@ -222,7 +240,11 @@ def _joint_step(
     wrt = [params[k] for k in params if k in trainable]
     # only tensors leave the traced function (an output may hold caches, e.g. HF's DynamicCache)
     outs = [x for x in tree_leaves(out) if isinstance(x, torch.Tensor)]
-    if not wrt or not scalar.requires_grad:
+    if not scalar.requires_grad:
+        return outs, ()
+    known = {id(x) for x in params.values()}
+    wrt += [x for x in grad_leaves([scalar.grad_fn]) if id(x) not in known]
+    if not wrt:
         return outs, ()
     tag_backward([scalar.grad_fn], recorder.set_tag)
     return outs, torch.autograd.grad(scalar, wrt, allow_unused=True)
@@ -235,18 +257,20 @@ def _record(model: torch.nn.Module, mode: FakeTensorMode, recorder: Recorder, st
         with contextlib.ExitStack() as stack:
             # the fake parameters stay in the model through the backward too: a checkpointed
             # region (torch.utils.checkpoint) runs its forward again there
-            for ctx in (_quiet_fake_tensor_log(), eager_lstm_kernels(), reparametrize_module(model, dict(tensors)),
-                        mode, enable_python_dispatcher(), recorder, _no_autocast_cache()):
+            for ctx in (_quiet_fake_tensor_log(), isolated_caches(model), eager_lstm_kernels(),
+                        reparametrize_module(model, dict(tensors)),
+                        mode, enable_python_dispatcher(), EagerKernels(), recorder, _no_autocast_cache()):
                 stack.enter_context(ctx)
             return step()
     except (TraceError, ShapeError):
         raise
     except Exception as err:  # anything torch raises while tracing the user's model
-        cls, cause = _classify(err)
+        cls, cause = _classify(err, recorder.random_read)
         names = {str(sym): name for sym, name in input_syms.items() if name != WIDTH}
         cause = re.sub(r"\bs\d+\b", lambda m: names.get(m.group(0), m.group(0)), cause)
-        where = _source_line(err)
-        raise cls(f"cannot trace {type(model).__name__}: {cause}" + (f"\n  at {where}" if where else "")) from err
+        where = _source_line(err) or recorder.random_read
+        raise cls(f"cannot trace {type(model).__name__}: {cause}{eager_experts_hint(where)}"
+                  + (f"\n  at {where}" if where else "")) from err
 
 
 def _trace_once(
@@ -261,7 +285,7 @@ def _trace_once(
                                               widths=widths, hints=hints, static=static)
     params, buffers, width_syms = _fake_params(mode, model, widths)
     trainable = frozenset(k for k, v in model.named_parameters() if v.requires_grad)
-    recorder = Recorder()
+    recorder = Recorder(mode)
     param_nodes = {recorder.placeholder(f"param_{k}", v).name: name for k, (name, v) in enumerate(params.items())}
     buffer_nodes = {recorder.placeholder(f"buffer_{k}", v).name: name for k, (name, v) in enumerate(buffers.items())}
     input_nodes = [recorder.placeholder(f"input_{k}", x).name for k, x in enumerate(tree_leaves((fargs, fkwargs)))
@@ -297,12 +321,42 @@ def trace_training_step(
     dropped (kept in ``dropped_guards``); one that changes the graph stays in ``assumptions``.
     """
     hints = {"t": BATCH_HINT} if batch_dim is not None else {}
-    trace = _trace_once(model, example_input, hints=hints, batch_dim=batch_dim, dims=dims, widths=widths, loss=loss)
+    try:
+        trace = _trace_once(model, example_input, hints=hints, batch_dim=batch_dim, dims=dims, widths=widths,
+                            loss=loss)
+    except ShapeError as err:
+        if batch_dim is None:
+            raise
+        trace = _pinned_batch(model, example_input, err, batch_dim=batch_dim, dims=dims, widths=widths, loss=loss)
+        batch_dim = None
 
     def retrace(values: Mapping[str, int]) -> Trace:
         return trace_at(model, example_input, values, batch_dim=batch_dim, dims=dims, loss=loss)
 
     drop_guards(trace, retrace)
+    return trace
+
+
+def _pinned_batch(
+    model: torch.nn.Module, example: Any, err: ShapeError, *, batch_dim: int, dims: Sequence[DimSpec],
+    widths: str | None, loss: Callable[[Any], torch.Tensor] | None,
+) -> Trace:
+    """The trace at the example's own batch, where a weight fixes it (``bmm(x, w)``, ``w`` of batch 3).
+
+    The symbolic batch failed to fit; if the example fits as it is, the model pins the batch:
+    traced with ``batch_dim=None``, with a note. Otherwise the first error stands.
+    """
+    try:
+        trace = _trace_once(model, example, hints={}, batch_dim=None, dims=dims, widths=widths, loss=loss)
+    except (TraceError, ShapeError):
+        raise err from None
+    tensors = [x for x in tree_leaves(_as_tuple(example)) if isinstance(x, torch.Tensor) and x.dim() > 0]
+    size = tensors[0].shape[batch_dim % tensors[0].dim()] if tensors else "?"
+    why = str(err).splitlines()[0].split("does not fit the model: ", 1)[-1]
+    trace.notes.append(
+        f"the model fixes the batch at {size} (a weight or constant has that size; at another batch: {why}); "
+        f"traced at the example's size with batch_dim=None, so no formula in t"
+    )
     return trace
 
 

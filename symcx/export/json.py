@@ -39,6 +39,8 @@ _ROW_EXPRS = (
     "params",
     "bytes_out",
     "saved_bytes",
+    "weights",
+    "biases",
 )
 
 Leaf = Callable[[Any], Any]
@@ -59,10 +61,15 @@ def _number(expr: Any) -> int | float | None:
 
 def _render_LayerRow(row: LayerRow) -> dict[str, Any]:
     doc: dict[str, Any] = {"name": row.name, "type": row.type, "ops": list(row.ops)}
+    doc["in_shape"] = [_str(s) for s in row.in_shape]
     doc["out_shape"] = [_str(s) for s in row.out_shape]
     doc.update({key: _str(getattr(row, key)) for key in _ROW_EXPRS})
+    doc["weight_shapes"] = [[_str(s) for s in shape] for shape in row.weight_shapes]
+    doc["trainable"] = row.trainable
+    doc["details"] = row.details
     doc["derivation"] = [[_str(f) for f in fs] for fs in row.derivation]
     doc["backward_derivation"] = [[_str(f) for f in fs] for fs in row.backward_derivation]
+    doc["backward_terms"] = [{"label": label, "factors": [_str(f) for f in fs]} for label, fs in row.backward_terms]
     doc["notes"] = list(row.notes)
     return doc
 
@@ -107,7 +114,8 @@ def _render_Report(report: Report) -> dict[str, Any]:
         "assumptions": [_str(note.condition) for note in report.notes_of(AssumptionNote)],
         "totals": _figures(report.totals, _str, False),
         "training": _figures(report.training, _str, False),
-        "big_o": {"step": _str(report.big_o.step.args[0]), "training": _str(report.big_o.training.args[0])},
+        "big_o": {"step": _str(report.big_o.step.args[0]), "training": _str(report.big_o.training.args[0]),
+                  "where": {str(k): _str(v) for k, v in report.big_o.where.items()}},
         "memory": _render_MemorySection(report.memory, _str, False),
         "layers": [_render_LayerRow(row) for row in report.layers],
         "unsupported": [{"op": u.op, "layer": u.layer, "count": u.count} for u in report.notes_of(UncountedNote)],

@@ -27,6 +27,8 @@ from .report import (
     UncountedNote,
     build_report,
     check_number_settings,
+    plain_names,
+    plain_op,
     scientific,
     split_settings,
     type_label,
@@ -36,7 +38,7 @@ if TYPE_CHECKING:
     from ..analysis import Analysis
     from ..rows import LayerRow
 
-__all__ = ["SymcxLatexPrinter", "to_latex"]
+__all__ = ["SymcxLatexPrinter", "to_latex", "PREAMBLE", "latex_text"]
 
 _ENVIRONMENTS = ("tabular", "longtable", "array")
 _SPECIALS = {"_": r"\_", "#": r"\#", "$": r"\$", "%": r"\%", "&": r"\&", "{": r"\{", "}": r"\}"}
@@ -52,8 +54,14 @@ _NAME_CHARS = 26
 #: Most rows a standalone document sets in a ``tabular`` (one page) before it takes a ``longtable``.
 _TABULAR_ROWS = 60
 _FLOP_COLUMNS = ("Layer", "Type", "Forward FLOPs", "Backward FLOPs", "Other FLOPs")
-_SIZE_COLUMNS = ("Layer", "Output shape", "Params", "Output bytes", "Saved bytes")
-_PREAMBLE = r"""\documentclass[10pt]{article}
+_SHAPE_COLUMNS = ("Layer", "Input shape", "Output shape", "Settings", "Parameter shapes", "Weights", "Biases")
+_SIZE_COLUMNS = ("Layer", "Params", "Trainable", "Output bytes", "Saved bytes")
+_OP_COLUMNS = ("Layer", "PyTorch name", "Operators")
+#: How the symbolic route is said to a reader who does not know PyTorch's internals.
+_SYMBOLIC_ROUTE = ("Counted by tracing one training step (forward pass, loss and backward pass) once, with the "
+                   "batch size kept as the symbol $t$; no data is run, and every count is exact.")
+#: The standalone document's preamble, up to ``\begin{document}`` (validation's LaTeX uses it too).
+PREAMBLE = r"""\documentclass[10pt]{article}
 \usepackage[a4paper,margin=1.5cm]{geometry}
 \usepackage{amsmath}
 \usepackage{array}
@@ -92,8 +100,12 @@ def _math_name(text: str, font: str = r"\mathtt") -> str:
     return font + "{" + "".join(_MATH_ESCAPES.get(ch, ch) for ch in text) + "}"
 
 
-def _text(text: str, breakable: bool = False) -> str:
-    """``text`` for text mode, LaTeX specials escaped; ``breakable``: lines may break after ``.``/``_``."""
+def latex_text(text: str, breakable: bool = False) -> str:
+    """``text`` for text mode, LaTeX specials escaped; ``breakable``: lines may break after ``.``/``_``.
+
+    >>> print(latex_text("relu_1 & 50%"))
+    relu\\_1 \\& 50\\%
+    """
     out = "".join(_TEXT_ESCAPES.get(ch, ch) for ch in text)
     return out.replace(".", r".\allowbreak{}").replace(r"\_", r"\_\allowbreak{}") if breakable else out
 
@@ -168,22 +180,47 @@ class SymcxLatexPrinter(LatexPrinter):
         """Factors joined by ``\\times``, unevaluated, parenthesized where needed."""
         return r" \times ".join(self.parenthesize(sympy.sympify(f), PRECEDENCE["Mul"], strict=True) for f in factors)
 
+    def _name(self, row: LayerRow) -> str:
+        """The row's name for a reader (:func:`~symcx.export.report.plain_names`: ``max pool``, ``ReLU 2``)."""
+        return getattr(self, "_names", {}).get(row.name, row.name)
+
     def _row(self, name: str, cells: list[str]) -> str:
         """A table row: the layer name, then math cells (empty ones stay empty)."""
         if self._settings["environment"] == "array":
             return " & ".join([_math_name(name), *cells]) + r" \\"
-        return " & ".join([rf"\texttt{{{_text(name, breakable=True)}}}", *(f"${c}$" if c else "" for c in cells)]) + r" \\"
+        name = rf"\texttt{{{latex_text(name, breakable=True)}}}"
+        return " & ".join([name, *(f"${c}$" if c else "" for c in cells)]) + r" \\"
 
     def _print_LayerRow(self, row: LayerRow) -> str:
         """The row's FLOPs: name, type, forward, backward, other (forward + backward)."""
-        kind = _math_name(type_label(row), r"\mathrm") if type_label(row) else ""
+        kind = _math_name(type_label(row), r"\mathrm") if type_label(row) and self._name(row) == row.name else ""
         other = row.forward_other_flops + row.backward_other_flops
-        return self._row(row.name, [kind, *map(self._math, (row.forward_flops, row.backward_flops, other))])
+        return self._row(self._name(row), [kind, *map(self._math, (row.forward_flops, row.backward_flops, other))])
+
+    def _shape(self, shape: tuple[Any, ...]) -> str:
+        return self._product(shape) or r"\text{scalar}"
+
+    def _shape_row(self, row: LayerRow) -> str:
+        """The row's shapes and parameters: input and output shapes, settings, parameter shapes, weights, biases."""
+        details = _math_name(row.details, r"\mathrm").replace("×", r"\times ").replace("→", r"\to ")
+        shapes = ",\\ ".join(self._product(w) for w in row.weight_shapes)
+        weights, biases = (("", "") if row.trainable is None else (self._math(row.weights), self._math(row.biases)))
+        return self._row(self._name(row), [self._shape(row.in_shape) if row.in_shape else "",
+                                           self._shape(row.out_shape), details if row.details else "",
+                                           shapes, weights, biases])
 
     def _size_row(self, row: LayerRow) -> str:
-        """The row's sizes: name, output shape, params, output bytes, bytes saved for backward."""
-        shape = self._product(row.out_shape) or r"\text{scalar}"
-        return self._row(row.name, [shape, *map(self._math, (row.params, row.bytes_out, row.saved_bytes))])
+        """The row's sizes: name, params, trainable, output bytes, bytes saved for backward."""
+        trainable = {True: r"\text{yes}", False: r"\text{no}", None: ""}[row.trainable]
+        return self._row(self._name(row), [self._math(row.params), trainable,
+                                           *map(self._math, (row.bytes_out, row.saved_bytes))])
+
+    def _op_row(self, row: LayerRow) -> str:
+        """Appendix row: the name in the tables, the PyTorch module path or function, its aten ops."""
+        ops = ", ".join(latex_text(op.removeprefix("aten."), breakable=True) for op in row.ops)
+        kind = f" ({latex_text(row.type)})" if type_label(row) and self._name(row) == row.name else ""
+        name = latex_text(row.name, breakable=True)
+        return rf"{latex_text(self._name(row), breakable=True)} & \texttt{{{name}}}{kind} & \texttt{{{ops}}} \\"
 
     def _derivation(self, product: tuple[Any, ...]) -> list[str]:
         """One product unevaluated, ``2 \\times t \\times 32 \\times …``, cut into lines at ``\\times``."""
@@ -191,20 +228,24 @@ class SymcxLatexPrinter(LatexPrinter):
         return _pack([factors[0], *(r"\times " + f for f in factors[1:])])
 
     def _derivation_lines(self, report: Report) -> list[str]:
+        """Each layer's forward and backward products, factor by factor; a backward term says its gradient."""
         lines = []
         for row in report.layers:
-            for phase, factors, total in (("forward", row.derivation, row.forward_flops),
-                                          ("backward", row.backward_derivation, row.backward_flops)):
-                if not factors:
+            backward = row.backward_terms or tuple(("", f) for f in row.backward_derivation)
+            for phase, terms, total in (("forward", tuple(("", f) for f in row.derivation), row.forward_flops),
+                                        ("backward", backward, row.backward_flops)):
+                if not terms:
                     continue
-                label = _math_name(row.name) + r"\ \text{" + phase + "}"
-                if len(row.name) > _NAME_CHARS and self._settings["environment"] != "array":
-                    lines.append(rf"\intertext{{\texttt{{{_text(row.name, breakable=True)}}} {phase}:}}")
+                name = self._name(row)
+                label = _math_name(name) + r"\ \text{" + phase + "}"
+                if len(name) > _NAME_CHARS and self._settings["environment"] != "array":
+                    lines.append(rf"\intertext{{\texttt{{{latex_text(name, breakable=True)}}} {phase}:}}")
                     label = ""
                 body = []
-                for k, product in enumerate(factors):
+                for k, (what, product) in enumerate(terms):
                     pieces = self._derivation(product)
-                    body.append(("" if k == 0 else "+ ") + pieces[0])
+                    head = rf"\text{{{what}: }}" if what else ""
+                    body.append(("" if k == 0 else "+ ") + head + pieces[0])
                     body += [r"\quad " + p for p in pieces[1:]]
                 result = self._math(total)
                 if len(body) == 1 and _visible(body[0] + result) <= _LINE:
@@ -276,7 +317,11 @@ class SymcxLatexPrinter(LatexPrinter):
     def _totals_lines(self, report: Report) -> list[str]:
         lines = self._figure_lines(report.summary, report.at)
         lines += self._equation(r"\text{Big-O, one step}", report.big_o.step)
-        lines += self._equation(r"\text{Big-O, training}", report.big_o.training)
+        training = self._equation(r"\text{Big-O, training}", report.big_o.training)
+        if report.big_o.where:  # the big-O stays in n and N; the numbers given for them beside it
+            training[-1] += r" \quad \text{with } " + r",\ ".join(
+                f"{self._math(k)} = {self._math(v)}" for k, v in report.big_o.where.items())
+        lines += training
         if self._settings["environment"] == "array":  # no itemized notes in math mode: keep the gaps visible
             lines += [rf"\text{{Not counted (no cost rule)}} &\ {_math_name(u.op)}\ \text{{in}}\ "
                       rf"{_math_name(u.layer)} \times {u.count}" for u in report.notes_of(UncountedNote)]
@@ -286,18 +331,46 @@ class SymcxLatexPrinter(LatexPrinter):
         mem = report.memory
         if mem is None:
             return []
-        return [*self._figure_lines(mem.figures, report.at),
-                rf"\text{{Peak reached in}} &\ {_math_name(mem.peak_layer)}\ (\text{{op }} {_math_name(mem.peak_node)})"]
+        lines = self._figure_lines(mem.figures, report.at)
+        if self._settings["environment"] == "array":  # no footnotes in math mode
+            lines.append(rf"\text{{Peak reached in}} &\ {_math_name(self._peak_layer(mem))}\ "
+                         rf"(\text{{{latex_text(plain_op(mem.peak_op or mem.peak_node))}}})")
+        return lines
+
+    def _peak_layer(self, mem: Any) -> str:
+        """The peak's layer by its name in the tables (``ReLU 2``; ``optimizer`` for the optimizer's step)."""
+        return getattr(self, "_names", {}).get(mem.peak_layer, mem.peak_layer)
+
+    def _peak_sentence(self, mem: Any) -> str:
+        """Where the peak is reached, in words; the operator and graph node in a footnote."""
+        what = plain_op(mem.peak_op or mem.peak_node)
+        where = latex_text(self._peak_layer(mem))
+        if mem.peak_layer == "optimizer":
+            place = "in the optimizer's update of the parameters"
+        elif what.endswith("(backward)"):
+            place = f"in the backward pass of {where}"
+        else:
+            place = f"in {where} ({latex_text(what)})"
+        op = latex_text(mem.peak_op.removeprefix("aten.") if mem.peak_op else mem.peak_node, breakable=True)
+        return (rf"The peak is reached {place}.\footnote{{Operator \texttt{{{op}}}, graph node "
+                rf"\texttt{{{latex_text(mem.peak_node, breakable=True)}}}.}}")
 
     # --- notes ---------------------------------------------------------------------------
     def _print_RouteNote(self, note: RouteNote) -> str:
-        return _text(note.text, breakable=True)
+        """How the step was counted, for a reader who does not know PyTorch's internals."""
+        if note.route == "symbolic":
+            return _SYMBOLIC_ROUTE
+        why = f" ({latex_text(note.reason, breakable=True)})" if note.reason else ""
+        return (f"Interpolated: the symbolic trace failed{why}, so the step was traced at several concrete sizes "
+                "and each count fitted exactly (and checked at one more size).")
 
-    _print_DeviationNote = _print_RouteNote
+    def _print_DeviationNote(self, note: Any) -> str:
+        return latex_text(note.text, breakable=True)
 
     def _print_ConventionNote(self, note: ConventionNote) -> str:
-        return (f"FLOPs follow FlopCounterMode (one multiply-add is 2 FLOPs; {', '.join(note.counted)}). "
-                f"Other FLOPs: {', '.join(note.other)}.")
+        return (f"FLOPs count one multiply-add as 2 FLOPs, in {', '.join(note.counted)} (the convention of "
+                f"PyTorch's FlopCounterMode). Other FLOPs are symcx's count of what that convention leaves out: "
+                f"{', '.join(note.other)}.")
 
     def _print_TrainingNote(self, note: TrainingNote) -> str:
         epochs, samples = self._math(note.epochs), self._math(note.samples)
@@ -319,11 +392,11 @@ class SymcxLatexPrinter(LatexPrinter):
         block = f"\\begin{{{env}}}\n{body}\n\\end{{{env}}}"
         return f"$$\n{block}\n$$" if env == "aligned" else block
 
-    def _table(self, columns: tuple[str, ...], rows: list[str], names: list[str]) -> str:
+    def _table(self, columns: tuple[str, ...], rows: list[str], names: list[str], spec: str | None = None) -> str:
         env = self._settings["environment"]
         if env is None:  # longtable breaks across pages, but aligns its columns only on a second run
             env = "longtable" if self._settings["standalone"] and len(rows) > _TABULAR_ROWS else "tabular"
-        spec = "ll" + "r" * (len(columns) - 2)
+        spec = spec or "ll" + "r" * (len(columns) - 2)
         if env != "array" and max(map(len, names), default=0) > _NAME_CHARS:
             spec = r">{\raggedright\arraybackslash}p{4.2cm}" + spec[1:]
         if env == "array":
@@ -341,38 +414,63 @@ class SymcxLatexPrinter(LatexPrinter):
         return "\n".join(lines)
 
     def _print_Report(self, report: Report) -> str:
-        """The whole report: table, derivations, totals, big-O, memory, notes."""
+        """The whole report: tables, derivations, totals, big-O, memory, notes, the operators behind the rows."""
         s = self._settings
-        symbols = ", ".join(f"${self._math(v)}$" for v in report.symbols.values()) or "none"
+        self._names = plain_names(report.layers)
         array = s["environment"] == "array"
-        parts = []
-        if not array:
-            parts.append(f"% symcx analysis; symbols: {', '.join(report.symbols) or 'none'}")
-            parts.append(rf"Per-layer FLOPs of one training step (symbols: {symbols}; batch size $t$):")
-        names = [row.name for row in report.layers]
-        parts.append(self._table(_FLOP_COLUMNS, [self._print(row) for row in report.layers], names))
-        if not array:
-            parts.append("Per-layer sizes (bytes saved for backward: what autograd keeps until the backward pass):")
-        parts.append(self._table(_SIZE_COLUMNS, [self._size_row(row) for row in report.layers], names))
+        parts = self._tables(report)
         derivations = self._derivation_lines(report)
         if derivations and not array:
-            parts.append("FLOPs of each matmul, convolution and attention, factor by factor:")
+            parts.append("FLOPs of each matmul, convolution and attention, factor by factor (a backward pass computes "
+                         "the gradient of the layer's input and of its weight; a layer whose input needs no gradient, "
+                         "such as the first, has no grad-input term):")
         parts.append(self._align(derivations))
         if not array:
             parts.append("Totals of one training step, and over training:")
         parts.append(self._align(self._totals_lines(report)))
         if report.memory is not None:
             if not array:
-                parts.append(rf"Memory of one training step, in bytes (optimizer: {_text(report.memory.optimizer)}).")
+                optimizer = latex_text(report.memory.optimizer)
+                parts.append(rf"Memory of one training step, in bytes (optimizer: {optimizer}).")
             parts.append(self._align(self._memory_lines(report)))
+            if not array:
+                parts.append(self._peak_sentence(report.memory))
         if not array:
-            parts.append("\\begin{itemize}\\raggedright\n" + "\n".join(rf"\item {self._print(x)}" for x in report.notes)
+            notes = [note for note in report.notes if not isinstance(note, RouteNote)]
+            parts.append("\\begin{itemize}\\raggedright\n" + "\n".join(rf"\item {self._print(x)}" for x in notes)
                          + "\n\\end{itemize}")
+            parts.append("Operators behind each row (the names PyTorch gives them):")
+            parts.append(self._table(_OP_COLUMNS, [self._op_row(row) for row in report.layers],
+                                     list(self._names.values()), spec="lll"))
         body = "\n\n".join(p for p in parts if p)
         if not s["standalone"]:
             return body
-        title = _text(s["title"] or "symcx analysis")
-        return f"{_PREAMBLE}\n\\section*{{{title}}}\n\n{body}\n\n\\end{{document}}\n"
+        title = latex_text(s["title"] or "symcx analysis")
+        return f"{PREAMBLE}\n\\section*{{{title}}}\n\n{body}\n\n\\end{{document}}\n"
+
+    def _tables(self, report: Report) -> list[str]:
+        """The per-layer tables: FLOPs; shapes and parameters; sizes; each introduced in text mode."""
+        array = self._settings["environment"] == "array"
+        names = [self._name(row) for row in report.layers]
+        parts = []
+        if not array:
+            others = [f"${self._math(v)}$" for k, v in report.symbols.items() if k != "t"]
+            symbols = f"symbols: {', '.join(others)}; " if others else ""
+            route = next(iter(report.notes_of(RouteNote)), None)
+            footnote = rf"\footnote{{{self._print(route)}}}" if route is not None else ""
+            parts.append(f"% symcx analysis; symbols: {', '.join(report.symbols) or 'none'}")
+            parts.append(rf"Per-layer FLOPs of one training step{footnote} ({symbols}batch size $t$):")
+        parts.append(self._table(_FLOP_COLUMNS, [self._print(row) for row in report.layers], names))
+        if not array:
+            parts.append("Per-layer shapes and parameters (settings: k kernel, s stride, p padding, d dilation, "
+                         "g groups; a parameter named bias counts as a bias, every other as weights):")
+        parts.append(self._table(_SHAPE_COLUMNS, [self._shape_row(row) for row in report.layers], names,
+                                 spec="lllllrr"))
+        if not array:
+            parts.append("Per-layer sizes in bytes (saved bytes: what autograd keeps until the backward pass):")
+        parts.append(self._table(_SIZE_COLUMNS, [self._size_row(row) for row in report.layers], names,
+                                 spec="lrcrr"))
+        return parts
 
 
 def to_latex(analysis: Analysis, *, standalone: bool = False, **settings: Any) -> str:

@@ -52,6 +52,9 @@ __all__ = [
     "Report",
     "build_report",
     "type_label",
+    "PLAIN_NAMES",
+    "plain_op",
+    "plain_names",
 ]
 
 #: Totals of one training step: key -> label.
@@ -169,10 +172,17 @@ class Figure:
 
 @dataclasses.dataclass(frozen=True)
 class BigO:
-    """Growth of the FLOPs, as ``O(...)`` expressions: of one step and of the whole training."""
+    """Growth of the FLOPs, as ``O(...)`` expressions: of one step and of the whole training.
+
+    ``training`` is always in the epochs ``n`` and samples ``N`` (and the symbols still free):
+    with numbers for them the total no longer grows with anything (``O(1)``), which says
+    nothing. ``where`` holds the numbers given for ``n`` and ``N``, for the printers to state
+    beside it (``O(N n)`` with ``n = 1, N = 60,000``).
+    """
 
     step: sympy.Expr
     training: sympy.Expr
+    where: dict[sympy.Symbol, sympy.Expr] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,13 +202,18 @@ class MemorySection:
     peak_node: str
     peak_layer: str
     by_layer: tuple[LayerBytes, ...]
+    peak_op: str = ""  # the peak node's op family (``aten.threshold_backward``), "" where unknown
 
 
 @dataclasses.dataclass(frozen=True)
 class RouteNote:
-    """How the step was traced (``Analysis.route_note``)."""
+    """How the step was traced: ``Analysis.route_note`` in ``text``; ``route`` and, for the
+    interpolated route, ``reason`` (why the symbolic trace failed), for printers that word it
+    for readers who do not know PyTorch's internals."""
 
     text: str
+    route: str = "symbolic"
+    reason: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,6 +302,75 @@ def type_label(row: LayerRow) -> str:
     return "" if row.name.rsplit(".", 1)[-1].startswith(row.type) else row.type
 
 
+#: Plain names of op families, for readers who do not know aten (a student's write-up).
+PLAIN_NAMES = {
+    "relu": "ReLU", "threshold_backward": "ReLU (backward)", "gelu": "GELU", "gelu_backward": "GELU (backward)",
+    "silu": "SiLU", "sigmoid": "sigmoid", "tanh": "tanh", "hardtanh": "hardtanh", "leaky_relu": "leaky ReLU",
+    "max_pool1d": "max pool", "max_pool2d": "max pool", "max_pool3d": "max pool",
+    "max_pool2d_with_indices": "max pool", "max_pool3d_with_indices": "max pool",
+    "max_pool2d_with_indices_backward": "max pool (backward)", "avg_pool2d": "average pool",
+    "avg_pool2d_backward": "average pool (backward)", "adaptive_avg_pool2d": "adaptive average pool",
+    "_adaptive_avg_pool2d": "adaptive average pool", "_log_softmax": "log-softmax",
+    "_log_softmax_backward_data": "log-softmax (backward)", "_softmax": "softmax",
+    "_softmax_backward_data": "softmax (backward)", "native_dropout": "dropout",
+    "native_dropout_backward": "dropout (backward)", "native_batch_norm": "batch norm",
+    "_native_batch_norm_legit": "batch norm", "native_layer_norm": "layer norm", "native_group_norm": "group norm",
+    "convolution": "convolution", "convolution_backward": "convolution (backward)", "addmm": "linear",
+    "mm": "matrix product", "bmm": "batched matrix product", "embedding": "embedding", "add": "add", "mul": "multiply",
+    "mean": "mean", "sum": "sum", "cat": "concatenate", "view": "reshape", "flatten": "flatten",
+    "nll_loss_forward": "NLL loss", "nll_loss_backward": "NLL loss (backward)",
+}
+
+
+def plain_op(op: str) -> str:
+    """A plain name for an op family or fx node name (``aten.max_pool2d_with_indices`` → ``max pool``).
+
+    A node name's counter (``threshold_backward_1``) and in-place ``_`` are dropped; a
+    family with no entry in :data:`PLAIN_NAMES` keeps its name, with spaces for ``_``.
+
+    Examples
+    --------
+    >>> plain_op("aten.max_pool2d_with_indices"), plain_op("threshold_backward_1"), plain_op("relu_")
+    ('max pool', 'ReLU (backward)', 'ReLU')
+    """
+    name = op.split(".")[1] if op.startswith("aten.") else op
+    for candidate in (name, name.rstrip("_"), name.rsplit("_", 1)[0]):
+        if candidate in PLAIN_NAMES:
+            return PLAIN_NAMES[candidate]
+    return name.strip("_").replace("_", " ")
+
+
+def plain_names(rows: Iterable[LayerRow]) -> dict[str, str]:
+    """Each row's name for a reader: a module's path as is; a functional op by :func:`plain_op`.
+
+    Functional rows that share a plain name are numbered in forward order (``ReLU 1``,
+    ``ReLU 2``); inside a module the module's path stays in front (``block.ReLU``).
+
+    Examples
+    --------
+    >>> import torch, symcx
+    >>> from symcx.zoo import MnistCNN
+    >>> names = plain_names(symcx.analyze(MnistCNN(), torch.randn(1, 1, 28, 28)).layers)
+    >>> names["conv1"], names["relu_1"], names["max_pool2d_with_indices"], names["_log_softmax"]
+    ('conv1', 'ReLU 2', 'max pool', 'log-softmax')
+    """
+    rows = list(rows)
+    out: dict[str, str] = {}
+    for row in rows:
+        prefix, _, last = row.name.rpartition(".")
+        functional = row.type and last.startswith(row.type) and row.name != "loss"
+        out[row.name] = (f"{prefix}." if prefix else "") + plain_op(last) if functional else row.name
+    counts: dict[str, int] = {}
+    for name in out.values():
+        counts[name] = counts.get(name, 0) + 1
+    seen: dict[str, int] = {}
+    for key, name in out.items():
+        if counts[name] > 1 and name != key:
+            seen[name] = seen.get(name, 0) + 1
+            out[key] = f"{name} {seen[name]}"
+    return out
+
+
 def _at_values(analysis: Analysis, at: Mapping[Any, Any] | None) -> dict[sympy.Symbol, sympy.Expr]:
     """``at`` keyed by symbol; a name the analysis does not know raises :class:`SymcxError`."""
     known = {*analysis.symbols, *(str(s) for s in analysis.values), "t", "n", "N"}
@@ -325,20 +409,29 @@ def _memory(analysis: Analysis, optimizer: str, at: Mapping[sympy.Symbol, Any]) 
             return None
         raise
     by_layer = tuple(LayerBytes(m.name, _figures(LAYER_MEMORY, _fields(m, LAYER_MEMORY), at)) for m in mem.by_layer)
+    step = analysis.step
+    peak_op = step.node(mem.peak_node).packet if mem.peak_node in step else ""
     return MemorySection(optimizer, _figures(MEMORY, _fields(mem, MEMORY), at), mem.peak_node, mem.peak_layer,
-                         by_layer)
+                         by_layer, peak_op)
 
 
 def _notes(analysis: Analysis, epochs: sympy.Expr, samples: sympy.Expr) -> tuple[Note, ...]:
     """Every note, in the order the exports list them."""
     return (
-        RouteNote(analysis.route_note),
+        RouteNote(analysis.route_note, analysis.route, analysis.fallback_reason),
         ConventionNote(),
         TrainingNote(epochs, samples),
         *(AssumptionNote(a) for a in analysis.assumptions),
         *(UncountedNote(op, layer, count) for (op, layer), count in sorted(analysis.unsupported.items())),
         *(DeviationNote(d) for d in analysis.deviations),
     )
+
+
+def _big_o(analysis: Analysis, epochs: sympy.Expr, samples: sympy.Expr) -> BigO:
+    """Big-O of a step and of training; training in ``n`` and ``N``, their numbers in ``where``."""
+    total = analysis.training(epochs=n, samples=N).total_flops
+    where = {s: v for s, v in ((n, epochs), (N, samples)) if v != s}
+    return BigO(big_o(analysis.step_flops), big_o(total), where)
 
 
 def build_report(
@@ -377,8 +470,8 @@ def build_report(
     >>> a = symcx.analyze(torch.nn.Linear(4, 3), torch.randn(2, 4))
     >>> r = build_report(a, at={"t": 10}, epochs=2)
     >>> step = r.figure("step_flops")
-    >>> step.formula, step.value, r.figure("total_flops").formula, r.big_o.training
-    (48*t, 480, 96*t*ceiling(N/t), O(N))
+    >>> step.formula, step.value, r.figure("total_flops").formula, r.big_o.training, r.big_o.where
+    (48*t, 480, 96*t*ceiling(N/t), O(N*n), {n: 2})
     >>> [type(note).__name__ for note in r.notes]
     ['RouteNote', 'ConventionNote', 'TrainingNote']
     """
@@ -398,7 +491,7 @@ def build_report(
         layers=tuple(analysis.layers),
         totals=_figures(TOTALS, _fields(analysis, TOTALS), at_values),
         training=_figures(TRAINING, training, at_values),
-        big_o=BigO(big_o(analysis.step_flops), big_o(training["total_flops"])),
+        big_o=_big_o(analysis, epochs, samples),
         memory=_memory(analysis, optimizer, at_values),
         notes=_notes(analysis, epochs, samples),
     )

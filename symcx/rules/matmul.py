@@ -1,16 +1,18 @@
-"""Matrix products: mm, addmm, bmm, baddbmm, dot, mv — 2·m·k·n FLOPs (1 multiply-add = 2 FLOPs).
+"""Matrix products: mm, addmm, bmm, baddbmm, dot, mv, grouped mm — 2·m·k·n FLOPs (1 multiply-add = 2 FLOPs).
 
 Bias and ``beta·self`` adds of addmm/baddbmm are not counted, as in FlopCounterMode.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import sympy
 
 from ..cost import Cost, OpCall
 from .registry import rule
 
-__all__ = ["matmul_flops", "mm_flops", "bmm_flops", "dot_flops", "mv_flops", "trilinear_flops"]
+__all__ = ["matmul_flops", "mm_flops", "bmm_flops", "dot_flops", "mv_flops", "trilinear_flops", "grouped_mm_flops"]
 
 TWO = sympy.Integer(2)
 _NO_FCM = "FlopCounterMode has no formula for matrix-vector products and counts 0"
@@ -119,3 +121,28 @@ def trilinear_flops(call: OpCall) -> Cost:
     added = sympy.Mul(*_broadcast(buf, shapes[2], sum23))
     return Cost(flops=unroll_size * (f1 + f2), other_flops=unroll_size * (o1 + o2 + added),
                 factors=((unroll_size, f1 + f2),), fcm_flops=sympy.Integer(0), note=_TRILINEAR_NOTE)
+
+
+_GROUPED_NOTE = (
+    "_grouped_mm (mixture-of-experts): the rows per expert are data-dependent; counted as every "
+    "token routed to exactly its top-k experts (the groups cover all rows), the dense-equivalent count. "
+    "FlopCounterMode has no formula for _grouped_mm and counts 0"
+)
+
+
+@rule("aten._grouped_mm")
+def grouped_mm_flops(call: OpCall) -> Cost:
+    """Grouped GEMM ``(m×k) @ (k×n)`` split into groups by ``offs``: 2·m·k·n in all.
+
+    ``offs`` splits the rows of a 2-D ``self`` over a 3-D ``mat2`` (an MoE expert forward),
+    the shared dim of two 2-D operands (a weight gradient) or the columns of a 2-D ``mat2``;
+    whichever dim is split, the groups' products add up to one ``m×k×n`` product, provided the
+    groups cover the split dim, i.e. every routed token is computed once per chosen expert.
+    Two 3-D operands are a batched product, 2·b·m·k·n. FlopCounterMode counts 0.
+    """
+    a, b = call["self"], call["mat2"]
+    m, k = a.shape[-2:]
+    n = b.shape[-1]
+    batch = a.shape[0] if len(a.shape) == 3 and len(b.shape) == 3 else sympy.Integer(1)
+    cost = matmul_flops(m, k, n, batch)
+    return dataclasses.replace(cost, fcm_flops=sympy.Integer(0), note=_GROUPED_NOTE)

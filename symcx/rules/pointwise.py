@@ -55,6 +55,7 @@ PER_ELEMENT: dict[str, int] = {
             "aten.bitwise_and", "aten.bitwise_or", "aten.log1p", "aten.expm1", "aten.exp2",
             "aten.log2", "aten.hardtanh", "aten.relu6", "aten.fmod", "aten.remainder",
             "aten.masked_scatter", "aten.sgn", "aten.isnan", "aten.isinf", "aten.lerp_scalar",
+            "aten.floor_divide",
         ],
         1,
     ),
@@ -127,6 +128,7 @@ PER_INPUT_ELEMENT: dict[str, int] = {
     "aten.cumsum": 1,
     "aten.any": 1,
     "aten.all": 1,
+    "aten.histc": 1,  # one bin increment per element (MoE routers count tokens per expert)
 }
 
 for _op, _k in PER_ELEMENT.items():

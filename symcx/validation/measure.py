@@ -15,6 +15,7 @@ kernel allocates and frees inside itself (oneDNN reorders, im2col), and allocato
 from __future__ import annotations
 
 import gc
+import os
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -36,6 +37,7 @@ __all__ = [
     "peak_bytes",
     "is_oom",
     "free_memory",
+    "available_bytes",
     "summarize",
     "TRACKERS",
 ]
@@ -168,11 +170,37 @@ def peak_bytes(step: Callable[[], None], dev: torch.device) -> tuple[int, int | 
     return measure_peak_bytes(step), None
 
 
+#: What a RuntimeError says when memory ran out: CUDA's "out of memory", and the CPU
+#: allocator's "DefaultCPUAllocator: can't allocate memory: you tried to allocate ...".
+_OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
 def is_oom(err: BaseException) -> bool:
-    """Whether ``err`` means the device ran out of memory."""
-    return isinstance(err, torch.OutOfMemoryError) or (
-        isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
-    )
+    """Whether ``err`` means the device ran out of memory (CUDA, or the CPU allocator).
+
+    >>> is_oom(RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: "
+    ...                     "can't allocate memory: you tried to allocate 12884901888 bytes."))
+    True
+    >>> is_oom(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    False
+    """
+    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(err, RuntimeError) and any(m in str(err).lower() for m in _OOM_MESSAGES)
+
+
+def available_bytes(dev: torch.device) -> int | None:
+    """Memory the device can still hand out, in bytes; None where the system does not say.
+
+    CUDA: the free bytes of ``torch.cuda.mem_get_info``. CPU: the available physical pages
+    (``os.sysconf("SC_AVPHYS_PAGES")``) times the page size.
+    """
+    if dev.type == "cuda":
+        return int(torch.cuda.mem_get_info(dev)[0])
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def free_memory(dev: torch.device) -> None:

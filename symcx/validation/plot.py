@@ -13,12 +13,29 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # for the annotation only: report imports this module, not the reverse
     from .report import Validation
 
-__all__ = ["plot_validation"]
+__all__ = ["plot_validation", "fit_points"]
 
 
-def _positive(y: float) -> float:
-    """``y``, or NaN where a log axis cannot show it (a fit with a negative intercept at small t)."""
-    return y if y > 0 else float("nan")
+def fit_points(ys: list[float], measured: list[float]) -> tuple[list[float], bool]:
+    """A fitted line's points as a log axis can show them, and whether any was raised.
+
+    A fit with a negative intercept is below zero at small t (t = 1 on the seed net: the
+    line ``1.1e-10·FLOPs - 45 ms``), which a log axis cannot draw: the line used to vanish
+    there. Such points are drawn at a floor, half the smallest positive value among the
+    fit and the measurements, so the line stays visible to the last size; the legend says so.
+
+    Examples
+    --------
+    >>> fit_points([-0.037, 0.086, 0.48], [0.011, 0.135, 0.35])
+    ([0.0055, 0.086, 0.48], True)
+    """
+    positive = [y for y in [*ys, *measured] if y > 0]
+    floor = min(positive) / 2 if positive else 1.0
+    return [y if y > 0 else floor for y in ys], any(y <= 0 for y in ys)
+
+
+def _fit_label(label: str, raised: bool) -> str:
+    return label + ("; ≤ 0 at small t, drawn at the floor" if raised else "")
 
 
 def plot_validation(v: "Validation", path: str | os.PathLike) -> None:
@@ -29,7 +46,9 @@ def plot_validation(v: "Validation", path: str | os.PathLike) -> None:
     Left: median time per run (bars from the first to the third quartile) and the fit
     ``slope·FLOPs(t) + intercept``. Right: measured peak bytes above the baseline, symcx's
     prediction, and the fit. Both axes are logarithmic, so sizes from 1 to thousands share a
-    plot; a fitted line is left out where it is not positive. Sizes that ran out of memory or failed are marked on the x axis.
+    plot; where a fitted line is not positive (a negative intercept at small t) it is drawn at
+    a floor below every measurement (:func:`fit_points`), so it never vanishes. Sizes that ran
+    out of memory or failed are marked on the x axis.
 
     Raises
     ------
@@ -59,8 +78,9 @@ def plot_validation(v: "Validation", path: str | os.PathLike) -> None:
     if v.time_fit is not None:
         f = v.time_fit
         r2 = "-" if f.r2 is None else f"{f.r2:.4f}"
-        ax_t.plot(ts, [_positive(f.predict(r.predicted_flops) * 1e3) for r in v.sizes], "-",
-                  label=f"fit: {f.slope:.2e} s/FLOP · FLOPs(t) {f.intercept * 1e3:+.2f} ms (R² {r2})")
+        ys, raised = fit_points([f.predict(r.predicted_flops) * 1e3 for r in v.sizes], med if ok else [])
+        ax_t.plot(ts, ys, "-", label=_fit_label(f"fit: {f.slope:.2e} s/FLOP · FLOPs(t) {f.intercept * 1e3:+.2f} ms "
+                                                f"(R² {r2})", raised))
     ax_t.set_title("time per run")
     ax_t.set_ylabel("ms")
 
@@ -71,8 +91,10 @@ def plot_validation(v: "Validation", path: str | os.PathLike) -> None:
     if v.memory_fit is not None:
         f = v.memory_fit
         r2 = "-" if f.r2 is None else f"{f.r2:.4f}"
-        ax_m.plot(ts, [_positive(f.predict(r.predicted_bytes) / 2**20) for r in v.sizes], "-",
-                  label=f"fit: {f.slope:.3f} · predicted {f.intercept / 2**20:+.2f} MiB (R² {r2})")
+        peaks = [r.peak_bytes / 2**20 for r in ok if r.peak_bytes is not None]
+        ys, raised = fit_points([f.predict(r.predicted_bytes) / 2**20 for r in v.sizes], peaks)
+        ax_m.plot(ts, ys, "-", label=_fit_label(f"fit: {f.slope:.3f} · predicted {f.intercept / 2**20:+.2f} MiB "
+                                                f"(R² {r2})", raised))
     ax_m.set_title("peak memory above parameters and input")
     ax_m.set_ylabel("MiB")
 

@@ -7,7 +7,8 @@ JSON schema ``symcx.validation/1`` (every key always present; ``null`` where not
      "formulas": {"forward_flops", "backward_flops", "fcm_forward_flops",
                   "fcm_backward_flops", "predicted_bytes", "baseline_bytes"},
      "memory_model", "memory_tracker", "deviations": [str],
-     "sizes": [{"batch_size", "status": "ok"|"oom"|"error", "error",
+     "partial": bool,
+     "sizes": [{"batch_size", "status": "ok"|"oom"|"error"|"skipped", "error",
                 "flops": [{"phase", "symcx", "expected", "measured", "ok"}],
                 "predicted_flops", "times_s": [float], "time": {"median_s", "q1_s", "q3_s",
                 "min_s", "max_s", "stdev_s"}, "flops_per_s",
@@ -18,7 +19,8 @@ JSON schema ``symcx.validation/1`` (every key always present; ``null`` where not
 
 Times in seconds, memory in bytes (above the baseline: parameters, buffers, input batch),
 FLOPs as integers, formulas as sympy strings in ``t``; ``memory_rel_error`` is
-``(peak_bytes - predicted_bytes) / predicted_bytes``.
+``(peak_bytes - predicted_bytes) / predicted_bytes``. ``partial`` is true when the sweep was
+interrupted (Ctrl-C): ``sizes`` then holds the sizes that finished, and no others.
 """
 
 from __future__ import annotations
@@ -95,8 +97,10 @@ class FlopCheck:
 class SizeResult:
     """Predicted and measured figures at one batch size.
 
-    ``status`` is ``"ok"``, ``"oom"`` (out of memory; memory was freed and the sweep went
-    on) or ``"error"`` (the model raised; ``error`` holds the message). Memory figures are
+    ``status`` is ``"ok"``, ``"oom"`` (out of memory, on CUDA or CPU; memory was freed and
+    the sweep went on), ``"error"`` (the model raised; ``error`` holds the message) or
+    ``"skipped"`` (the predicted peak exceeds the device's free memory; ``error`` says by
+    how much). Memory figures are
     bytes *above the baseline* (parameters, buffers and the input batch, live before the
     run): ``predicted_bytes`` from symcx's memory model, ``peak_bytes`` measured.
     """
@@ -183,6 +187,7 @@ class Validation:
     memory_fit: Fit | None
     torch_version: str
     symcx_version: str
+    partial: bool = False
 
     def result(self, batch_size: int) -> SizeResult:
         """The row for ``batch_size``."""
@@ -233,6 +238,7 @@ class Validation:
             "memory_model": self.memory_model,
             "memory_tracker": self.memory_tracker,
             "deviations": list(self.deviations),
+            "partial": self.partial,
             "sizes": [row.to_dict() for row in self.sizes],
             "fits": {
                 "time": self.time_fit.to_dict() if self.time_fit else None,
@@ -276,14 +282,15 @@ class Validation:
             input_shapes=tuple(tuple(s) for s in doc["input_shapes"]), run=doc["run"], formulas=doc["formulas"],
             memory_model=doc["memory_model"], memory_tracker=doc["memory_tracker"],
             deviations=tuple(doc["deviations"]), sizes=sizes, time_fit=fits["time"], memory_fit=fits["memory"],
-            torch_version=doc["torch"], symcx_version=doc["symcx"],
+            torch_version=doc["torch"], symcx_version=doc["symcx"], partial=doc.get("partial", False),
         )
 
     def rich_table(self) -> Table:
         """The report as a ``rich`` table, fits and failures in its caption."""
         phase = "forward+backward" if self.backward else "forward"
+        partial = " (interrupted: the sizes that finished)" if self.partial else ""
         table = Table(
-            title=f"symcx validate: {self.model} on {self.device_name}, {phase}",
+            title=f"symcx validate: {self.model} on {self.device_name}, {phase}{partial}",
             caption=self._caption(),
             caption_justify="left",
         )
@@ -298,7 +305,8 @@ class Validation:
         return table
 
     def _cells(self, row: SizeResult) -> list[Any]:
-        status = {"ok": Text("ok", "green"), "oom": Text("OOM", "yellow")}.get(row.status, Text("error", "red"))
+        status = {"ok": Text("ok", "green"), "oom": Text("OOM", "yellow"),
+                  "skipped": Text("skipped", "yellow")}.get(row.status, Text("error", "red"))
         if row.flops_ok is None:
             fcm = Text("-")
         elif row.flops_ok and any(c.symcx != c.expected for c in row.flops):

@@ -14,8 +14,11 @@ the same mode. Per batch size, in this order:
    :func:`symcx.validation.live_bytes.measure_peak_bytes` on CPU);
 3. ``warmup`` untimed runs, then ``repeats`` timed ones.
 
-An out-of-memory error or any other exception at one size is recorded in that size's row,
-memory is freed, and the sweep goes on.
+An out-of-memory error (CUDA's, or the CPU allocator's ``can't allocate memory``) or any
+other exception at one size is recorded in that size's row, memory is freed, and the sweep
+goes on. A size whose predicted peak (baseline included) exceeds the memory the device has
+free is not run but recorded as ``skipped``, unless ``force``. Ctrl-C (``KeyboardInterrupt``)
+ends the sweep: the sizes that finished are kept and the result is marked ``partial``.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from ..capture import default_loss
 from . import measure
 from .fit import fit_line
 from .predict import Formulas, formulas
-from .report import FlopCheck, SizeResult, Validation, shapes_with_t
+from .report import FlopCheck, SizeResult, Validation, format_bytes, shapes_with_t
 
 __all__ = ["validate"]
 
@@ -124,6 +127,34 @@ def _row(batch_size: int, f: Formulas, backward: bool, measured: dict[str, Any] 
     )
 
 
+def _too_big(predicted: int, free: int | None, dev: torch.device) -> str | None:
+    """Why a size is skipped (its predicted peak exceeds ``free``), or None to run it."""
+    if free is None or predicted <= free:
+        return None
+    return (f"predicted peak {format_bytes(predicted)} exceeds the {format_bytes(free)} free on {dev}; "
+            f"not run (force=True, --force, to try anyway)")
+
+
+def _run_size(model: torch.nn.Module, example: Any, b: int, dev: torch.device, f: Formulas, *,
+              backward: bool, repeats: int, warmup: int, batch_dim: int, force: bool,
+              loss: Callable[[Any], torch.Tensor]) -> SizeResult:
+    """One batch size: skipped if predicted too big, else measured; an exception is recorded, not raised."""
+    p = f.at(b)
+    skip = None if force else _too_big(p["predicted_bytes"] + p["baseline_bytes"], measure.available_bytes(dev), dev)
+    if skip is not None:
+        return _row(b, f, backward, None, "skipped", skip)
+    try:
+        measured = _measure(model, measure.make_batch(example, b, dev, batch_dim), dev, backward=backward,
+                            repeats=repeats, warmup=warmup, loss=loss)
+    except Exception as err:  # the user's model may raise anything; record it per size
+        failure = ("oom" if measure.is_oom(err) else "error", _one_line(err))
+    else:
+        return _row(b, f, backward, measured)
+    model.zero_grad(set_to_none=True)  # out of the except block: its traceback no longer holds the batch
+    measure.free_memory(dev)
+    return _row(b, f, backward, None, *failure)
+
+
 def _check_args(batch_sizes: Sequence[int], repeats: int, warmup: int) -> list[int]:
     sizes = list(batch_sizes)
     if not sizes:
@@ -152,6 +183,7 @@ def validate(
     *,
     batch_dim: int = 0,
     loss: Callable[[Any], torch.Tensor] | None = None,
+    force: bool = False,
 ) -> Validation:
     """Run ``model`` at each batch size on ``device`` and compare with symcx's formulas.
 
@@ -180,10 +212,15 @@ def validate(
     loss : callable, optional
         Output → scalar; default the sum of every floating-point output, as in
         :func:`symcx.analyze`.
+    force : bool
+        Run every size, even one whose predicted peak exceeds the memory the device has free
+        (:func:`~symcx.validation.measure.available_bytes`); by default such a size is
+        recorded as ``"skipped"`` with the reason.
 
     Returns
     -------
     Validation
+        With ``partial=True`` and the finished sizes only, when interrupted (Ctrl-C).
 
     Raises
     ------
@@ -222,25 +259,18 @@ def validate(
         a = analyze(model, example, batch_dim=batch_dim, loss=loss, train=backward)
         f = formulas(a, backward)
         model.train(backward)
-        rows = []
-        for done, b in enumerate(sizes, 1):
-            failure: tuple[str, str] | None = None
-            measured = None
-            try:
-                batch = measure.make_batch(example, b, dev, batch_dim)
-                measured = _measure(model, batch, dev, backward=backward, repeats=repeats, warmup=warmup,
-                                    loss=loss_fn)
-            except Exception as err:  # the user's model may raise anything; record it per size
-                failure = ("oom" if measure.is_oom(err) else "error", _one_line(err))
-            batch = None
-            if failure is not None:
-                model.zero_grad(set_to_none=True)
-                measure.free_memory(dev)
-                rows.append(_row(b, f, backward, None, *failure))
-            else:
-                rows.append(_row(b, f, backward, measured))
-            if progress is not None:
-                progress(done, len(sizes), f"t={b} {rows[-1].status}")
+        rows: list[SizeResult] = []
+        partial = False
+        try:
+            for done, b in enumerate(sizes, 1):
+                rows.append(_run_size(model, example, b, dev, f, backward=backward, repeats=repeats, warmup=warmup,
+                                      batch_dim=batch_dim, force=force, loss=loss_fn))
+                if progress is not None:
+                    progress(done, len(sizes), f"t={b} {rows[-1].status}")
+        except KeyboardInterrupt:  # keep what finished; the caller says it was interrupted
+            partial = True
+            model.zero_grad(set_to_none=True)
+            measure.free_memory(dev)
     finally:
         model.train(was_training)
         model.to(home)
@@ -267,4 +297,5 @@ def validate(
         memory_fit=fit_line([r.predicted_bytes for r in ran], [r.peak_bytes for r in ran]),
         torch_version=torch.__version__,
         symcx_version=__version__,
+        partial=partial,
     )

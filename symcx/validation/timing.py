@@ -23,9 +23,8 @@ from typing import Any
 import sympy
 import torch
 
-from ..cost import TensorInfo
 from ..errors import SymcxError
-from ..step import Node, Step
+from ..step import Node, Step, traffic
 
 __all__ = [
     "CLASSES",
@@ -62,8 +61,7 @@ def op_class(node: Node) -> str:
 def node_features(node: Node) -> tuple[sympy.Expr, sympy.Expr]:
     """(FLOPs, bytes read and written) of a call node, as sympy expressions."""
     flops = ZERO if node.cost is None else node.cost.flops + node.cost.other_flops
-    read = sympy.Add(*[x.nbytes for x in (node.call.tensors if node.call else ()) if isinstance(x, TensorInfo)])
-    return flops, read + sympy.sympify(node.bytes)
+    return flops, traffic(node)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -209,3 +209,27 @@ def test_trilinear_matches_the_kernels_loop(batch, in1, in2, out, input_grad):
                     _trilinear_replica(*args, **kwargs)
                 oracle += f.get_total_flops()
         assert step.flops(phase) == oracle
+
+
+def _grouped_by_hand(a: torch.Tensor, b: torch.Tensor, offs: list[int]) -> torch.Tensor:
+    """The grouped GEMM of rows ``offs[g-1]:offs[g]`` of ``a`` with ``b[g]``, one ``mm`` per group."""
+    starts = [0, *offs[:-1]]
+    return torch.cat([a[s:e] @ b[g] for g, (s, e) in enumerate(zip(starts, offs))])
+
+
+@pytest.mark.parametrize("offs", [[2, 4, 6], [0, 5, 6], [6, 6, 6]])  # even, an empty group, all in one
+def test_grouped_mm_counts_one_mm_per_group_and_flop_counter_mode_zero(offs):
+    a, b = torch.randn(6, 4, requires_grad=True), torch.randn(3, 4, 8, requires_grad=True)
+    counts = torch.tensor(offs, dtype=torch.int32)
+    # square: a plain sum's gradient is expanded (stride 0), which the CPU grouped kernel refuses
+    step = run_step(lambda x, w: torch.nn.functional.grouped_mm(x, w, offs=counts).square(), a, b)
+    oracle = fcm_counts(lambda x, w: _grouped_by_hand(x, w, offs).square(), a, b)
+    # by hand: forward 2·6·4·8 = 384 whatever the split; backward grad-a and grad-b, 2·384
+    assert (step.flops("forward"), step.flops("backward")) == oracle == (384, 768)
+    assert (step.fcm_view("forward"), step.fcm_view("backward")) == (step.fcm_forward, step.fcm_backward) == (0, 0)
+
+
+def test_grouped_mm_of_two_3d_operands_is_a_batched_product():
+    a, b = torch.randn(3, 8, 4, requires_grad=True), torch.randn(3, 4, 8, requires_grad=True)
+    step = run_step(lambda x, w: torch.nn.functional.grouped_mm(x, w).square(), a, b)
+    assert (step.flops("forward"), step.flops("backward")) == fcm_counts(lambda x, w: torch.bmm(x, w).square(), a, b)

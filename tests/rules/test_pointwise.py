@@ -14,7 +14,7 @@ from torch import nn
 
 import symcx
 
-from .conftest import evaluate, needs_grad, run_step
+from .conftest import evaluate, needs_grad, run_forward, run_step
 
 #: (module factory, forward ops per element, backward ops per element), by hand:
 ACTIVATIONS = {
@@ -159,3 +159,12 @@ def test_xlogy_by_hand():
     y = needs_grad(torch.rand(3, 4) + 0.1, True)
     step = run_step(lambda y: torch.xlogy(torch.rand(3, 4), y).sum(), y)
     assert step.other_flops("forward") == 3 * 12 + 12  # xlogy, then the sum
+
+
+def test_moe_router_counting_ops_by_hand():
+    """A mixture-of-experts router's bookkeeping: ``histc`` of the chosen experts (one bin
+    increment per element) and ``floor_divide`` of the sorted slots by top-k (one per element)."""
+    ids = torch.randint(0, 4, (6, 2))
+    step = run_forward(lambda e: (torch.histc(e.float(), bins=4, min=0, max=3), e.flatten() // 2), ids)
+    assert step.ops("forward") == ["aten._to_copy", "aten.histc", "aten.view", "aten.floor_divide"]
+    assert step.other_flops("forward") == 12 + 12  # histc over 12 ids; 12 quotients
