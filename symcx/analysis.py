@@ -140,8 +140,8 @@ class Analysis:
     def route_note(self) -> str:
         """One sentence for reports: how the step was traced (and, interpolated, why)."""
         if self.fallback_reason is None:
-            return ("Traced once with symbolic sizes: one joint forward+backward aten graph on fake tensors "
-                    "(symcx's dispatch recorder, the graph make_fx would build).")
+            return " ".join(("Traced once with symbolic sizes: one joint forward+backward aten graph on fake tensors "
+                             "(symcx's dispatch recorder, the graph make_fx would build).", *self.step.notes))
         return (f"Interpolated: the symbolic trace failed ({self.fallback_reason}); traced with concrete sizes "
                 f"on a grid, each cost fitted exactly and checked at one more point.")
 

@@ -97,6 +97,7 @@ class Step:
     leaf_modules: frozenset[str]
     route: str = "symbolic"
     fallback_reason: str | None = None
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self._by_name = {v.name: v for v in self.nodes}
@@ -316,5 +317,5 @@ def build_step(trace: Trace, *, route: str = "symbolic", fallback_reason: str | 
         nodes=tuple(nodes), storages=st.storages, user_symbols=dict(trace.user_symbols), hints=dict(trace.hints),
         trainable=trace.trainable, assumptions=list(trace.assumptions), dropped_guards=list(trace.dropped_guards),
         module_types=dict(trace.module_types), leaf_modules=trace.leaf_modules, route=route,
-        fallback_reason=fallback_reason,
+        fallback_reason=fallback_reason, notes=tuple(trace.notes),
     )

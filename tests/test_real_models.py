@@ -273,6 +273,7 @@ def test_weight_that_pins_the_batch_is_traced_at_its_size(model, example, size, 
         a = symcx.analyze(model, example)
     assert "t" not in a.symbols
     assert flops_at(a) == fcm_forward_backward(model, example) == by_hand
+    assert f"the model fixes the batch at {size}" in a.route_note  # and so every report says it
 
 
 def test_input_that_does_not_fit_keeps_its_shape_error():

@@ -103,6 +103,8 @@ def assumptions_of(
     allowed = set(user.values())
     guards: list[tuple[sympy.Basic, sympy.Basic]] = []  # (in user symbols, as torch has it)
     for guard in shape_env.guards:
+        if isinstance(guard.expr, sympy.Ne) and 0 not in guard.expr.args:
+            continue  # Ne(x, 1) and kin: a size-1 specialization, which states nothing (and they are many)
         try:
             expr = to_plain(shape_env.replace(guard.expr)).xreplace(rename)
         except (TypeError, ValueError, ZeroDivisionError):  # sympy cannot rewrite it: not a bound we can state

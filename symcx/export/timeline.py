@@ -78,8 +78,9 @@ def _draw(ax: Any, points: list[tuple[str, str, str, int]], title: str) -> None:
     top = max(xs, key=lambda i: ys[i])
     node, layer, _, nbytes = points[top]
     ax.plot([top], [ys[top]], "o", color="red")
-    ax.annotate(f"peak {nbytes / 2**20:.2f} MiB\n{node} ({layer})", (top, ys[top]), xytext=(10, -30),
-                textcoords="offset points", color="red", fontsize=8,
+    left = top > 0.6 * len(points)  # keep the label inside the axes
+    ax.annotate(f"peak {nbytes / 2**20:.2f} MiB\n{node} ({layer})", (top, ys[top]), xytext=(-20 if left else 20, -30),
+                textcoords="offset points", color="red", fontsize=8, ha="right" if left else "left",
                 arrowprops={"arrowstyle": "->", "color": "red"})
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
