@@ -126,9 +126,35 @@ class Inference:
         per_block = int(self.bytes_per_token()) * block_size
         return int(parse_bytes(budget)) // per_block
 
+    def _largest(self, budget: int | str, symbol_: sympy.Symbol, fixed: dict) -> int:
+        """Largest value of ``symbol_`` (≥ 1) whose decode-step peak fits in ``budget``, 0 if none."""
+        limit = int(parse_bytes(budget))
+        peak = sympy.sympify(self.decode_peak_bytes).subs(fixed)
+
+        def fits(v: int) -> bool:
+            return bool(peak.subs(symbol_, v) <= limit)
+
+        if not fits(1):
+            return 0
+        lo, hi = 1, 2
+        while fits(hi):
+            lo, hi = hi, hi * 2
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        return lo
+
     def max_batch(self, budget: int | str, context: int) -> int:
-        """Most sequences of ``context`` cached tokens whose cache fits in ``budget`` bytes (cache alone)."""
-        return int(parse_bytes(budget)) // (int(self.bytes_per_token()) * context)
+        """Most sequences with ``context`` cached tokens whose decode step (weights, cache and its
+        activation peak) fits in ``budget`` bytes."""
+        return self._largest(budget, symbol("t"), {P: context})
+
+    def max_context(self, budget: int | str, batch: int) -> int:
+        """Most cached tokens per sequence for ``batch`` sequences whose decode step fits in ``budget``."""
+        if P not in sympy.sympify(self.decode_peak_bytes).free_symbols:
+            raise SymcxError("the decode step's memory does not grow with the context (a sliding window?): "
+                             "any context fits once one token does")
+        return self._largest(budget, P, {symbol("t"): batch})
 
     def at(self, **values: int) -> dict[str, sympy.Expr]:
         """Every figure evaluated at ``t``, ``L``, ``P``, ``G`` (positive integers; those not given stay symbols).
@@ -150,10 +176,6 @@ class Inference:
                    "kv_cache_bytes": self.kv_cache_bytes, "generate_flops": self.generate_flops(),
                    "decode_peak_bytes": self.decode_peak_bytes}
         return {k: sympy.sympify(v).subs(at) for k, v in figures.items()}
-
-    def max_context(self, budget: int | str, batch: int) -> int:
-        """Most cached tokens per sequence for ``batch`` sequences within ``budget`` bytes (cache alone)."""
-        return int(parse_bytes(budget)) // (int(self.bytes_per_token()) * batch)
 
 
 def inference(model: torch.nn.Module, prompt_ids: torch.Tensor, *, strict: bool = False) -> Inference:

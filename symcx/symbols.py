@@ -100,12 +100,23 @@ def to_plain(expr: sympy.Expr) -> sympy.Expr:
     expr = sympy.sympify(expr)
     if expr.is_Number or expr.is_Symbol:
         return expr
-    for cls, fn in _table():
-        if expr.has(cls):
-            expr = expr.replace(lambda e, c=cls: type(e) is c, lambda e, f=fn: f(*e.args))
-    if expr.has(sympy.floor):
-        expr = expr.replace(lambda e: isinstance(e, sympy.floor), _floor_as_ceiling)
-    return expr
+    return _rewrite(expr, dict(_table()), {})
+
+
+def _rewrite(expr: sympy.Basic, table: dict[type, object], memo: dict[sympy.Basic, sympy.Basic]) -> sympy.Basic:
+    """One bottom-up pass of :func:`to_plain` (guards nest deep: one walk, not one per class)."""
+    if not expr.args:
+        return expr
+    done = memo.get(expr)
+    if done is not None:
+        return done
+    args = [_rewrite(a, table, memo) for a in expr.args]
+    fn = table.get(type(expr))
+    out = fn(*args) if fn is not None else (expr.func(*args) if args != list(expr.args) else expr)
+    if isinstance(out, sympy.floor):
+        out = _floor_as_ceiling(out)
+    memo[expr] = out
+    return out
 
 
 def _floor_as_ceiling(e: sympy.Expr) -> sympy.Expr:

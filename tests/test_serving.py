@@ -136,3 +136,14 @@ def test_vllm_paged_cache_for_llama3_8b_on_an_a100():
     # the log's 11.12 GiB is rounded to 0.01: the block count lands within that rounding
     assert abs(inf.kv_blocks("11.12GiB") - 5691) <= 3
     assert inf.kv_blocks(int(11.115 * 2**30)) == 5690  # 11.115 GiB is a hair under 5691 blocks' 11.11523
+
+
+def test_largest_batch_and_context_for_a_budget(served):
+    name, _, inf = served
+    peak = inf.decode_peak_bytes
+    budget = int(peak.subs({t: 5, P: 16}))  # exactly what 5 sequences of 16 cached tokens need
+    assert inf.max_batch(budget, context=16) == 5
+    assert peak.subs({t: 6, P: 16}) > budget
+    if name != "mistral-window":
+        assert inf.max_context(budget, batch=5) == 16
+    assert inf.max_batch(1, context=16) == 0  # not even one sequence
