@@ -29,7 +29,8 @@ from .symbols import N, n, t
 
 __all__ = ["Analysis", "Training"]
 
-_PHASES = {"forward": FORWARD_PHASES, "backward": ("backward",), "step": FORWARD_PHASES + ("backward",)}
+_PHASES = {"forward": FORWARD_PHASES, "backward": ("backward",), "step": FORWARD_PHASES + ("backward",),
+           "optimizer": ("optimizer",)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,6 +183,11 @@ class Analysis:
         return self._sum("other_flops", "backward")
 
     @property
+    def optimizer_other_flops(self) -> sympy.Expr:
+        """FLOPs of the traced ``optimizer.step()`` (elementwise: Adam's moments and update); 0 untraced."""
+        return self._sum("other_flops", "optimizer")
+
+    @property
     def forward_macs(self) -> sympy.Expr:
         """Forward multiply-accumulates: ``forward_flops / 2``."""
         return self.forward_flops / 2
@@ -239,9 +245,14 @@ class Analysis:
         """
         return self._s(sympy.Add(*self._saved_by_layer.values()))
 
-    def memory(self, optimizer: str = "sgd", dtype: Any = None, training: bool = True) -> Memory:
+    def memory(self, optimizer: str | None = None, dtype: Any = None, training: bool = True,
+               step: str = "steady") -> Memory:
         """Bytes one training step holds: parameters, gradients, optimizer state, saved
         activations and the peak, with the node where it occurs; see :func:`symcx.memory.step_memory`.
+
+        Analysed with ``optimizer=...``, the iteration's optimizer step is traced: ``step``
+        is ``"steady"`` (state made by an earlier step) or ``"first"`` (a fresh optimizer, its
+        state made in the step). Otherwise ``optimizer`` names a modelled one (default SGD).
 
         >>> import torch, symcx
         >>> mlp = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
@@ -249,13 +260,18 @@ class Analysis:
         >>> mem.params, mem.optimizer, mem.activations, mem.peak_layer
         (92, 200, 12*t, '1')
         """
-        key = (optimizer, str(dtype), training)
+        key = (optimizer, str(dtype), training, step)
         if key not in self._memories:
             self._memories[key] = self._memory_model.memory(
-                optimizer=optimizer, dtype=dtype, training=training, values=self._values or None)
+                optimizer=optimizer, dtype=dtype, training=training, values=self._values or None, iteration=step)
         return self._memories[key]
 
-    def max_batch_size(self, budget_bytes: int | str, optimizer: str = "sgd") -> int:
+    @property
+    def optimizer(self) -> str | None:
+        """The optimizer whose step was traced with the iteration (``analyze(..., optimizer=...)``), else None."""
+        return self.step.optimizer
+
+    def max_batch_size(self, budget_bytes: int | str, optimizer: str | None = None) -> int:
         """Largest batch ``t`` whose training-step peak fits in ``budget_bytes`` (0 if none).
 
         ``budget_bytes`` is bytes, or a string such as ``"16GiB"``, ``"512 MB"`` or ``"1.5GB"``
@@ -296,7 +312,8 @@ class Analysis:
             flops_per_step=step,
             flops_per_epoch=steps * step,
             total_flops=sympy.sympify(epochs) * steps * step,
-            other_flops_total=sympy.sympify(epochs) * steps * (self.forward_other_flops + self.backward_other_flops),
+            other_flops_total=sympy.sympify(epochs) * steps * (self.forward_other_flops + self.backward_other_flops
+                                                              + self.optimizer_other_flops),
         )
 
     def big_o(self, of: str = "training") -> sympy.Expr:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import io
 import os
 import sys
@@ -317,6 +318,8 @@ def _check_analyze_options(args: argparse.Namespace) -> None:
                              + (" (always exact)" if flag == "--exact" else ""))
     _check_writable(args.output)
     _check_plot(args.plot_memory)
+    if args.plot_memory is not None and importlib.util.find_spec("matplotlib") is None:
+        raise SymcxError("--plot-memory needs matplotlib: pip install 'symcx[plot]' (or pip install matplotlib)")
 
 
 def _plot_memory(analysis: Any, args: argparse.Namespace) -> str | None:

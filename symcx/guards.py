@@ -9,6 +9,7 @@ fails (a division by ``floor(H/4) = 0``, ``nan``, ``zoo``) counts as "does not h
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Mapping
@@ -147,6 +148,7 @@ def holds_everywhere(
     return all(fn(*p) is True for p in points)
 
 
+@dataclasses.dataclass(frozen=True)
 class Pattern:
     """Where a guard holds as one symbol runs over its sizes, the others at their example values.
 
@@ -154,11 +156,10 @@ class Pattern:
     (holds at the few sizes in ``points`` only) or ``"other"``.
     """
 
-    def __init__(self, kind: str, period: int = 1, residue: int = 0, points: tuple[int, ...] = ()) -> None:
-        self.kind, self.period, self.residue, self.points = kind, period, residue, points
-
-    def __repr__(self) -> str:
-        return f"Pattern({self.kind!r}, period={self.period}, residue={self.residue}, points={self.points})"
+    kind: str
+    period: int = 1
+    residue: int = 0
+    points: tuple[int, ...] = ()
 
 
 def pattern_of(rel: sympy.Basic, s: sympy.Symbol, at: Mapping[sympy.Symbol, int], lower: int = 2) -> Pattern:
@@ -167,7 +168,7 @@ def pattern_of(rel: sympy.Basic, s: sympy.Symbol, at: Mapping[sympy.Symbol, int]
     >>> import sympy
     >>> L = sympy.Symbol("L", positive=True, integer=True)
     >>> pattern_of(sympy.Eq(4 * L, 32 * sympy.floor(L / 8)), L, {})
-    Pattern('periodic', period=8, residue=0, points=())
+    Pattern(kind='periodic', period=8, residue=0, points=())
     """
     others = sorted(rel.free_symbols - {s}, key=str)
     fn = _compiled(rel, [s, *others])

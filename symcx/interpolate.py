@@ -29,7 +29,7 @@ import sympy
 import torch
 
 from ._torch import tree_leaves
-from .capture import BATCH_HINT, DimSpec, trace_at
+from .capture import BATCH_HINT, DimSpec, Iteration, trace_at
 from .cost import Cost, TensorInfo
 from .errors import ShapeError, SymcxError, TraceError
 from .memory import MEMORY_FIELDS, LayerMemory, Memory, MemoryModel, TracedMemory, step_memory
@@ -201,9 +201,9 @@ class FittedMemory:
     steps: tuple[Step, ...]
     fit: _Fitter
 
-    def memory(self, *, optimizer: str = "sgd", dtype: Any = None, training: bool = True,
-               values: Mapping[sympy.Symbol, Any] | None = None) -> Memory:
-        """Memory of the step, fitted over the grid.
+    def memory(self, *, optimizer: str | None = None, dtype: Any = None, training: bool = True,
+               values: Mapping[sympy.Symbol, Any] | None = None, iteration: str = "steady") -> Memory:
+        """Memory of the step, fitted over the grid (the steady state: ``iteration`` must be it).
 
         Raises
         ------
@@ -211,6 +211,8 @@ class FittedMemory:
             When a figure, typically the peak, moves between program points across the grid and
             so is no single polynomial (a ``Max`` of several), which this route cannot recover.
         """
+        if iteration != "steady":
+            raise SymcxError("the interpolated route fits the steady state only")
         mems = [step_memory(s, optimizer=optimizer, dtype=dtype, training=training) for s in self.steps]
         try:
             fitted = {f: self.fit.one([getattr(m, f) for m in mems], f"memory {f}") for f in MEMORY_FIELDS}
@@ -273,6 +275,7 @@ def interpolated(
     options: Mapping[str, Any],
     reason: str,
     strict: bool = False,
+    iteration: Iteration | None = None,
 ) -> tuple[Step, Counter, MemoryModel]:
     """A step with symbolic costs from concrete traces on a grid (``route == "interpolated"``),
     its unsupported ops, and its memory model.

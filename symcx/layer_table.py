@@ -72,7 +72,9 @@ class Entry:
     """One line of a module tree: a layer (``row`` set) or a block's totals (``row`` None).
 
     ``level`` is the number of dotted parts of ``name`` (``layer1.0.conv1``: 3); a block's
-    figures are the sums over every row under it, ``rows`` counts them.
+    figures are the sums over every row under it, ``rows`` counts them. ``trainable`` is the
+    row's flag; a block's is False when one row under it is frozen, True when every row with
+    parameters trains, None when none has parameters.
     """
 
     name: str
@@ -84,28 +86,25 @@ class Entry:
     other_flops: sympy.Expr
     saved_bytes: sympy.Expr
     rows: int = 1
+    trainable: bool | None = None
 
     @property
     def label(self) -> str:
         """The name's last part, indented two spaces per level below the top."""
         return "  " * (self.level - 1) + self.name.rsplit(".", 1)[-1]
 
-    @property
-    def trainable(self) -> bool | None:
-        """The row's trainable flag (None without parameters, or for a block)."""
-        return self.row.trainable if self.row is not None else None
-
 
 def _entry(row: LayerRow) -> Entry:
     return Entry(row.name, row.name.count(".") + 1, row, row.params, row.forward_flops, row.backward_flops,
-                 row.forward_other_flops + row.backward_other_flops, row.saved_bytes)
+                 row.forward_other_flops + row.backward_other_flops, row.saved_bytes, trainable=row.trainable)
 
 
 def _add(block: Entry, row: Entry) -> Entry:
     return dataclasses.replace(
         block, params=block.params + row.params, forward_flops=block.forward_flops + row.forward_flops,
         backward_flops=block.backward_flops + row.backward_flops, other_flops=block.other_flops + row.other_flops,
-        saved_bytes=block.saved_bytes + row.saved_bytes, rows=block.rows + 1)
+        saved_bytes=block.saved_bytes + row.saved_bytes, rows=block.rows + 1,
+        trainable=row.trainable if block.trainable is None else block.trainable and row.trainable is not False)
 
 
 def tree_entries(rows: Iterable[LayerRow], depth: int | None = None) -> list[Entry]:

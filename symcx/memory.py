@@ -58,7 +58,8 @@ STEP_TEMPORARY_COPIES = {"sgd": 0, "sgd-momentum": 0, "adam": 1, "adamw": 1}
 STEP_NODE = "optimizer.step"
 _FLOAT_DTYPES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 #: The byte totals of a :class:`Memory`, in the order reports list them.
-MEMORY_FIELDS = ("params", "buffers", "inputs", "grads", "optimizer", "activations", "peak", "inference_peak")
+MEMORY_FIELDS = ("params", "buffers", "inputs", "grads", "optimizer", "activations", "peak", "inference_peak",
+                 "optimizer_made")
 _END = float("inf")
 ZERO = sympy.Integer(0)
 
@@ -109,6 +110,7 @@ class Memory:
     inference_peak_node: str
     candidates: tuple[tuple[str, sympy.Expr], ...]
     by_layer: tuple[LayerMemory, ...]
+    optimizer_made: sympy.Expr = sympy.Integer(0)
 
     def __repr__(self) -> str:
         return (
@@ -125,8 +127,9 @@ class Memory:
 
     @property
     def resident(self) -> sympy.Expr:
-        """Bytes held for the whole step: parameters, buffers, inputs and optimizer state."""
-        return self.params + self.buffers + self.inputs + self.optimizer
+        """Bytes held before the step starts: parameters, buffers, inputs and the optimizer state it
+        finds (``optimizer`` less ``optimizer_made``, the state a traced first step makes itself)."""
+        return self.params + self.buffers + self.inputs + self.optimizer - self.optimizer_made
 
     def max_batch_size(self, budget_bytes: int | str) -> int:
         """Largest batch ``t`` whose peak fits in ``budget_bytes`` (0 if not even ``t = 1``).
@@ -248,10 +251,58 @@ def _dtype_name(dtype: Any) -> str | None:
     return name
 
 
+def _total(lives: Mapping[str, _Life], phase: str) -> sympy.Expr:
+    return sympy.Add(*[s.nbytes for s in lives.values() if s.phase == phase])
+
+
+def _optimizer_name(step: Step, optimizer: str | None) -> str:
+    """The optimizer whose memory is meant: the traced one, else a modelled shorthand (default SGD)."""
+    if step.optimizer is not None:
+        if optimizer is not None and optimizer != step.optimizer:
+            raise SymcxError(f"this step was traced with {step.optimizer}; its memory is that optimizer's "
+                             f"(analyze again with optimizer={optimizer!r} for another)")
+        return step.optimizer
+    optimizer = "sgd" if optimizer is None else optimizer
+    if optimizer not in OPTIMIZER_COPIES:
+        raise SymcxError(f"optimizer must be one of {sorted(OPTIMIZER_COPIES)}, not {optimizer!r} "
+                         f"(or trace any torch.optim optimizer with analyze(..., optimizer=...))")
+    return optimizer
+
+
+@dataclasses.dataclass(frozen=True)
+class _Iteration:
+    """The training iteration's walk: resident bytes, (node, phase, live bytes) points, gradients, state."""
+
+    resident: sympy.Expr
+    points: list[tuple[str, str, sympy.Expr]]
+    grads: sympy.Expr
+    state: sympy.Expr
+    made: sympy.Expr = ZERO
+
+
+def _iteration(step: Step, lives: Mapping[str, _Life], optimizer: str) -> _Iteration:
+    """The walk of forward, loss, backward and the optimizer's step: traced when the step holds it
+    (its state a placeholder or made in the step), else modelled (:data:`OPTIMIZER_COPIES`)."""
+    trainable = [s for s in lives.values() if step.node(s.node).param in step.trainable and s.phase == "param"]
+    grads = sympy.Add(*[s.nbytes for s in trainable])
+    base = sum((_total(lives, p) for p in ("param", "buffer", "input")), ZERO)
+    if step.optimizer is not None:
+        phases = ("forward", "loss", "backward", "optimizer")
+        made = sympy.Add(*[s.nbytes for s in lives.values() if s.phase == "optimizer" and s.last == _END])
+        points = [(v, step.node(v).phase, e) for v, e in _walk(lives, phases, "last")]
+        return _Iteration(base + _total(lives, "state"), points, grads, _total(lives, "state") + made, made)
+    state = OPTIMIZER_COPIES[optimizer] * grads + _STEP_SCALAR_BYTES.get(optimizer, 0) * len(trainable)
+    phases = ("forward", "loss", "backward")
+    kept_to_end = sympy.Add(*[s.nbytes for s in lives.values() if s.last == _END and s.phase in phases])
+    points = [(v, step.node(v).phase, e) for v, e in _walk(lives, phases, "last")]
+    points.append((STEP_NODE, "optimizer", kept_to_end + STEP_TEMPORARY_COPIES[optimizer] * grads))
+    return _Iteration(base + state, points, grads, state)
+
+
 def step_memory(
     step: Step,
     *,
-    optimizer: str = "sgd",
+    optimizer: str | None = None,
     dtype: Any = None,
     training: bool = True,
     values: Mapping[sympy.Symbol, Any] | None = None,
@@ -262,10 +313,12 @@ def step_memory(
     ----------
     step : Step
         The traced step (``Analysis.step``).
-    optimizer : {"sgd", "sgd-momentum", "adam", "adamw"}
-        Optimizer whose state is held: 0, 1 or 2 copies of the trainable parameters (Adam
-        also keeps a 4-byte ``step`` per parameter tensor). Its ``step()`` adds temporaries:
-        one copy of the parameters for Adam/AdamW (the foreach implementation), none for SGD.
+    optimizer : {None, "sgd", "sgd-momentum", "adam", "adamw"}
+        A step traced with its optimizer (``analyze(..., optimizer=...)``) holds what that
+        optimizer's traced step holds; None (the only value it takes) means that one. Otherwise
+        a modelled optimizer (None: SGD): 0, 1 or 2 copies of the trainable parameters as state
+        (Adam also keeps a 4-byte ``step`` per parameter tensor), and its ``step()`` adds
+        temporaries: one copy of the parameters for Adam/AdamW (foreach), none for SGD.
     dtype : torch.dtype or str, optional
         Count every floating-point tensor at this dtype's size (the model cast with
         ``model.to(dtype)``; integer tensors such as pooling indices keep theirs). Default:
@@ -296,38 +349,28 @@ def step_memory(
     >>> mem.peak_node, mem.peak_layer  # the ReLU's backward, at the traced t = 8
     ('threshold_backward', '1')
     """
-    if optimizer not in OPTIMIZER_COPIES:
-        raise SymcxError(f"optimizer must be one of {sorted(OPTIMIZER_COPIES)}, not {optimizer!r}")
     dtype = _dtype_name(dtype)
+    optimizer = _optimizer_name(step, optimizer)
     values = dict(values or {})
     lives = _lives(step, dtype)
-    trainable = [s for s in lives.values() if step.node(s.node).param in step.trainable and s.phase == "param"]
-
-    def total(phase: str) -> sympy.Expr:
-        return sympy.Add(*[s.nbytes for s in lives.values() if s.phase == phase])
 
     def ev(e: sympy.Expr) -> sympy.Expr:
         return sympy.sympify(e).subs(values) if values else sympy.sympify(e)
 
-    params, buffers, inputs = total("param"), total("buffer"), total("input")
-    grads = sympy.Add(*[s.nbytes for s in trainable]) if training else ZERO
-    state = (OPTIMIZER_COPIES[optimizer] * grads + _STEP_SCALAR_BYTES.get(optimizer, 0) * len(trainable)) if training else ZERO
+    params, buffers, inputs = (_total(lives, p) for p in ("param", "buffer", "input"))
+    it = _iteration(step, lives, optimizer) if training else None
     saved = [s for s in lives.values() if s.saved and s.phase in ("forward", "loss")]
     hints = {**step.hints, **{k: v for k, v in values.items() if isinstance(k, sympy.Symbol)}}
     inf_kept, inf_node = peak_points(_walk(lives, ("forward",), "fwd_last"), hints)
     inference_peak = ev(params + buffers + inputs + max_of(e for _, e in inf_kept))
-    if training:
-        phases = ("forward", "loss", "backward")
-        points = _walk(lives, phases, "last")
-        kept_to_end = sympy.Add(*[s.nbytes for s in lives.values() if s.last == _END and s.phase in phases])
-        points.append((STEP_NODE, kept_to_end + STEP_TEMPORARY_COPIES[optimizer] * grads))
-        kept, peak_node = peak_points(points, hints)
-        resident = params + buffers + inputs + state
-        candidates = tuple((v, ev(resident + e)) for v, e in kept)
-        peak = ev(resident + max_of(e for _, e in kept))
+    if it is not None:
+        kept, peak_node = peak_points([(v, e) for v, _, e in it.points], hints)
+        candidates = tuple((v, ev(it.resident + e)) for v, e in kept)
+        peak = ev(it.resident + max_of(e for _, e in kept))
     else:
         candidates = tuple((v, ev(params + buffers + inputs + e)) for v, e in inf_kept)
         peak, peak_node = inference_peak, inf_node
+    grads, state, made = (it.grads, it.state, it.made) if it is not None else (ZERO, ZERO, ZERO)
     return Memory(
         optimizer_name=optimizer, dtype=dtype, training=training, params=ev(params), buffers=ev(buffers),
         inputs=ev(inputs), grads=ev(grads), optimizer=ev(state),
@@ -335,14 +378,14 @@ def step_memory(
         peak=peak, inference_peak=inference_peak, peak_node=peak_node,
         peak_layer=step.node(peak_node).layer if peak_node in step else ("optimizer" if peak_node else ""),
         inference_peak_node=inf_node, candidates=candidates,
-        by_layer=_by_layer(step, lives, saved if training else [], training, ev),
+        by_layer=_by_layer(step, lives, saved if training else [], training, ev), optimizer_made=ev(made),
     )
 
 
 def memory_timeline(
     step: Step,
     *,
-    optimizer: str = "sgd",
+    optimizer: str | None = None,
     dtype: Any = None,
     values: Mapping[sympy.Symbol, Any] | None = None,
 ) -> list[tuple[str, str, sympy.Expr]]:
@@ -376,20 +419,10 @@ def memory_timeline(
     >>> max(b for _, _, b in curve) == step_memory(a.step, values={symcx.t: 8}).peak
     True
     """
-    if optimizer not in OPTIMIZER_COPIES:
-        raise SymcxError(f"optimizer must be one of {sorted(OPTIMIZER_COPIES)}, not {optimizer!r}")
     lives = _lives(step, _dtype_name(dtype))
-    trainable = [s for s in lives.values() if step.node(s.node).param in step.trainable and s.phase == "param"]
-    grads = sympy.Add(*[s.nbytes for s in trainable])
-    state = OPTIMIZER_COPIES[optimizer] * grads + _STEP_SCALAR_BYTES.get(optimizer, 0) * len(trainable)
-    resident = state + sympy.Add(*[s.nbytes for s in lives.values() if s.phase in ("param", "buffer", "input")])
-    phases = ("forward", "loss", "backward")
-    kept_to_end = sympy.Add(*[s.nbytes for s in lives.values() if s.last == _END and s.phase in phases])
-    points = [(v, step.node(v).phase, e) for v, e in _walk(lives, phases, "last")]
-    points.append((STEP_NODE, "optimizer", kept_to_end + STEP_TEMPORARY_COPIES[optimizer] * grads))
+    it = _iteration(step, lives, _optimizer_name(step, optimizer))
     subs = dict(values or {})
-    return [(v, phase, sympy.sympify(resident + e).subs(subs)) for v, phase, e in points]
-
+    return [(v, phase, sympy.sympify(it.resident + e).subs(subs)) for v, phase, e in it.points]
 
 def _by_layer(
     step: Step, lives: Mapping[str, _Life], saved: list[_Life], training: bool, ev: Callable[[sympy.Expr], sympy.Expr]
@@ -424,22 +457,38 @@ def _by_layer(
 class MemoryModel(Protocol):
     """What a route hands the analysis for memory: the step's memory, and the per-layer part."""
 
-    def memory(self, *, optimizer: str, dtype: Any, training: bool,
-               values: Mapping[sympy.Symbol, Any] | None) -> Memory: ...
+    def memory(self, *, optimizer: str | None, dtype: Any, training: bool,
+               values: Mapping[sympy.Symbol, Any] | None, iteration: str = "steady") -> Memory: ...
 
     def layers(self) -> tuple[LayerMemory, ...]: ...
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class TracedMemory:
-    """The memory model of a traced step: :func:`step_memory` over its records."""
+    """The memory model of a traced step: :func:`step_memory` over its records.
+
+    ``first``, when the step was traced with an optimizer, traces the first iteration of a
+    fresh optimizer (its state made in the step), once, when it is first asked for.
+    """
 
     step: Step
+    first: Callable[[], Step] | None = None
+    _first_step: Step | None = dataclasses.field(default=None, repr=False)
 
-    def memory(self, *, optimizer: str = "sgd", dtype: Any = None, training: bool = True,
-               values: Mapping[sympy.Symbol, Any] | None = None) -> Memory:
-        """:func:`step_memory` of the step."""
-        return step_memory(self.step, optimizer=optimizer, dtype=dtype, training=training, values=values)
+    def memory(self, *, optimizer: str | None = None, dtype: Any = None, training: bool = True,
+               values: Mapping[sympy.Symbol, Any] | None = None, iteration: str = "steady") -> Memory:
+        """:func:`step_memory` of the step (``iteration="first"``: of the first optimizer step)."""
+        step = self.step
+        if iteration == "first":
+            if self.first is None:
+                raise SymcxError("the first step differs from the steady state only with a traced optimizer: "
+                                 "analyze(..., optimizer=...)")
+            if self._first_step is None:
+                self._first_step = self.first()
+            step = self._first_step
+        elif iteration != "steady":
+            raise SymcxError(f"iteration must be 'steady' or 'first', not {iteration!r}")
+        return step_memory(step, optimizer=optimizer, dtype=dtype, training=training, values=values)
 
     def layers(self) -> tuple[LayerMemory, ...]:
         """Parameter, gradient and saved bytes per layer (SGD, traced dtypes)."""

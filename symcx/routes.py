@@ -8,6 +8,7 @@ step's ``route`` and ``fallback_reason`` say so for reports).
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 
 from .analysis import Analysis
-from .capture import DimSpec, trace_training_step
+from .capture import DimSpec, Iteration, optimizer_factory, trace_training_step
 from .errors import ShapeError, SymcxError, TraceError
 from .interpolate import interpolated
 from .memory import MemoryModel, TracedMemory
@@ -29,17 +30,35 @@ __all__ = ["analyze"]
 def _symbolic(
     model: torch.nn.Module, example_input: Any, batch_dim: int | None, dims: Sequence[DimSpec], widths: str | None,
     loss: Callable[[Any], torch.Tensor] | None, options: Mapping[str, Any], strict: bool,
+    iteration: Iteration | None = None,
 ) -> tuple[Step, Counter, MemoryModel]:
     """The symbolic route: one trace with symbolic sizes, costed node by node.
 
     Where the tracer departed from the request (``Trace.notes``: a batch the model pins), it warns.
+    With an optimizer, the first iteration of a fresh one is traced when its memory is asked for.
     """
-    trace = trace_training_step(model, example_input, batch_dim=batch_dim, dims=dims, widths=widths, loss=loss)
-    for note in trace.notes:
-        warnings.warn(f"symcx: {type(model).__name__}: {note}", UserWarning, stacklevel=3)
-    step = build_step(trace)
-    unsupported = annotate_costs(step.nodes, strict=strict, options=options)
-    return step, unsupported, TracedMemory(step)
+    def traced(it: Iteration | None) -> tuple[Step, Counter]:
+        trace = trace_training_step(model, example_input, batch_dim=batch_dim, dims=dims, widths=widths, loss=loss,
+                                    iteration=it)
+        for note in trace.notes:
+            warnings.warn(f"symcx: {type(model).__name__}: {note}", UserWarning, stacklevel=4)
+        step = build_step(trace)
+        return step, annotate_costs(step.nodes, strict=strict, options=options)
+
+    step, unsupported = traced(iteration)
+    if iteration is None:
+        return step, unsupported, TracedMemory(step)
+    mode = model.training  # the mode asked for; analyze() restores the model's own after
+
+    def first() -> Step:
+        was = model.training
+        model.train(mode)
+        try:
+            return traced(dataclasses.replace(iteration, step="first"))[0]
+        finally:
+            model.train(was)
+
+    return step, unsupported, TracedMemory(step, first=first)
 
 
 def _dim_specs(dims: Mapping[str, Any] | None) -> list[DimSpec]:
@@ -77,6 +96,8 @@ def analyze(
     train: bool = True,
     strict: bool = False,
     causal_attention: bool = False,
+    optimizer: Any = None,
+    set_to_none: bool = True,
 ) -> Analysis:
     """Trace one training step of ``model`` and return its symbolic cost.
 
@@ -108,6 +129,14 @@ def analyze(
     causal_attention : bool
         Count only the unmasked half of a causal attention's score matrix (off by default,
         as FlopCounterMode, which counts the full square).
+    optimizer : str, Optimizer class or instance, or callable, optional
+        Trace the whole iteration: after the backward, this optimizer's ``step()`` and
+        ``zero_grad()`` on the fake parameters, so ``memory()`` is that iteration's (``"adam"``,
+        ``"RMSprop"``, ``torch.optim.AdamW``, an instance, or ``functools.partial(torch.optim.Adam,
+        amsgrad=True)``). ``memory(step="first")`` is the first step of a fresh optimizer. The
+        optimizer's own FLOPs land in the ``optimizer`` row's other FLOPs.
+    set_to_none : bool
+        ``zero_grad(set_to_none=...)`` of the traced iteration (with ``optimizer``).
 
     Returns
     -------
@@ -137,11 +166,13 @@ def analyze(
         raise SymcxError(f"widths must be True, False, 'd' or 'letters', not {widths!r}")
     specs = _dim_specs(dims)
     options = {"causal_attention": causal_attention}
+    iteration = None if optimizer is None else Iteration(optimizer_factory(optimizer), set_to_none=set_to_none)
     was_training = model.training
     model.train(train)
     try:
         try:
-            step, unsupported, memory = _symbolic(model, example_input, batch_dim, specs, style, loss, options, strict)
+            step, unsupported, memory = _symbolic(model, example_input, batch_dim, specs, style, loss, options, strict,
+                                                  iteration)
         except TraceError as err:
             if style is not None or "data-dependent" in str(err):
                 raise
@@ -149,7 +180,7 @@ def analyze(
             try:  # the fallback route: concrete traces on a grid, interpolated exactly
                 step, unsupported, memory = interpolated(
                     model, example_input, batch_dim=batch_dim, dims=specs, loss=loss, options=options,
-                    reason=str(err).splitlines()[0], strict=strict,
+                    reason=str(err).splitlines()[0], strict=strict, iteration=iteration,
                 )
             except (TraceError, ShapeError) as again:  # the symbolic route's cause comes first
                 if not _same_cause(str(err), str(again)):

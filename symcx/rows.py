@@ -256,9 +256,9 @@ def _details(fwd: Sequence[Node]) -> str:
 def _row(step: Step, layer: str, nodes: Sequence[Node], saved: Mapping[str, sympy.Expr],
          readers: Mapping[str, list[Node]]) -> LayerRow | None:
     fwd = [v for v in nodes if v.phase in FORWARD_PHASES]
-    bwd = [v for v in nodes if v.phase == "backward"]
+    bwd = [v for v in nodes if v.phase in ("backward", "optimizer")]  # the optimizer row's work comes after
     prm = [v for v in nodes if v.phase == "param"]
-    ops = tuple(dict.fromkeys(v.packet for v in fwd if v.packet not in ALIAS_OPS))
+    ops = tuple(dict.fromkeys(v.packet for v in fwd or bwd if v.packet not in ALIAS_OPS))
     totals = dict(
         forward_flops=_total(fwd, "flops"),
         backward_flops=_total(bwd, "flops"),

@@ -8,8 +8,9 @@ output is a storage key, shared by views, in-place and ``out=`` ops (the schema'
 annotations). The ``networkx.DiGraph`` (``Step.graph``) has one node per record (attribute
 ``"node"``) and an edge along each data flow.
 
-Phases: ``input``, ``param``, ``buffer``, ``forward``, ``loss`` (the scalar reduction and the
-grad seed), ``backward``, ``output``.
+Phases: ``input``, ``param``, ``buffer``, ``state`` (optimizer state the step reads),
+``forward``, ``loss`` (the scalar reduction and the grad seed), ``backward``, ``optimizer``
+(``optimizer.step()`` and ``zero_grad``, when the iteration was traced with one), ``output``.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ class Step:
     route: str = "symbolic"
     fallback_reason: str | None = None
     notes: tuple[str, ...] = ()
+    optimizer: str | None = None
 
     def __post_init__(self) -> None:
         self._by_name = {v.name: v for v in self.nodes}
@@ -261,6 +263,8 @@ class _Attribution:
             return module, layer
         if phase == "backward" and seq in self.layer_by_seq:
             return self.module_by_seq[seq], self.layer_by_seq[seq]
+        if phase == "optimizer":
+            return "", "optimizer"
         return "", "loss"
 
 
@@ -271,6 +275,8 @@ def _placeholder(trace: Trace, node: torch.fx.Node, order: int, tracked: set[str
             tracked.add(node.name)
     elif node.name in trace.buffer_nodes:
         phase, param = "buffer", trace.buffer_nodes[node.name]
+    elif node.name in trace.state_nodes:
+        phase, param = "state", trace.state_nodes[node.name]
     else:
         phase, param = "input", None
     out = _info(trace, node.meta.get("val"))
@@ -317,5 +323,5 @@ def build_step(trace: Trace, *, route: str = "symbolic", fallback_reason: str | 
         nodes=tuple(nodes), storages=st.storages, user_symbols=dict(trace.user_symbols), hints=dict(trace.hints),
         trainable=trace.trainable, assumptions=list(trace.assumptions), dropped_guards=list(trace.dropped_guards),
         module_types=dict(trace.module_types), leaf_modules=trace.leaf_modules, route=route,
-        fallback_reason=fallback_reason, notes=tuple(trace.notes),
+        fallback_reason=fallback_reason, notes=tuple(trace.notes), optimizer=trace.optimizer,
     )

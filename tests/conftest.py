@@ -4,6 +4,12 @@ Hypothesis profiles: ``ci`` (loaded when the environment variable ``CI`` is set,
 script does with ``CI=true``) draws the same examples on every run, so a CI failure
 reproduces; ``dev`` (otherwise) draws fresh examples each run, to find new ones. Select one
 by hand with ``pytest --hypothesis-profile=ci``.
+
+Leak guards: a test that leaves process-wide torch state changed (grad mode, default dtype,
+oneDNN, …) has it restored and errors at teardown, naming what it changed; after each test
+module, ``make_fx`` must still trace ``detach`` as ``detach`` (a flaky run once saw
+``alias`` in ``tests/test_trace.py``), else that module errors. A leak then fails its
+culprit, not a later test that happens to read the state.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 from torch.utils.flop_counter import FlopCounterMode
+
+from symcx._torch import make_fx
 
 # Both profiles derive from hypothesis's "default" profile, not from whatever is loaded now:
 # hypothesis itself loads its own "ci" profile on import when CI is in the environment.
@@ -46,3 +54,60 @@ def fcm_forward_backward(model: torch.nn.Module, x) -> tuple[int, int]:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+#: Process-wide torch settings, each read and restored through public API.
+_SETTINGS = {
+    "grad mode": (torch.is_grad_enabled, torch.set_grad_enabled),
+    "default dtype": (torch.get_default_dtype, torch.set_default_dtype),
+    "deterministic algorithms": (torch.are_deterministic_algorithms_enabled, torch.use_deterministic_algorithms),
+    "anomaly detection": (torch.is_anomaly_enabled, torch.set_anomaly_enabled),
+    "autocast cache": (torch.is_autocast_cache_enabled, torch.set_autocast_cache_enabled),
+    "oneDNN": (lambda: torch.backends.mkldnn.enabled, lambda v: setattr(torch.backends.mkldnn, "enabled", v)),
+    "threads": (torch.get_num_threads, torch.set_num_threads),
+}
+
+
+def _readonly_state() -> dict[str, object]:
+    """State a test can leak but a fixture cannot put back: only reported."""
+    return {
+        "inference mode": torch.is_inference_mode_enabled(),
+        "Python kernels of aten.detach": sorted(map(str, torch.ops.aten.detach.default.py_kernels)),
+        "type of a new tensor": type(torch.ones(1)).__name__,  # a leaked FakeTensorMode makes it FakeTensor
+    }
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_torch_state():
+    before = {name: get() for name, (get, _) in _SETTINGS.items()}
+    fixed_before = _readonly_state()
+    yield
+    leaked = [f"{name}: {before[name]!r} -> {get()!r}" for name, (get, _) in _SETTINGS.items() if get() != before[name]]
+    for name, (get, put) in _SETTINGS.items():
+        if get() != before[name]:
+            put(before[name])
+    fixed_after = _readonly_state()
+    leaked += [f"{k}: {fixed_before[k]!r} -> {fixed_after[k]!r}" for k in fixed_before if fixed_after[k] != fixed_before[k]]
+    if leaked:
+        pytest.fail("the test left torch state changed (restored where possible): " + "; ".join(leaked))
+
+
+def _detach_ops_make_fx_records() -> set[str]:
+    """The detach-like ops ``make_fx`` records for a Linear+ReLU training step (relu saves its output)."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.ReLU())
+    params = dict(model.named_parameters())
+
+    def step(params: dict[str, torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = torch.func.functional_call(model, params, (x,))
+        return torch.autograd.grad(out.sum(), list(params.values()))
+
+    graph = make_fx(step, tracing_mode="symbolic")(params, torch.randn(2, 3)).graph
+    return {str(n.target) for n in graph.nodes} & {"aten.detach.default", "aten.alias.default"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _make_fx_still_records_detach():
+    yield
+    found = _detach_ops_make_fx_records()
+    if found != {"aten.detach.default"}:
+        pytest.fail(f"after this module, make_fx records {sorted(found)} for detach: a test here leaked state")

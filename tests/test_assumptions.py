@@ -210,3 +210,28 @@ class PositionTable(nn.Module):
 def test_position_table_bounds_the_length():
     a = symcx.analyze(PositionTable(), torch.randint(0, 50, (2, 10)), dims={"L": 1})
     assert sympy.Le(L, 32) in a.assumptions  # positions 0 … L−1 index 32 rows
+
+
+def test_gpt_position_table_bounds_the_length():
+    from symcx.zoo.models import GPT
+
+    model = GPT(n_layer=1, block_size=40)
+    a = symcx.analyze(model, model.example_input(16), dims={"L": 1})
+    assert sympy.Le(L, 40) in a.assumptions  # wpe(arange(L)) into block_size = 40 rows
+
+
+class AddTwo(nn.Module):
+    """``x + y``: the two inputs' dim 1 must be equal."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(5, 5)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.fc(x + y)
+
+
+def test_two_names_the_model_makes_equal_are_refused():
+    x = (torch.randn(2, 3, 5), torch.randn(2, 3, 5))
+    with pytest.raises(TraceError, match="the model ties 'W' to 'H'"):
+        symcx.analyze(AddTwo(), x, dims={"H": [(0, 1)], "W": [(1, 1)]})

@@ -254,9 +254,10 @@ def test_help_runs_as_a_module():
 # --- in process ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("command, options", [
     ("analyze", ["--input", "--format", "--output", "--batch", "--symbolic", "--widths", "--epochs", "--samples",
-                 "--optimizer", "--numbers", "--fragment", "--strict", "MODEL", "mnist-cnn", "examples:"]),
+                 "--optimizer", "--numbers", "--fragment", "--strict", "--model-args", "--exact", "--depth",
+                 "--plot-memory", "MODEL", "mnist-cnn", "examples:", "runs its code"]),
     ("validate", ["--input", "--device", "--batch-sizes", "--backward", "--repeats", "--warmup", "--output",
-                  "--plot", "MODEL"]),
+                  "--plot", "--model-args", "--force", "MODEL"]),
 ])
 def test_subcommand_help_is_complete(capsys, command, options):
     with pytest.raises(SystemExit) as stop:

@@ -120,10 +120,15 @@ def test_module_tree_blocks_and_depth():
     # block "1": the Linear(8, 8), 8*8 + 8 = 72 parameters of 4*8 + 8 + 72 = 112 (64.3%), 2*8*8 = 128 FLOPs
     block = next(x for x in md.splitlines() if x.startswith("| **`1`** |"))
     assert [c.strip() for c in block.strip("|").split("|")][1:9] == [
-        "block of 2", "", "", "", "`72`", "64.3%", "", "`128*t`"]
+        "block of 2", "", "", "", "`72`", "64.3%", "yes", "`128*t`"]
     assert "| `1.0` |" in md
     folded = to_markdown(a, depth=1)
     assert "| **`1`** |" in folded and "| `1.0` |" not in folded
+    net[1][0].bias.requires_grad_(False)  # one frozen tensor: the layer and its block are not trainable
+    frozen = to_markdown(symcx.analyze(net, torch.randn(2, 4)))
+    for name in ("**`1`**", "`1.0`"):
+        row = next(x for x in frozen.splitlines() if x.startswith(f"| {name} |"))
+        assert [c.strip() for c in row.strip("|").split("|")][7] == "no"
 
 
 def test_layers_prints_as_a_table(seed):

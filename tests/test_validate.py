@@ -213,8 +213,9 @@ def test_json_schema(seed_sweep):
     assert set(doc) == {
         "schema", "model", "device", "device_name", "torch", "symcx", "backward", "repeats", "warmup",
         "batch_dim", "input_shapes", "run", "formulas", "memory_model", "memory_tracker", "deviations",
-        "sizes", "fits", "failures", "ok",
+        "partial", "sizes", "fits", "failures", "ok",
     }
+    assert doc["partial"] is False  # the sweep was not interrupted
     assert doc["model"] == "MnistCNN" and doc["device"] == "cpu" and doc["backward"] is True
     assert doc["input_shapes"] == [["t", 1, 28, 28]]
     assert doc["formulas"]["forward_flops"] == "23984896*t"

@@ -7,7 +7,8 @@ runs the step, names the symbols and keeps the guards that bound them.
 from __future__ import annotations
 
 from .recorder import TensorMeta
+from .optim import Iteration, OptimizerSpec, optimizer_factory
 from .records import DimSpec, Trace
 from .trace import BATCH_HINT, default_loss, trace_at, trace_training_step
 
-__all__ = ["Trace", "TensorMeta", "DimSpec", "BATCH_HINT", "trace_training_step", "trace_at", "default_loss"]
+__all__ = ["Iteration", "OptimizerSpec", "optimizer_factory", "Trace", "TensorMeta", "DimSpec", "BATCH_HINT", "trace_training_step", "trace_at", "default_loss"]

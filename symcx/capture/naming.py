@@ -54,10 +54,11 @@ def name_symbols(
     for c, name in zip(seen_width, names):
         ordered.append((c, name))
 
+    named = {"t", *input_syms.values()} - {WIDTH}
     for s, name in ordered:
         c = canon(s)
         if not c.is_Symbol:
-            if name in ("t",) or name in {d for d in input_syms.values()}:
+            if name in named:
                 if c.is_Number:
                     hint = "" if name == "t" else (
                         f" (if another input has this size, name it there too: "
@@ -74,6 +75,11 @@ def name_symbols(
                 )
             continue
         if c in rename:
+            if name != str(rename[c]) and {name, str(rename[c])} <= named:
+                raise TraceError(
+                    f"the model ties {name!r} to {str(rename[c])!r}: a shape check made them equal during "
+                    f"tracing; give both dims the one name {str(rename[c])!r}, or keep one concrete"
+                )
             continue
         user_sym = symbol(name)
         rename[c] = user_sym

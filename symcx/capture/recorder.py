@@ -108,6 +108,17 @@ class Recorder(TorchDispatchMode):
         self._nodes = WeakTensorKeyDictionary()
         self._decomposes: dict[tuple[OpOverload, str | None], bool] = {}
         self._constants = 0
+        self._paused = False
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Run ops without recording them (an optimizer's warm-up step, whose state the recorded
+        step then reads as placeholders)."""
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = False
 
     def set_tag(self, **tag: Any) -> None:
         """Tag every node created from now on (``phase``, ``module``, ``seq_nr``)."""
@@ -183,6 +194,8 @@ class Recorder(TorchDispatchMode):
             return func(*args, **kwargs)
         if self.fake_mode is not None:
             args, kwargs = tree_map(self._fake_constant, (args, kwargs))
+        if self._paused:
+            return func(*args, **kwargs)
         if func in _VALUE_READS:  # noted before the read raises (a shape-only trace cannot read values)
             self._note_random(func, args, kwargs, None)
         if func not in self._SIZE_QUERIES and self._would_decompose(func, args, kwargs):

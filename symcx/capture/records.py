@@ -53,6 +53,8 @@ class Trace:
     module_types: dict[str, str]
     leaf_modules: frozenset[str]
     notes: list[str] = dataclasses.field(default_factory=list)  # how the trace departed from the request
+    state_nodes: dict[str, str] = dataclasses.field(default_factory=dict)  # placeholder -> "<param>.<state key>"
+    optimizer: str | None = None  # the traced optimizer's name, when the iteration includes its step
     _exprs: dict[Any, sympy.Expr] = dataclasses.field(default_factory=dict, repr=False)
 
     def expr(self, value: Any) -> sympy.Expr:

@@ -37,6 +37,7 @@ from .._torch import (
 from ..errors import ShapeError, TraceError
 from .bounds import drop_guards
 from .naming import WIDTH, assumptions_of, name_symbols
+from .optim import Iteration, record_optimizer_step
 from .records import DimSpec, Trace
 from .caches import isolated_caches
 from .kernels import EagerKernels, eager_experts_hint
@@ -161,7 +162,7 @@ def _dynamic_dims(k: int, x: torch.Tensor, batch_dim: int | None, named: Mapping
             if not -ndim <= d < ndim:
                 raise ShapeError(f"dimension {name!r} is dim {d} of input {k}, which has {ndim} dims")
             dyn[d % ndim] = name
-    if widths and x.is_floating_point() and ndim >= 2 and 1 not in dyn:
+    if widths and x.is_floating_point() and ndim >= 2 and 1 not in dyn and x.shape[1] > 1:
         dyn[1] = WIDTH
     return dyn
 
@@ -222,13 +223,15 @@ def _fake_params(
 
 def _joint_step(
     model: torch.nn.Module, recorder: Recorder, params: Mapping[str, torch.Tensor], trainable: frozenset[str],
-    fargs: tuple, fkwargs: dict, loss_fn: Callable[[Any], torch.Tensor],
-) -> tuple[list[torch.Tensor], Sequence[torch.Tensor | None]]:
-    """Forward, loss and ``autograd.grad`` w.r.t. what ``loss.backward()`` would fill, tagged by phase.
+    fargs: tuple, fkwargs: dict, loss_fn: Callable[[Any], torch.Tensor], iteration: Iteration | None = None,
+    state_nodes: dict[str, str] | None = None,
+) -> tuple:
+    """Forward, loss and ``autograd.grad`` w.r.t. what ``loss.backward()`` would fill, tagged by phase,
+    then, with an ``iteration``, the optimizer's step (its state placeholders go in ``state_nodes``).
 
-    That is the trainable parameters and, after them, any leaf the forward itself made to need
-    a gradient (``hidden_states.requires_grad = True``); most models have none, and their graph
-    is that of the parameters alone.
+    The gradients are those of the trainable parameters and, after them, any leaf the forward
+    itself made to need a gradient (``hidden_states.requires_grad = True``); most models have
+    none, and their graph is that of the parameters alone.
     """
     recorder.set_tag(phase="forward", module="")
     with module_tags(model, recorder):
@@ -247,7 +250,14 @@ def _joint_step(
     if not wrt:
         return outs, ()
     tag_backward([scalar.grad_fn], recorder.set_tag)
-    return outs, torch.autograd.grad(scalar, wrt, allow_unused=True)
+    grads = torch.autograd.grad(scalar, wrt, allow_unused=True)
+    if iteration is None:
+        return outs, grads
+    named = [(k, params[k]) for k in params if k in trainable]
+    placeholders, state = record_optimizer_step(recorder, iteration, named, grads[:len(named)])
+    if state_nodes is not None:
+        state_nodes.update(placeholders)
+    return outs, grads, state
 
 
 def _record(model: torch.nn.Module, mode: FakeTensorMode, recorder: Recorder, step: Callable[[], Any],
@@ -276,7 +286,7 @@ def _record(model: torch.nn.Module, mode: FakeTensorMode, recorder: Recorder, st
 def _trace_once(
     model: torch.nn.Module, example: Any, *, batch_dim: int | None, dims: Sequence[DimSpec],
     widths: str | None, hints: Mapping[str, int], loss: Callable[[Any], torch.Tensor] | None,
-    static: bool = False,
+    static: bool = False, iteration: Iteration | None = None,
 ) -> Trace:
     """One traced step: fake inputs and parameters, the recorded joint graph, symbols named."""
     shape_env = ShapeEnv(duck_shape=False)
@@ -291,15 +301,19 @@ def _trace_once(
     input_nodes = [recorder.placeholder(f"input_{k}", x).name for k, x in enumerate(tree_leaves((fargs, fkwargs)))
                    if isinstance(x, torch.Tensor)]
 
+    state_nodes: dict[str, str] = {}
+
     def step() -> Any:
-        return _joint_step(model, recorder, params, trainable, fargs, fkwargs, loss or default_loss)
+        return _joint_step(model, recorder, params, trainable, fargs, fkwargs, loss or default_loss,
+                           iteration, state_nodes)
 
     recorder.output(_record(model, mode, recorder, step, input_syms, {**params, **buffers}))
     rename, user_symbols, hint_values = name_symbols(shape_env, input_syms, width_syms, widths)
     return Trace(
         graph=recorder.graph, rename=rename, shape_env=shape_env, user_symbols=user_symbols, hints=hint_values,
         param_nodes=param_nodes, buffer_nodes=buffer_nodes, input_nodes=input_nodes, trainable=trainable,
-        assumptions=assumptions_of(shape_env, rename, user_symbols), dropped_guards=[],
+        state_nodes=state_nodes, optimizer=iteration.optimizer.name if iteration else None,
+        assumptions=assumptions_of(shape_env, rename, user_symbols, recorder.graph), dropped_guards=[],
         module_types={name: type(mod).__name__ for name, mod in model.named_modules()},
         leaf_modules=frozenset(name for name, mod in model.named_modules() if not any(True for _ in mod.children())),
     )
@@ -313,8 +327,10 @@ def trace_training_step(
     dims: Sequence[DimSpec] = (),
     widths: str | None = None,
     loss: Callable[[Any], torch.Tensor] | None = None,
+    iteration: Iteration | None = None,
 ) -> Trace:
-    """Trace one training step (forward, loss, backward) of ``model`` with symbolic sizes.
+    """Trace one training step (forward, loss, backward and, with ``iteration``, the optimizer's
+    step) of ``model`` with symbolic sizes.
 
     Guards that bound a symbol (``t < 16``) are tested by a concrete (cheaper) re-trace past
     the bound: a guard whose re-trace runs the same ops with the shapes the formulas predict is
@@ -323,15 +339,16 @@ def trace_training_step(
     hints = {"t": BATCH_HINT} if batch_dim is not None else {}
     try:
         trace = _trace_once(model, example_input, hints=hints, batch_dim=batch_dim, dims=dims, widths=widths,
-                            loss=loss)
+                            loss=loss, iteration=iteration)
     except ShapeError as err:
         if batch_dim is None:
             raise
-        trace = _pinned_batch(model, example_input, err, batch_dim=batch_dim, dims=dims, widths=widths, loss=loss)
+        trace = _pinned_batch(model, example_input, err, batch_dim=batch_dim, dims=dims, widths=widths, loss=loss,
+                              iteration=iteration)
         batch_dim = None
 
     def retrace(values: Mapping[str, int]) -> Trace:
-        return trace_at(model, example_input, values, batch_dim=batch_dim, dims=dims, loss=loss)
+        return trace_at(model, example_input, values, batch_dim=batch_dim, dims=dims, loss=loss, iteration=iteration)
 
     drop_guards(trace, retrace)
     return trace
@@ -339,7 +356,7 @@ def trace_training_step(
 
 def _pinned_batch(
     model: torch.nn.Module, example: Any, err: ShapeError, *, batch_dim: int, dims: Sequence[DimSpec],
-    widths: str | None, loss: Callable[[Any], torch.Tensor] | None,
+    widths: str | None, loss: Callable[[Any], torch.Tensor] | None, iteration: Iteration | None = None,
 ) -> Trace:
     """The trace at the example's own batch, where a weight fixes it (``bmm(x, w)``, ``w`` of batch 3).
 
@@ -347,7 +364,8 @@ def _pinned_batch(
     traced with ``batch_dim=None``, with a note. Otherwise the first error stands.
     """
     try:
-        trace = _trace_once(model, example, hints={}, batch_dim=None, dims=dims, widths=widths, loss=loss)
+        trace = _trace_once(model, example, hints={}, batch_dim=None, dims=dims, widths=widths, loss=loss,
+                            iteration=iteration)
     except (TraceError, ShapeError):
         raise err from None
     tensors = [x for x in tree_leaves(_as_tuple(example)) if isinstance(x, torch.Tensor) and x.dim() > 0]
@@ -368,13 +386,15 @@ def trace_at(
     batch_dim: int | None = 0,
     dims: Sequence[DimSpec] = (),
     loss: Callable[[Any], torch.Tensor] | None = None,
+    iteration: Iteration | None = None,
 ) -> Trace:
     """Trace one training step with every size concrete: ``values`` gives t and the named dims.
 
     The interpolation route traces at several such points and fits (see ``interpolate.py``).
     """
     return _trace_once(
-        model, example_input, batch_dim=batch_dim, dims=dims, widths=None, hints=values, loss=loss, static=True
+        model, example_input, batch_dim=batch_dim, dims=dims, widths=None, hints=values, loss=loss, static=True,
+        iteration=iteration,
     )
 
 

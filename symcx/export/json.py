@@ -130,7 +130,7 @@ def to_json(
     at: Mapping[str, Any] | None = None,
     epochs: Any = n,
     samples: Any = N,
-    optimizer: str = "sgd",
+    optimizer: str | None = None,
     indent: int | None = 2,
 ) -> str:
     """The analysis as a JSON document of schema ``symcx.analysis/1``.

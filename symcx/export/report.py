@@ -104,7 +104,7 @@ LAYER_MEMORY = {
 _UNTABLED = ("epochs", "samples", "flops_per_step")
 
 #: Settings of :func:`build_report` that every exporter takes, with their defaults.
-REPORT_SETTINGS: dict[str, Any] = {"at": None, "epochs": n, "samples": N, "optimizer": "sgd"}
+REPORT_SETTINGS: dict[str, Any] = {"at": None, "epochs": n, "samples": N, "optimizer": None}
 
 #: Number settings every printer takes, with their defaults.
 NUMBER_SETTINGS: dict[str, Any] = {"numbers": "separators", "digits": 3}
@@ -400,7 +400,7 @@ def _fields(source: Any, keys: Iterable[str]) -> dict[str, Any]:
 _NO_MEMORY_FORMULA = "no memory formula"
 
 
-def _memory(analysis: Analysis, optimizer: str, at: Mapping[sympy.Symbol, Any]) -> MemorySection | None:
+def _memory(analysis: Analysis, optimizer: str | None, at: Mapping[sympy.Symbol, Any]) -> MemorySection | None:
     """The memory section, or None where no memory formula exists for ``optimizer``."""
     try:
         mem = analysis.memory(optimizer=optimizer)
@@ -411,7 +411,7 @@ def _memory(analysis: Analysis, optimizer: str, at: Mapping[sympy.Symbol, Any]) 
     by_layer = tuple(LayerBytes(m.name, _figures(LAYER_MEMORY, _fields(m, LAYER_MEMORY), at)) for m in mem.by_layer)
     step = analysis.step
     peak_op = step.node(mem.peak_node).packet if mem.peak_node in step else ""
-    return MemorySection(optimizer, _figures(MEMORY, _fields(mem, MEMORY), at), mem.peak_node, mem.peak_layer,
+    return MemorySection(mem.optimizer_name, _figures(MEMORY, _fields(mem, MEMORY), at), mem.peak_node, mem.peak_layer,
                          by_layer, peak_op)
 
 
@@ -440,7 +440,7 @@ def build_report(
     at: Mapping[Any, Any] | None = None,
     epochs: Any = n,
     samples: Any = N,
-    optimizer: str = "sgd",
+    optimizer: str | None = None,
 ) -> Report:
     """The :class:`Report` of ``analysis``: the sections every export shows.
 

@@ -209,7 +209,7 @@ def to_renderables(report: Report, *, numbers: str = "separators", digits: int =
     >>> from symcx.export.report import build_report
     >>> a = symcx.analyze(torch.nn.Linear(784, 10), torch.randn(2, 784))
     >>> layers, totals, big_o, *rest = to_renderables(build_report(a, at={"t": 64}))
-    >>> [c.header for c in totals.columns], big_o.plain
+    >>> totals.headers, big_o.plain
     (['Quantity', 'Formula', 'at t = 64'], 'Big-O: one step O(t), training O(N*n)')
     """
     return TablePrinter({"numbers": numbers, "digits": digits, "units": units, "depth": depth}).doprint(report)
