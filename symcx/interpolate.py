@@ -235,13 +235,12 @@ class FittedMemory:
         return tuple(layers)
 
 
-def _step_at(model: torch.nn.Module, example: Any, values: Mapping[str, int], batch_dim: int | None,
-             dims: Sequence[DimSpec], loss: Callable[[Any], torch.Tensor] | None) -> Step:
-    return build_step(trace_at(model, example, values, batch_dim=batch_dim, dims=dims, loss=loss))
+def _step_at(model: torch.nn.Module, example: Any, values: Mapping[str, int], **trace: Any) -> Step:
+    """The step traced at concrete sizes ``values`` (``trace``: :func:`~symcx.capture.trace_at`'s options)."""
+    return build_step(trace_at(model, example, values, **trace))
 
 
-def _far_step(model: torch.nn.Module, example: Any, base: Mapping[str, int], batch_dim: int | None,
-              dims: Sequence[DimSpec], loss: Callable[[Any], torch.Tensor] | None) -> tuple[dict, Step] | None:
+def _far_step(step_at: Callable[[Mapping[str, int]], Step], base: Mapping[str, int]) -> tuple[dict, Step] | None:
     """A check point far from the grid, and its step: ``3·base + 1`` (else ``2·base + 1``) of each size.
 
     The grid (base … base+2) and the near check (base+4) are five consecutive sizes: a size
@@ -254,7 +253,7 @@ def _far_step(model: torch.nn.Module, example: Any, base: Mapping[str, int], bat
     for scale in (3, 2):
         values = {k: scale * v + 1 for k, v in base.items()}
         try:
-            return values, _step_at(model, example, values, batch_dim, dims, loss)
+            return values, step_at(values)
         except (TraceError, ShapeError):
             continue
     return None
@@ -294,10 +293,14 @@ def interpolated(
     grid = [dict(zip(names, p)) for p in itertools.product(*[[base[k] + i for i in range(DEGREE + 1)] for k in names])]
     checks = [{k: base[k] + DEGREE + 2 for k in names}]
     steps, unsupported = [], Counter()
+
+    def step_at(values: Mapping[str, int]) -> Step:
+        return _step_at(model, example_input, values, batch_dim=batch_dim, dims=dims, loss=loss, iteration=iteration)
+
     for values in grid + checks:
-        steps.append(_step_at(model, example_input, values, batch_dim, dims, loss))
+        steps.append(step_at(values))
         unsupported = annotate_costs(steps[-1].nodes, strict=strict, options=options)
-    far = _far_step(model, example_input, base, batch_dim, dims, loss)
+    far = _far_step(step_at, base)
     if far is not None:
         checks.append(far[0])
         steps.append(far[1])

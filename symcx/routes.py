@@ -97,7 +97,6 @@ def analyze(
     strict: bool = False,
     causal_attention: bool = False,
     optimizer: Any = None,
-    set_to_none: bool = True,
 ) -> Analysis:
     """Trace one training step of ``model`` and return its symbolic cost.
 
@@ -134,9 +133,8 @@ def analyze(
         ``zero_grad()`` on the fake parameters, so ``memory()`` is that iteration's (``"adam"``,
         ``"RMSprop"``, ``torch.optim.AdamW``, an instance, or ``functools.partial(torch.optim.Adam,
         amsgrad=True)``). ``memory(step="first")`` is the first step of a fresh optimizer. The
-        optimizer's own FLOPs land in the ``optimizer`` row's other FLOPs.
-    set_to_none : bool
-        ``zero_grad(set_to_none=...)`` of the traced iteration (with ``optimizer``).
+        optimizer's own FLOPs land in the ``optimizer`` row's other FLOPs. The iteration ends
+        with ``zero_grad()`` (``set_to_none=True``, PyTorch's default).
 
     Returns
     -------
@@ -166,7 +164,7 @@ def analyze(
         raise SymcxError(f"widths must be True, False, 'd' or 'letters', not {widths!r}")
     specs = _dim_specs(dims)
     options = {"causal_attention": causal_attention}
-    iteration = None if optimizer is None else Iteration(optimizer_factory(optimizer), set_to_none=set_to_none)
+    iteration = None if optimizer is None else Iteration(optimizer_factory(optimizer))
     was_training = model.training
     model.train(train)
     try:

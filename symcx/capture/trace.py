@@ -34,7 +34,7 @@ from .._torch import (
     tree_leaves,
     tree_unflatten,
 )
-from ..errors import ShapeError, TraceError
+from ..errors import ShapeError, SymcxError, TraceError
 from .bounds import drop_guards
 from .naming import WIDTH, assumptions_of, name_symbols
 from .optim import Iteration, record_optimizer_step
@@ -272,7 +272,7 @@ def _record(model: torch.nn.Module, mode: FakeTensorMode, recorder: Recorder, st
                         mode, enable_python_dispatcher(), EagerKernels(), recorder, _no_autocast_cache()):
                 stack.enter_context(ctx)
             return step()
-    except (TraceError, ShapeError):
+    except SymcxError:  # ours, already a clear message (a bad optimizer, a trace error)
         raise
     except Exception as err:  # anything torch raises while tracing the user's model
         cls, cause = _classify(err, recorder.random_read)
