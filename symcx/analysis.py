@@ -83,7 +83,7 @@ class Analysis:
         self.unsupported = unsupported
         self._memory_model = memory_model
         self._values = dict(values or {})
-        self._sums: dict[tuple[str, tuple[str, ...]], sympy.Expr] = {}
+        self._sums: dict[Any, sympy.Expr] = {}
         self._memories: dict[tuple, Memory] = {}
 
     # --- helpers -------------------------------------------------------------------------
@@ -181,6 +181,20 @@ class Analysis:
     def backward_other_flops(self) -> sympy.Expr:
         """FLOPs of backward ops FlopCounterMode ignores."""
         return self._sum("other_flops", "backward")
+
+    @property
+    def recompute_flops(self) -> sympy.Expr:
+        """FLOPs of the forward ops activation checkpointing runs again in the backward (in
+        ``backward_flops``): hardware FLOPs less model FLOPs, what HFU counts and MFU does not."""
+        if "recompute" not in self._sums:
+            self._sums["recompute"] = self._s(sympy.Add(*[v.cost.flops for v in self._costed(("backward",))
+                                                          if v.recompute]))
+        return self._sums["recompute"]
+
+    @property
+    def model_flops(self) -> sympy.Expr:
+        """FLOPs of one step without the recompute: the numerator of MFU (``step_flops`` is HFU's)."""
+        return self.step_flops - self.recompute_flops
 
     @property
     def optimizer_other_flops(self) -> sympy.Expr:

@@ -144,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"symcx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    _add_analyze(sub)
+    _add_validate(sub)
+    return parser
+
+
+def _add_analyze(sub: Any) -> None:
+    """The ``analyze`` subcommand and its options."""
     a = sub.add_parser("analyze", help="per-layer FLOPs, params, memory and big-O of one training step",
                        description="Trace one training step of MODEL with a symbolic batch size t and report\n"
                        "per-layer forward/backward FLOPs (with derivations), parameters, saved bytes,\n"
@@ -181,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --format latex: a fragment to \\input, not a whole document")
     a.add_argument("--strict", action="store_true", help="fail on an op that has no cost rule instead of listing it")
 
+
+
+def _add_validate(sub: Any) -> None:
+    """The ``validate`` subcommand and its options."""
     v = sub.add_parser("validate", help="measure FLOPs, time and memory per batch size and compare with the formulas",
                        description="Run MODEL at each batch size on a device; record FlopCounterMode's count,\n"
                        "the median time after warm-up and the peak memory; compare with symcx's formulas\n"
@@ -202,7 +213,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the results as JSON to FILE (after Ctrl-C: the sizes that finished, \"partial\": true)")
     v.add_argument("--plot", metavar="FILE",
                    help=f"plot measured against predicted to FILE ({', '.join(PLOT_EXTENSIONS)})")
-    return parser
 
 
 def _file_mode(path: str) -> int:

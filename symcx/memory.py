@@ -200,7 +200,7 @@ def _lives(step: Step, dtype: str | None) -> dict[str, _Life]:
         if v.kind not in ("call_function", "output") or v.packet == "getitem":
             continue
         when = _END if v.kind == "output" else v.order
-        if v.phase == "backward":
+        if v.phase == "backward" and not v.recompute:  # a recompute frees its inputs as eager does: at once
             when = max(when, node_end.get(v.seq_nr, when))
         if v.packet in GRAD_SEEDS:  # backward() holds the loss and its seed gradient until it returns
             for key in storage_keys(v.value):

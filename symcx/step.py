@@ -46,7 +46,8 @@ class Node:
     ``out`` is a ``TensorInfo`` (or a tuple of them, or a size); ``bytes`` the new storage it
     writes; ``value`` its outputs as storage keys, shaped like ``out`` (None where no tensor).
     ``cost`` is set by :func:`symcx.rules.apply.annotate_costs` (None: not costed, or
-    ``unsupported``); ``grouped`` counts the ops an interpolated group node stands for.
+    ``unsupported``); ``grouped`` counts the ops an interpolated group node stands for;
+    ``recompute`` marks a checkpointed forward op run again in the backward.
     """
 
     name: str
@@ -68,6 +69,7 @@ class Node:
     cost: Cost | None = None
     unsupported: bool = False
     grouped: int = 1
+    recompute: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,7 +300,7 @@ def _call(trace: Trace, node: torch.fx.Node, order: int, tracked: set[str], st: 
     return Node(
         node.name, node.op, op, packet, phase, order, module=module, layer=layer, seq_nr=seq,
         call=OpCall(op, bind_arguments(op_schema(node.target), args, kwargs), out), out=out,
-        bytes=_new_bytes(node.target, packet, out), source=node.meta.get("source"),
+        bytes=_new_bytes(node.target, packet, out), source=node.meta.get("source"), recompute=bool(tag.get("recompute")),
         inputs=tuple(src.name for src in node.all_input_nodes), value=st.call(node, packet, out),
     )
 

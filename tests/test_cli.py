@@ -328,6 +328,7 @@ def test_input_and_symbolic_parsing():
 
 
 # --- issue 13: --model-args, --exact/--depth, Ctrl-C in a sweep ------------------------------
+@pytest.mark.slow
 def test_model_args_reach_the_factory(workdir):
     out = run("analyze", "net.py:sized", "--model-args", "channels=4,bias=false,kernel=1", "--input", "3x8x8",
               "--format", "json", cwd=workdir)
@@ -337,6 +338,7 @@ def test_model_args_reach_the_factory(workdir):
     assert totals["params"] == "12" and totals["forward_flops"] == "1536*t"
 
 
+@pytest.mark.slow
 def test_model_args_for_validate(workdir):
     out = run("validate", "net.py:sized", "--model-args", "channels=2,kernel=1", "--input", "3x4x4",
               "--batch-sizes", "1,2", "--repeats", "1", "--warmup", "0", "--output", "v.json", cwd=workdir)
@@ -372,6 +374,7 @@ def test_table_options_rejected_for_json(flag):
     assert out.stderr.startswith(f"symcx analyze: error: {flag[0]} is for --format table or markdown only")
 
 
+@pytest.mark.slow
 def test_human_units_by_default_exact_on_request():
     human, exact = run("analyze", "mnist-cnn"), run("analyze", "mnist-cnn", "--exact")
     assert human.returncode == exact.returncode == 0
@@ -380,12 +383,14 @@ def test_human_units_by_default_exact_on_request():
     assert "21,233,664*t" in exact.stdout
 
 
-def test_depth_folds_the_tree(workdir):
+@pytest.mark.slow
+def test_depth_folds_the_tree():
     out = run("analyze", "resnet18", "--depth", "1", "--format", "markdown", "--exact")
     assert out.returncode == 0, out.stderr
     assert "| **`layer1`** | block of 12 |" in out.stdout and "| `layer1.0.conv1` |" not in out.stdout
 
 
+@pytest.mark.slow
 def test_markdown_links_the_memory_timeline(workdir):
     (workdir / "figs").mkdir()
     out = run("analyze", "mnist-cnn", "--format", "markdown", "--output", "r.md", "--plot-memory", "figs/m.png",

@@ -75,6 +75,7 @@ def test_plot_memory_timeline_writes_png(seed, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["mem.png"]  # no temporary left
 
 
+@pytest.mark.slow
 def test_cli_plot_memory(tmp_path):
     pytest.importorskip("matplotlib")
     path = tmp_path / "mem.png"

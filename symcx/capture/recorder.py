@@ -225,24 +225,37 @@ class Recorder(TorchDispatchMode):
 def module_tags(model: torch.nn.Module, recorder: Recorder) -> Iterator[None]:
     """Global module hooks that keep the current module path in the recorder's tag.
 
-    In the backward they leave the tag alone: a checkpointed module that runs its forward again
-    there is backward work, attributed to the backward node that asked for it.
+    In the backward a module that runs its forward again (activation checkpointing's recompute)
+    is backward work, attributed to the backward node that asked for it, and tagged
+    ``recompute``: its temporaries die at their last reader, as eager frees them.
     """
     paths: dict[int, str] = {}
     for name, mod in model.named_modules(remove_duplicate=False):
         paths.setdefault(id(mod), name)
     stack: list[str] = []
+    recomputing: list[str] = []
 
     def pre(mod, args):
         path = paths.get(id(mod))
-        if path is not None and recorder.tag.get("phase") == "forward":
+        if path is None:
+            return
+        if recorder.tag.get("phase") == "forward":
             stack.append(path)
             recorder.set_tag(phase="forward", module=path)
+        elif recorder.tag.get("phase") == "backward":
+            recomputing.append(path)
+            recorder.set_tag(**{**recorder.tag, "recompute": True})
 
     def post(mod, args, out):
-        if paths.get(id(mod)) is not None and stack and recorder.tag.get("phase") == "forward":
+        if paths.get(id(mod)) is None:
+            return
+        if stack and recorder.tag.get("phase") == "forward":
             stack.pop()
             recorder.set_tag(phase="forward", module=stack[-1] if stack else "")
+        elif recomputing and recorder.tag.get("phase") == "backward":
+            recomputing.pop()
+            if not recomputing:
+                recorder.set_tag(**{k: v for k, v in recorder.tag.items() if k != "recompute"})
 
     h1 = torch.nn.modules.module.register_module_forward_pre_hook(pre)
     h2 = torch.nn.modules.module.register_module_forward_hook(post)

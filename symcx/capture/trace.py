@@ -234,8 +234,16 @@ def _joint_step(
     none, and their graph is that of the parameters alone.
     """
     recorder.set_tag(phase="forward", module="")
-    with module_tags(model, recorder):
-        out = model(*fargs, **fkwargs)
+    with module_tags(model, recorder):  # through the backward too: a checkpointed module's recompute
+        return _forward_backward(model, recorder, params, trainable, fargs, fkwargs, loss_fn, iteration, state_nodes)
+
+
+def _forward_backward(
+    model: torch.nn.Module, recorder: Recorder, params: Mapping[str, torch.Tensor], trainable: frozenset[str],
+    fargs: tuple, fkwargs: dict, loss_fn: Callable[[Any], torch.Tensor], iteration: Iteration | None,
+    state_nodes: dict[str, str] | None,
+) -> tuple:
+    out = model(*fargs, **fkwargs)
     recorder.set_tag(phase="loss", module="")
     scalar = loss_fn(out)
     if not isinstance(scalar, torch.Tensor) or scalar.numel() != 1:
