@@ -29,6 +29,7 @@ from typing import Any, NoReturn
 
 from . import __version__
 from .errors import ShapeError, SymcxError, TraceError
+from .capture import optimizer_factory
 from .cli_specs import example_input, load_model, parse_input, parse_model_args, parse_symbolic
 from .symbols import N, n, symbol
 from .memory import OPTIMIZER_COPIES
@@ -127,6 +128,16 @@ def _batch_sizes(text: str) -> list[int]:
         raise SymcxError(f"malformed --batch-sizes {text!r}: {err}; e.g. 1,16,64") from err
 
 
+def _optimizer(text: str) -> Any:
+    """A modelled shorthand (``adam``, any case) as its name; anything else (``AdamW:lr=1e-3``) as
+    the optimizer to trace, checked now: an unknown name or argument is a bad argument."""
+    name, _, rest = text.partition(":")
+    kwargs = parse_model_args(rest) if rest else {}
+    if name.lower() in OPTIMIZERS and not kwargs:
+        return name.lower()
+    return optimizer_factory(name, **kwargs)
+
+
 def _input_spec(text: str) -> str:
     parse_input(text)
     return text
@@ -172,8 +183,13 @@ def _add_analyze(sub: Any) -> None:
                    help="epochs for the training totals: a number or a symbol name (default: n)")
     a.add_argument("--samples", type=_arg(_amount), default=N, metavar="N",
                    help="training-set size for the training totals: a number or a symbol name (default: N)")
-    a.add_argument("--optimizer", type=str.lower, choices=OPTIMIZERS, default="sgd",
-                   help="optimizer state in the memory table (any case; default: sgd)")
+    a.add_argument("--optimizer", type=_arg(_optimizer), default="sgd", metavar="NAME[:K=V,...]",
+                   help=f"the memory table's optimizer: {', '.join(OPTIMIZERS)} (modelled; any case; default: sgd), "
+                   "or any torch.optim class with arguments, traced with the iteration "
+                   "(RMSprop, AdamW:lr=1e-3,fused=true)")
+    a.add_argument("--inference", action="store_true",
+                   help="serving cost instead of a training step: prefill (t, L), one decode step after P cached "
+                   "tokens, KV-cache bytes, G generated tokens (a causal model with a KV cache; table, markdown, json)")
     a.add_argument("--numbers", choices=("separators", "scientific", "plain"), default="separators",
                    help="how integers print: 1,199,882 (separators, default), 1.20e6 (scientific), or plain")
     a.add_argument("--exact", action="store_true",
@@ -209,8 +225,12 @@ def _add_validate(sub: Any) -> None:
     v.add_argument("--force", action="store_true",
                    help="run every size, even one whose predicted peak exceeds the device's free memory "
                    "(by default such a size is skipped, with the reason)")
+    v.add_argument("--format", choices=("table", "json", "latex"), default="table",
+                   help="table (default: the terminal table; --output writes JSON), json, or latex: the "
+                   "predicted-vs-measured table, the fits and the --plot as a figure, for a write-up")
     v.add_argument("--output", metavar="FILE",
-                   help="write the results as JSON to FILE (after Ctrl-C: the sizes that finished, \"partial\": true)")
+                   help="write the results to FILE, as JSON (or LaTeX with --format latex; after Ctrl-C: the "
+                   "sizes that finished, \"partial\": true)")
     v.add_argument("--plot", metavar="FILE",
                    help=f"plot measured against predicted to FILE ({', '.join(PLOT_EXTENSIONS)})")
 
@@ -296,11 +316,13 @@ def _input_hint(model: Any, spec: str | None) -> Any:
         ) from err
 
 
-def _console() -> Any:
-    """A rich console on stdout; a pipe gets whole lines (every column of the layer table), not 80 columns."""
+def _console(stderr: bool = False) -> Any:
+    """A rich console on stdout (or stderr, where stdout carries a document); a pipe gets whole lines
+    (every column of the layer table), not 80 columns."""
     from rich.console import Console
 
-    return Console() if sys.stdout.isatty() else Console(width=_FILE_WIDTH)
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr) if stream.isatty() else Console(stderr=stderr, width=_FILE_WIDTH)
 
 
 def _render_table(renderables: list[Any], to_file: bool) -> str | None:
@@ -357,11 +379,14 @@ def _analyze(args: argparse.Namespace) -> int:
     x = example_input(model, args.input)
     dims = parse_symbolic(args.symbolic, x) if args.symbolic else None
     widths = {"symbolic": "d", "letters": "letters", None: False}[args.widths]
+    if args.inference:
+        return _serve(model, x, args)
+    traced = None if isinstance(args.optimizer, str) else args.optimizer
     with _input_hint(model, args.input):
-        analysis = analyze(model, x, dims=dims, widths=widths, strict=args.strict)
+        analysis = analyze(model, x, dims=dims, widths=widths, strict=args.strict, optimizer=traced)
     timeline = _plot_memory(analysis, args)
     at = {"t": args.batch} if args.batch is not None else None
-    common = dict(at=at, epochs=args.epochs, samples=args.samples, optimizer=args.optimizer)
+    common = dict(at=at, epochs=args.epochs, samples=args.samples, optimizer=None if traced else args.optimizer)
     units = "exact" if args.exact else "human"
     if args.format == "table":
         renderables = to_renderables(build_report(analysis, **common), numbers=args.numbers, units=units,
@@ -375,6 +400,37 @@ def _analyze(args: argparse.Namespace) -> int:
                            depth=args.depth, timeline=timeline, **common)
     else:
         text = to_json(analysis, **common) + "\n"
+    if args.output is not None:
+        write_atomic(args.output, text or "")
+        print(f"wrote {args.output}", file=sys.stderr)
+    elif text is not None:
+        sys.stdout.write(text)
+    return 0
+
+
+def _serve(model: Any, x: Any, args: argparse.Namespace) -> int:
+    """``analyze --inference``: the serving figures, as a table, Markdown or JSON."""
+    from .export.serving import serving_rows, serving_to_json, serving_to_markdown
+    from .serving import inference
+
+    if args.format == "latex":
+        raise SymcxError("--inference prints a table, markdown or json, not latex")
+    ids = next((v for v in (x if isinstance(x, (tuple, list)) else (x,)) if hasattr(v, "dtype")), x)
+    inf = inference(model, ids, strict=args.strict)
+    at = {"t": args.batch} if args.batch is not None else None
+    if args.format == "json":
+        text = serving_to_json(inf, at) + "\n"
+    elif args.format == "markdown":
+        text = serving_to_markdown(inf, at, title=f"symcx inference of {args.model}")
+    else:
+        from rich.table import Table
+
+        table = Table(title="Serving cost (t sequences, L prompt tokens, P cached, G new tokens)", title_justify="left")
+        for col in ("Quantity", "Formula", *(["at t = " + str(args.batch)] if at else [])):
+            table.add_column(col, justify="left" if col == "Quantity" else "right", overflow="fold")
+        for _, label, formula, value in serving_rows(inf, at):
+            table.add_row(label, str(formula), *([str(value)] if at else []))
+        text = _render_table([table], to_file=args.output is not None)
     if args.output is not None:
         write_atomic(args.output, text or "")
         print(f"wrote {args.output}", file=sys.stderr)
@@ -407,21 +463,36 @@ def _validate(args: argparse.Namespace) -> int:
         with _input_hint(model, args.input):
             result = validate(model, x, device=args.device, batch_sizes=args.batch_sizes, backward=args.backward,
                               repeats=args.repeats, warmup=args.warmup, progress=progress, force=args.force)
-    _console().print(result.rich_table())
+    if args.format == "table" or args.output is not None:
+        _console(stderr=args.output is None and args.format != "table").print(result.rich_table())
     if result.partial:
         return _interrupted(result, args)
     if not result.any_ok:  # nothing measured, nothing compared: an error, and no file written
         reasons = "; ".join(f"t={r.batch_size}: {r.status}: {r.error}" for r in result.sizes)
         print(f"symcx validate: error: no batch size ran ({reasons})", file=sys.stderr)
         return EXIT_NOTHING_RAN
-    if args.output is not None:
-        write_atomic(args.output, result.to_json())
-        print(f"wrote {args.output}", file=sys.stderr)
     if args.plot is not None:
         _write_plot(result, args.plot)
+    text = result.to_json() if args.format != "latex" else _validation_latex(result, args)
+    if args.output is not None:
+        write_atomic(args.output, text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    elif args.format != "table":
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
     for line in result.failures:
         print(f"symcx validate: FLOP mismatch: {line}", file=sys.stderr)
     return 0 if result.ok else 1
+
+
+def _validation_latex(result: Any, args: argparse.Namespace) -> str:
+    """The validation as a standalone LaTeX document, with the plot (beside the output) as a figure."""
+    from .validation.latex import validation_to_latex
+
+    plot = None
+    if args.plot is not None:
+        base = os.path.dirname(os.path.abspath(args.output)) if args.output else os.getcwd()
+        plot = os.path.relpath(os.path.abspath(args.plot), base)
+    return validation_to_latex(result, standalone=True, plot_path=plot)
 
 
 def _interrupted(result: Any, args: argparse.Namespace) -> int:

@@ -258,7 +258,8 @@ def _row(step: Step, layer: str, nodes: Sequence[Node], saved: Mapping[str, symp
     fwd = [v for v in nodes if v.phase in FORWARD_PHASES]
     bwd = [v for v in nodes if v.phase in ("backward", "optimizer")]  # the optimizer row's work comes after
     prm = [v for v in nodes if v.phase == "param"]
-    ops = tuple(dict.fromkeys(v.packet for v in fwd or bwd if v.packet not in ALIAS_OPS))
+    ops = tuple(dict.fromkeys(v.packet for v in fwd or [v for v in bwd if not is_free(v.packet)]
+                              if v.packet not in ALIAS_OPS))
     totals = dict(
         forward_flops=_total(fwd, "flops"),
         backward_flops=_total(bwd, "flops"),
@@ -271,6 +272,8 @@ def _row(step: Step, layer: str, nodes: Sequence[Node], saved: Mapping[str, symp
     if not leaf and all(is_free(op) for op in ops) and all(v == 0 for v in totals.values()):
         return None
     kind = step.module_types.get(module, "") if leaf else (ops[0].split(".", 1)[-1] if ops else "")
+    if layer == "optimizer":
+        kind = "optimizer step"
     terms = tuple((label, f) for v in bwd if v.cost and v.cost.factors
                   for label, f in zip(_term_labels(step, v, bool(prm)), v.cost.factors))
     return LayerRow(

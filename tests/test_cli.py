@@ -143,7 +143,8 @@ def test_model_file_factory_with_symbolic_dims(workdir):
     (["validate", "mnist-cnn", "--batch-sizes", "0,x"], "malformed --batch-sizes '0,x'"),
     (["analyze", "mnist-cnn", "--output", "missing/out.tex"], "cannot write missing/out.tex: no directory"),
     (["analyze", "mnist-cnn", "--optimizer", "lion"],
-     "argument --optimizer: invalid choice: 'lion' (choose from 'sgd', 'sgd-momentum', 'adam', 'adamw')"),
+     "argument --optimizer: unknown optimizer 'lion'; use one of adam, adamw, sgd, sgd-momentum, ASGD"),
+    (["analyze", "mnist-cnn", "--optimizer", "AdamW:lr=1e-3,betaz=1"], "AdamW takes no argument 'betaz'; it takes lr"),
     (["analyze", "mnist-cnn", "--fragment", "--format", "markdown"],
      "symcx analyze: error: --fragment is for --format latex only, not --format markdown"),
     (["analyze", "mnist-cnn", "--fragment", "--format", "json"], "--fragment is for --format latex only"),
@@ -173,7 +174,7 @@ def test_bad_arguments_one_line_exit_2(workdir, args, message):
 
 def test_optimizer_in_any_case():
     parser = cli.build_parser()
-    for given, expected in [("ADAM", "adam"), ("AdamW", "adamw"), ("SGD-Momentum", "sgd-momentum"), ("sgd", "sgd")]:
+    for given, expected in [("ADAM", "adam"), ("adamW", "adamw"), ("SGD-Momentum", "sgd-momentum"), ("sgd", "sgd")]:
         assert parser.parse_args(["analyze", "mlp", "--optimizer", given]).optimizer == expected
     assert parser.parse_args(["analyze", "mlp"]).optimizer == "sgd"
 
@@ -192,7 +193,36 @@ def test_build_report_raises_for_a_bad_optimizer():
     a = symcx_analyze_linear()
     with pytest.raises(SymcxError, match="optimizer must be one of"):
         build_report(a, optimizer="lion")
-    assert build_report(a, optimizer="adam").memory is not None
+    state = next(f for f in build_report(a, optimizer="adam").memory.figures if f.key == "optimizer")
+    assert state.formula == 2 * 15 * 4 + 2 * 4  # Adam: two moments of the 15 parameters, a step per tensor
+
+
+def test_a_torch_optim_class_with_arguments_is_traced():
+    out = run("analyze", "mlp", "--optimizer", "RMSprop:lr=1e-3,momentum=0.5", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    # RMSprop with momentum: square_avg and momentum_buffer per parameter, a step per tensor (6 tensors)
+    params = 784 * 512 + 512 + 512 * 256 + 256 + 256 * 10 + 10
+    assert doc["memory"]["optimizer"] == str(2 * 4 * params + 6 * 4)
+    assert doc["memory"]["optimizer_name"].startswith("RMSprop(lr=0.001, momentum=0.5)")
+    assert doc["layers"][-1]["name"] == "optimizer"
+
+
+def test_inference_figures_as_json(workdir):
+    (workdir / "lm.py").write_text(
+        "import torch\nfrom transformers import GPT2Config, GPT2LMHeadModel\n"
+        "def tiny():\n"
+        "    m = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=50, n_positions=64))\n"
+        "    m.example_input = lambda: torch.zeros(1, 4, dtype=torch.long)\n"
+        "    return m\n")
+    out = run("analyze", "lm.py:tiny", "--inference", "--format", "json", "--batch", "4", cwd=workdir)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["schema"] == "symcx.serving/1"
+    # 1 layer × (key + value) × 2 heads × head dim 8 × 4 B per cached token and sequence
+    assert doc["formulas"]["kv_cache_bytes"] == "128*P*t" and doc["values"]["bytes_per_token"] == 128
+    bad = run("analyze", "lm.py:tiny", "--inference", "--format", "latex", cwd=workdir)
+    assert bad.returncode == 2 and "not latex" in bad.stderr
 
 
 def symcx_analyze_linear():
@@ -410,3 +440,16 @@ def test_ctrl_c_in_a_sweep_writes_the_finished_sizes_and_exits_130(workdir):
     doc = json.loads((workdir / "v.json").read_text())
     assert doc["partial"] is True and [s["batch_size"] for s in doc["sizes"]] == [2, 4]
     assert sorted(p.name for p in workdir.iterdir()) == ["net.py", "v.json"]  # written whole, no temporary
+
+
+def test_validate_as_latex_with_its_plot(workdir):
+    out = run("validate", "mnist-cnn", "--batch-sizes", "1,2", "--repeats", "1", "--warmup", "0",
+              "--format", "latex", "--plot", "fit.png", "--output", "report.tex", cwd=workdir)
+    assert out.returncode == 0, out.stderr
+    tex = (workdir / "report.tex").read_text()
+    assert tex.startswith("\\documentclass") and tex.rstrip().endswith("\\end{document}")
+    assert "\\includegraphics" in tex and "fit.png" in tex
+    assert (workdir / "fit.png").exists()
+    printed = run("validate", "mnist-cnn", "--batch-sizes", "1", "--repeats", "1", "--warmup", "0",
+                  "--format", "json", cwd=workdir)
+    assert printed.returncode == 0 and json.loads(printed.stdout)["schema"] == "symcx.validation/1"
