@@ -55,7 +55,7 @@ _INPUT_HELP = (
 #: Extensions ``--plot`` writes (matplotlib picks the format by extension).
 PLOT_EXTENSIONS = ("png", "pdf", "svg", "jpg", "jpeg")
 #: Columns of a table written to a pipe or file (wide enough for every column of the layer table).
-_FILE_WIDTH = 220
+_FILE_WIDTH = 250
 #: ``validate``'s exit code when no batch size ran.
 EXIT_NOTHING_RAN = 3
 _ANALYZE_EPILOG = """examples:

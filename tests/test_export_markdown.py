@@ -98,13 +98,14 @@ def test_unknown_option(seed):
 def test_layer_table_columns_shares_and_human_units(seed):
     md = to_markdown(seed, units="human", timeline="memory.png")
     assert ("| Layer | Type | Input | Output | Kernel | Params | % params | Trainable | Forward FLOPs | "
-            "Backward FLOPs | % FLOPs | Other FLOPs | Saved bytes |") in md
+            "Backward FLOPs | % FLOPs | Other FLOPs | Saved bytes | Weights + biases |") in md
     row = next(x for x in md.splitlines() if x.startswith("| `conv2` |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     # weights 64×32×3×3 and 64 biases: 18,496 parameters -> 18.5K, 1.5% of 1,199,882;
     # 21,233,664 -> 21.2M forward, twice that backward; 3 * 21,233,664 of the step's 71,565,312: 89.0%
     assert cells[4].startswith("64×32×3×3, 64")
     assert cells[5:11] == ["`18.5K`", "1.5%", "yes", "`21.2M*t`", "`42.5M*t`", "89.0%"]
+    assert cells[13] == "`18.4K + 64`"  # 64·32·3·3 = 18,432 weights and 64 biases
     # 532,072 B per sample = 519.6 KiB; 9,523,800 B = 9.08 MiB
     assert "| Peak (training step) | `520KiB*t + 9.08MiB` |" in md
     assert "- `conv2` forward: `2 × t × 64 × 32 × 3 × 3 × 24 × 24` = `21,233,664*t`" in md  # derivations exact

@@ -46,6 +46,9 @@ def test_layer_rows(seed):
     assert _cells(lines, "conv1") == ["conv1", "Conv2d", "t×1×28×28", "t×32×26×26",
                                       "32×1×3×3, 32; k=3×3, s=1, p=0, d=1, g=1", "320", "<0.1%", "yes",
                                       "389,376*t", "389,376*t", "1.1%", "0", "0"]
+    # from 250 columns on (a file or pipe), the weights and biases apart: 1·3·3·32 = 288 and 32
+    wide = _lines(to_renderables(build_report(seed)), width=250)
+    assert _cells(wide, "Layer")[-1] == "Weights + biases" and _cells(wide, "conv1")[-1] == "288 + 32"
     # a functional op's type is its name; relu keeps its output, 4 * 32*26*26 = 86,528 bytes per sample
     relu = _cells(lines, "relu")
     assert relu[1] == "" and relu[3] == "t×32×26×26" and relu[-1] == "86,528*t"

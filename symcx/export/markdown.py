@@ -41,12 +41,12 @@ __all__ = ["MarkdownPrinter", "to_markdown", "COLUMNS", "NUMBER_COLUMNS"]
 
 #: The per-layer columns, in order, and which hold numbers (right-aligned, never wrapped).
 COLUMNS = ("Layer", "Type", "Input", "Output", "Kernel", "Params", "% params", "Trainable",
-           "Forward FLOPs", "Backward FLOPs", "% FLOPs", "Other FLOPs", "Saved bytes")
+           "Forward FLOPs", "Backward FLOPs", "% FLOPs", "Other FLOPs", "Saved bytes", "Weights + biases")
 NUMBER_COLUMNS = frozenset({"Params", "% params", "Forward FLOPs", "Backward FLOPs", "% FLOPs", "Other FLOPs",
                             "Saved bytes"})
 #: Columns holding expressions (code spans in Markdown).
 _EXPRESSION_COLUMNS = frozenset({"Input", "Output", "Params", "Forward FLOPs", "Backward FLOPs", "Other FLOPs",
-                                 "Saved bytes"})
+                                 "Saved bytes", "Weights + biases"})
 _UNITS = ("exact", "human")
 
 
@@ -146,6 +146,9 @@ class MarkdownPrinter(StrPrinter):
             "% FLOPs": share(entry.forward_flops + entry.backward_flops, report.figure("step_flops").formula, at)
             if entry.forward_flops + entry.backward_flops != 0 else "",
             "Other FLOPs": self.cell(entry.other_flops), "Saved bytes": self.cell(entry.saved_bytes, "bytes"),
+            # the seed's "1×3×3×32 weights and 32 biases": counts, where a layer has both
+            "Weights + biases": f"{self.cell(row.weights)} + {self.cell(row.biases)}"
+            if row is not None and row.biases != 0 else "",
         }
 
     def _layer_lines(self, report: Report) -> list[str]:

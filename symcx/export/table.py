@@ -3,7 +3,7 @@
 Expressions print as in Markdown (:class:`~symcx.export.markdown.MarkdownPrinter`), without
 code spans, and so do the per-layer columns (the module tree, shares, units). The layer
 table picks its columns when it is printed, by the console's width: every column from 200
-characters (a pipe or file gets 220), the main ones from 120, and below that the layer, parameters, FLOPs and saved
+characters (a pipe or file gets 250, which adds weights + biases), the main ones from 120, and below that the layer, parameters, FLOPs and saved
 bytes only. Number columns never wrap (``no_wrap``; an ellipsis if even that cannot fit),
 text columns fold. The notes are the other exports', less two that the terminal says
 elsewhere: the FLOP convention (in ``symcx analyze --help``) and the training count (in the
@@ -37,7 +37,8 @@ __all__ = ["TablePrinter", "LayersView", "FiguresView", "to_renderables", "LAYOU
 
 #: The layer table's columns by the least console width that shows them, widest first.
 LAYOUTS: tuple[tuple[int, tuple[str, ...]], ...] = (
-    (200, COLUMNS),
+    (250, COLUMNS),
+    (200, tuple(c for c in COLUMNS if c != "Weights + biases")),
     (120, ("Layer", "Type", "Output", "Params", "% params", "Forward FLOPs", "Backward FLOPs", "% FLOPs",
            "Saved bytes")),
     (0, ("Layer", "Params", "Forward FLOPs", "Backward FLOPs", "% FLOPs", "Saved bytes")),
@@ -93,7 +94,7 @@ class LayersView:
     def table(self, width: int) -> Table:
         """The table for a console ``width`` characters wide."""
         columns = next(cols for least, cols in LAYOUTS if width >= least)
-        narrow = width < LAYOUTS[0][0]
+        narrow = width < LAYOUTS[1][0]  # below the 13-column layout: no vertical rules, to save width
         table = Table(title=self.title, title_justify="left", box=box.SIMPLE_HEAD if narrow else box.HEAVY_HEAD,
                       pad_edge=not narrow, collapse_padding=narrow)
         for col in columns:
