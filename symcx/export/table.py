@@ -2,9 +2,9 @@
 
 Expressions print as in Markdown (:class:`~symcx.export.markdown.MarkdownPrinter`), without
 code spans, and so do the per-layer columns (the module tree, shares, units). The layer
-table picks its columns when it is printed, by the console's width: every column from 200
-characters (a pipe or file gets 250, which adds weights + biases), the main ones from 120, and below that the layer, parameters, FLOPs and saved
-bytes only. Number columns never wrap (``no_wrap``; an ellipsis if even that cannot fit),
+table picks its columns when it is printed, by the console's width: every column from 250
+characters (a pipe or a file gets 250), all but weights + biases from 200, the main ones from
+120, and below that the layer, parameters, FLOPs and saved bytes only. Number columns never wrap (``no_wrap``; an ellipsis if even that cannot fit),
 text columns fold. The notes are the other exports', less two that the terminal says
 elsewhere: the FLOP convention (in ``symcx analyze --help``) and the training count (in the
 title of the totals table).
