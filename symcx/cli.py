@@ -400,12 +400,17 @@ def _analyze(args: argparse.Namespace) -> int:
                            depth=args.depth, timeline=timeline, **common)
     else:
         text = to_json(analysis, **common) + "\n"
-    if args.output is not None:
-        write_atomic(args.output, text or "")
-        print(f"wrote {args.output}", file=sys.stderr)
+    _emit(text, args.output)
+    return 0
+
+
+def _emit(text: str | None, output: str | None) -> None:
+    """``text`` to ``output`` (whole or not at all), or to stdout (``None``: already printed)."""
+    if output is not None:
+        write_atomic(output, text or "")
+        print(f"wrote {output}", file=sys.stderr)
     elif text is not None:
         sys.stdout.write(text)
-    return 0
 
 
 def _serve(model: Any, x: Any, args: argparse.Namespace) -> int:
@@ -431,11 +436,7 @@ def _serve(model: Any, x: Any, args: argparse.Namespace) -> int:
         for _, label, formula, value in serving_rows(inf, at):
             table.add_row(label, str(formula), *([str(value)] if at else []))
         text = _render_table([table], to_file=args.output is not None)
-    if args.output is not None:
-        write_atomic(args.output, text or "")
-        print(f"wrote {args.output}", file=sys.stderr)
-    elif text is not None:
-        sys.stdout.write(text)
+    _emit(text, args.output)
     return 0
 
 

@@ -19,7 +19,7 @@ import torch
 
 from .capture.inference import CACHE_PREFIX, trace_decode, trace_prefill
 from .errors import SymcxError
-from .memory import parse_bytes, step_memory
+from .memory import max_batch_size, parse_bytes, step_memory
 from .rules import annotate_costs
 from .step import Step, build_step, traffic
 from .symbols import symbol
@@ -128,21 +128,7 @@ class Inference:
 
     def _largest(self, budget: int | str, symbol_: sympy.Symbol, fixed: dict) -> int:
         """Largest value of ``symbol_`` (≥ 1) whose decode-step peak fits in ``budget``, 0 if none."""
-        limit = int(parse_bytes(budget))
-        peak = sympy.sympify(self.decode_peak_bytes).subs(fixed)
-
-        def fits(v: int) -> bool:
-            return bool(peak.subs(symbol_, v) <= limit)
-
-        if not fits(1):
-            return 0
-        lo, hi = 1, 2
-        while fits(hi):
-            lo, hi = hi, hi * 2
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-        return lo
+        return max_batch_size(sympy.sympify(self.decode_peak_bytes).subs(fixed), budget, symbol_)
 
     def max_batch(self, budget: int | str, context: int) -> int:
         """Most sequences with ``context`` cached tokens whose decode step (weights, cache and its
