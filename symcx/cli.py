@@ -394,7 +394,7 @@ def _analyze(args: argparse.Namespace) -> int:
         text = _render_table(renderables, to_file=args.output is not None)
     elif args.format == "latex":
         text = to_latex(analysis, standalone=not args.fragment, numbers=args.numbers,
-                        title=f"symcx analysis of {args.model}", **common)
+                        title=f"symcx analysis of {args.model}", timeline=timeline, **common)
     elif args.format == "markdown":
         text = to_markdown(analysis, numbers=args.numbers, title=f"symcx analysis of {args.model}", units=units,
                            depth=args.depth, timeline=timeline, **common)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -453,3 +454,17 @@ def test_validate_as_latex_with_its_plot(workdir):
     printed = run("validate", "mnist-cnn", "--batch-sizes", "1", "--repeats", "1", "--warmup", "0",
                   "--format", "json", cwd=workdir)
     assert printed.returncode == 0 and json.loads(printed.stdout)["schema"] == "symcx.validation/1"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="needs pdflatex")
+def test_latex_report_shows_the_memory_timeline_and_compiles(workdir):
+    out = run("analyze", "mnist-cnn", "--format", "latex", "--plot-memory", "mem.png", "--output", "seed.tex",
+              cwd=workdir)
+    assert out.returncode == 0, out.stderr
+    tex = (workdir / "seed.tex").read_text()
+    assert "\\includegraphics[width=\\linewidth]{mem.png}" in tex
+    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "seed.tex"], cwd=workdir,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert (workdir / "seed.pdf").stat().st_size > 10_000

@@ -129,6 +129,9 @@ class SymcxLatexPrinter(LatexPrinter):
         Significant digits in scientific form.
     ``title`` (None)
         The standalone document's heading (default ``symcx analysis``).
+    ``timeline`` (None)
+        The path of a memory-timeline image (``symcx analyze --plot-memory``), shown as a figure
+        after the memory table (the document needs ``graphicx``, which the standalone preamble has).
 
     Examples
     --------
@@ -149,6 +152,7 @@ class SymcxLatexPrinter(LatexPrinter):
         "environment": None,
         **NUMBER_SETTINGS,
         "title": None,
+        "timeline": None,
     }
 
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
@@ -435,6 +439,11 @@ class SymcxLatexPrinter(LatexPrinter):
             parts.append(self._align(self._memory_lines(report)))
             if not array:
                 parts.append(self._peak_sentence(report.memory))
+            if not array and self._settings["timeline"]:
+                path = str(self._settings["timeline"]).replace("\\", "/")
+                parts.append("\\begin{figure}[h]\\centering\\includegraphics[width=\\linewidth]{" + path + "}\n"
+                             "\\caption{Bytes held over one training step's ops: forward, backward, optimizer "
+                             "step; the peak marked.}\n\\end{figure}")
         if not array:
             notes = [note for note in report.notes if not isinstance(note, RouteNote)]
             parts.append("\\begin{itemize}\\raggedright\n" + "\n".join(rf"\item {self._print(x)}" for x in notes)
