@@ -17,9 +17,10 @@ from typing import Any
 import sympy
 import torch
 
+from .budget import max_batch_size, parse_bytes
 from .capture.inference import CACHE_PREFIX, trace_decode, trace_prefill
 from .errors import SymcxError
-from .memory import max_batch_size, parse_bytes, step_memory
+from .memory import step_memory
 from .rules import annotate_costs
 from .step import Step, build_step, traffic
 from .symbols import symbol

@@ -11,4 +11,7 @@ from .optim import Iteration, OptimizerSpec, optimizer_factory
 from .records import DimSpec, Trace
 from .trace import BATCH_HINT, default_loss, trace_at, trace_training_step
 
-__all__ = ["Iteration", "OptimizerSpec", "optimizer_factory", "Trace", "TensorMeta", "DimSpec", "BATCH_HINT", "trace_training_step", "trace_at", "default_loss"]
+__all__ = [
+    "Trace", "TensorMeta", "DimSpec", "BATCH_HINT", "trace_training_step", "trace_at", "default_loss",
+    "Iteration", "OptimizerSpec", "optimizer_factory",
+]
