@@ -135,6 +135,7 @@ def test_model_file_factory_with_symbolic_dims(workdir):
     assert sympy.expand(got - 2 * 8 * 3 * 3 * 3 * (H - 2) * (W - 2) * t) == 0
 
 
+@pytest.mark.slow  # a subprocess per case: the fast subset keeps the rest of the CLI tests
 @pytest.mark.parametrize("args, message", [
     (["analyze", "foo"], "symcx analyze: error: unknown model 'foo': give path/to/file.py:Name"),
     (["analyze", "mnist-cnn", "--input", "1x28xq"], "malformed --input '1x28xq': expected positive sizes"),
@@ -198,6 +199,7 @@ def test_build_report_raises_for_a_bad_optimizer():
     assert state.formula == 2 * 15 * 4 + 2 * 4  # Adam: two moments of the 15 parameters, a step per tensor
 
 
+@pytest.mark.slow  # a subprocess per case: the fast subset keeps the rest of the CLI tests
 def test_a_torch_optim_class_with_arguments_is_traced():
     out = run("analyze", "mlp", "--optimizer", "RMSprop:lr=1e-3,momentum=0.5", "--format", "json")
     assert out.returncode == 0, out.stderr
@@ -209,6 +211,7 @@ def test_a_torch_optim_class_with_arguments_is_traced():
     assert doc["layers"][-1]["name"] == "optimizer"
 
 
+@pytest.mark.slow  # a subprocess per case: the fast subset keeps the rest of the CLI tests
 def test_inference_figures_as_json(workdir):
     (workdir / "lm.py").write_text(
         "import torch\nfrom transformers import GPT2Config, GPT2LMHeadModel\n"
@@ -245,6 +248,7 @@ def test_unwritable_output_fails_first(workdir):
     assert out.stderr == f"symcx validate: error: cannot write locked/out.json: directory {locked} is not writable\n"
 
 
+@pytest.mark.slow  # a subprocess per case: the fast subset keeps the rest of the CLI tests
 @pytest.mark.parametrize("args, reason", [
     # the predicted peak, about 2**65 bytes at this size, exceeds any free memory: skipped unless --force
     (["mlp", "--batch-sizes", "99999999999999999999"], "t=99999999999999999999: skipped: predicted peak "),
@@ -379,6 +383,7 @@ def test_model_args_for_validate(workdir):
     assert [s["flops"][0]["measured"] for s in sizes] == [192, 384]
 
 
+@pytest.mark.slow  # a subprocess per case: the fast subset keeps the rest of the CLI tests
 @pytest.mark.parametrize("args, message", [
     (["--model-args", "channels"], "malformed --model-args item 'channels': expected key=value"),
     (["--model-args", "width=2,width=3"], "--model-args gives 'width' twice"),
@@ -398,6 +403,7 @@ def test_parse_model_args_values():
     assert parse_model_args(None) == {} and parse_model_args("") == {}
 
 
+@pytest.mark.slow  # a subprocess per case: the fast subset keeps the rest of the CLI tests
 @pytest.mark.parametrize("flag", [["--exact"], ["--depth", "2"]])
 def test_table_options_rejected_for_json(flag):
     out = run("analyze", "mnist-cnn", "--format", "json", *flag)
@@ -433,6 +439,7 @@ def test_markdown_links_the_memory_timeline(workdir):
     assert (workdir / "figs" / "m.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow  # a subprocess per case: the fast subset keeps the rest of the CLI tests
 def test_ctrl_c_in_a_sweep_writes_the_finished_sizes_and_exits_130(workdir):
     out = run("validate", "net.py:Interrupts", "--input", "4", "--batch-sizes", "2,4,16", "--repeats", "1",
               "--warmup", "0", "--output", "v.json", cwd=workdir)
@@ -443,6 +450,7 @@ def test_ctrl_c_in_a_sweep_writes_the_finished_sizes_and_exits_130(workdir):
     assert sorted(p.name for p in workdir.iterdir()) == ["net.py", "v.json"]  # written whole, no temporary
 
 
+@pytest.mark.slow  # a subprocess per case: the fast subset keeps the rest of the CLI tests
 def test_validate_as_latex_with_its_plot(workdir):
     out = run("validate", "mnist-cnn", "--batch-sizes", "1,2", "--repeats", "1", "--warmup", "0",
               "--format", "latex", "--plot", "fit.png", "--output", "report.tex", cwd=workdir)
