@@ -23,12 +23,12 @@ import importlib.util
 import io
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from . import __version__
 from .errors import ShapeError, SymcxError, TraceError
+from .files import write_text_atomically
 from .capture import optimizer_factory
 from .cli_specs import example_input, load_model, parse_input, parse_model_args, parse_symbolic
 from .symbols import N, n, symbol
@@ -235,30 +235,9 @@ def _add_validate(sub: Any) -> None:
                    help=f"plot measured against predicted to FILE ({', '.join(PLOT_EXTENSIONS)})")
 
 
-def _file_mode(path: str) -> int:
-    """The mode a new file at ``path`` would get (the old file's, else 0o666 less the umask)."""
-    if os.path.exists(path):
-        return os.stat(path).st_mode & 0o777
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def write_atomic(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` whole or not at all: a temporary file beside it, then ``os.replace``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".symcx-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _file_mode(path))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Write ``text`` to ``path`` whole or not at all (:func:`symcx.files.write_text_atomically`)."""
+    write_text_atomically(path, text)
 
 
 def _check_writable(path: str | None) -> None:
@@ -509,18 +488,8 @@ def _interrupted(result: Any, args: argparse.Namespace) -> int:
 
 
 def _write_plot(result: Any, path: str) -> None:
-    """``result.plot`` to ``path``, whole or not at all (a temporary file beside it, then a rename)."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".symcx-",
-                               suffix=os.path.splitext(path)[1])
-    os.close(fd)
-    try:
-        result.plot(tmp)
-        os.chmod(tmp, _file_mode(path))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """``result.plot`` to ``path``: the plot writes itself whole or not at all."""
+    result.plot(path)
     print(f"wrote {path}", file=sys.stderr)
 
 

@@ -266,40 +266,37 @@ def module_tags(model: torch.nn.Module, recorder: Recorder) -> Iterator[None]:
         h2.remove()
 
 
+def _autograd_nodes(roots: Sequence[Any]) -> Iterator[Any]:
+    """Every autograd node below ``roots``, each once, depth first (the order the tracer relies on)."""
+    seen: set[Any] = set()
+    todo = [r for r in roots if r is not None]
+    while todo:
+        node = todo.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        yield node
+        todo.extend(fn for fn, _ in node.next_functions if fn is not None and fn not in seen)
+
+
 def grad_leaves(roots: Sequence[Any]) -> list[torch.Tensor]:
     """Every leaf tensor the autograd graph below ``roots`` accumulates a gradient into.
 
     These are what ``loss.backward()`` differentiates w.r.t.: the trainable parameters and any
     tensor the model itself made a leaf (``x.requires_grad = True`` in wav2vec2's encoder).
     """
-    seen: set[Any] = set()
     leaves: list[torch.Tensor] = []
-    todo = [r for r in roots if r is not None]
-    while todo:
-        node = todo.pop()
-        if node in seen:
-            continue
-        seen.add(node)
+    for node in _autograd_nodes(roots):
         variable = getattr(node, "variable", None)  # only AccumulateGrad nodes hold one
         if isinstance(variable, torch.Tensor):
             leaves.append(variable)
-        todo.extend(fn for fn, _ in node.next_functions if fn is not None and fn not in seen)
     return leaves
 
 
 def tag_backward(roots: Sequence[Any], set_tag: Callable[..., None]) -> None:
     """Pre-hooks on every autograd node: backward ops get the seq_nr of their forward op."""
-    seen: set[Any] = set()
-    todo = [r for r in roots if r is not None]
-    while todo:
-        node = todo.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        seq = sequence_nr(node)
-
-        def hook(grad_outputs, seq=seq):
+    for node in _autograd_nodes(roots):
+        def hook(grad_outputs, seq=sequence_nr(node)):
             set_tag(phase="backward", seq_nr=seq)
 
         node.register_prehook(hook)
-        todo.extend(fn for fn, _ in node.next_functions if fn is not None and fn not in seen)

@@ -8,15 +8,14 @@ backward and ``optimizer.step()`` are shaded apart. matplotlib's object API on a
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import sympy
 
 from ..errors import SymcxError
+from ..files import replace_atomically
 from ..memory import memory_timeline
 from ..symbols import t
 
@@ -127,15 +126,5 @@ def plot_memory_timeline(analysis: Analysis, path: str | os.PathLike, *, batch: 
     fig = Figure(figsize=(9, 4.5), layout="constrained")
     FigureCanvasAgg(fig)
     _draw(fig.add_subplot(), points, title or f"Memory of one training step at t = {batch} (optimizer: {optimizer})")
-    path = os.fspath(path)
-    ext = os.path.splitext(path)[1] or ".png"
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".symcx-", suffix=ext)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    replace_atomically(path, lambda tmp: fig.savefig(tmp, dpi=120))
     return max(b for *_, b in points)

@@ -7,8 +7,9 @@ works headless and leaves a user's interactive backend alone.
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import TYPE_CHECKING
+
+from ..files import replace_atomically
 
 if TYPE_CHECKING:  # for the annotation only: report imports this module, not the reverse
     from .report import Validation
@@ -110,16 +111,5 @@ def plot_validation(v: "Validation", path: str | os.PathLike) -> None:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
 
-    path = os.fspath(path)
-    ext = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(suffix=ext, dir=os.path.dirname(os.path.abspath(path)), prefix=".symcx-")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format=ext[1:].lower() or "png", dpi=120)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    ext = os.path.splitext(os.fspath(path))[1]
+    replace_atomically(path, lambda tmp: fig.savefig(tmp, format=ext[1:].lower() or "png", dpi=120))
