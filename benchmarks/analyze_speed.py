@@ -1,29 +1,33 @@
-"""Wall time of ``symcx.analyze`` on big graphs, beside FlopCounterMode (and fvcore) in the same run.
+"""Wall time of ``symcx.analyze`` beside a real FlopCounterMode forward+backward measured in the same run.
 
-Models: the seed homework's MNIST CNN (input 2×1×28×28) and a 32-layer MLP; ResNet-50 (input 2×3×224×224); GPT-2 small, 12 layers (Hugging Face's
-``GPT2LMHeadModel`` from its default config when ``transformers`` is installed, and
-``symcx.zoo.models.gpt2_small``; input 2×128 token ids); ReLU MLPs of width 256 at depths 8,
-48 and 64 (input 2×256). symcx analyzes one training step (forward, loss, backward) with the
-batch symbolic (GPT-2 also with the sequence length symbolic); FlopCounterMode counts a real
-forward+backward on the CPU at the same input, and symcx's formula at that size must equal its
-count; fvcore (forward only, ``torch.jit.trace``) is timed when importable.
+Models (issue 18's): the seed homework's MNIST CNN (1×28×28); ReLU MLPs of width 256 at depths 8,
+32 and 64; symcx's ResNet-18 and ResNet-50 and a DenseNet-121/-201 (torchvision's layouts) at
+224²; Hugging Face's GPT-2 small (12 layers, 124M parameters, default config) at L=128 with the
+batch symbolic and with the batch and L symbolic, and ``symcx.zoo.models.gpt2_small``; the
+Llama-2-70B config on the meta device with t and L symbolic (in a child process, for its peak
+RSS). symcx analyzes one training step (forward, loss, backward) with the batch ``t`` symbolic.
+FlopCounterMode counts a real forward+backward on the CPU at batch 1 and at batch 8; symcx's
+formula at t=8 must equal its count there. fvcore (forward only, ``torch.jit.trace``) is timed
+when importable.
 
-Floors (exit status 1 when one fails): the seed net analyzes in under 1 s; GPT-2 analysis (batch symbolic, the first GPT-2 listed)
-under 5 s and at most 10× FlopCounterMode's time; MLP depth 8 → 64 (×8) at most ×10 in time.
+Each time is the best of three calls (symcx's median is shown too; one call for models whose
+analysis takes over 10 s), after one small warm-up analysis. The floors (exit status 1 when one
+fails) are the project's: the seed net under 1 s; Hugging Face's GPT-2 under 5 s and ≤ 10×
+FlopCounterMode at t=8; MLP depth 8 → 64 at most ×10 in time; every formula exact. Issue 18's
+targets are printed as ``target`` lines beside them and do not set the exit status.
 
-Each time is the best of three calls (symcx's median is shown too), after one small warm-up
-analysis; the process's CPU seconds are shown beside the wall seconds. FlopCounterMode is timed
-the same way.
-
-    python benchmarks/analyze_speed.py [--threads N] [--skip seed,resnet50,gpt2,mlp]
+    python benchmarks/analyze_speed.py [--threads N] [--skip seed,mlp,resnet,densenet,gpt2,llama]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -34,16 +38,18 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
-import symcx
-from symcx.zoo import MLP, MnistCNN
-from symcx.zoo.models import ResNet50, gpt2_small
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import models as bench_models  # noqa: E402
 
-SEED_FLOOR_S = 1.0
-GPT2_FLOOR_S = 5.0
-GPT2_FCM_RATIO = 10.0
-DEPTH_RATIO = 10.0
+import symcx  # noqa: E402
+from symcx.zoo import MLP, MnistCNN  # noqa: E402
+from symcx.zoo.models import ResNet50, gpt2_small  # noqa: E402
+
+SEED_FLOOR_S, GPT2_FLOOR_S, GPT2_FCM_RATIO, DEPTH_RATIO = 1.0, 5.0, 10.0, 10.0
 GPT2_LENGTH = 128
-REPEAT = 3  # every time is the best of three runs (the median is shown too): shared machines are noisy
+REPEAT = 3  # best of three (median shown): shared machines are noisy
+SLOW_S = 10.0  # a model whose first analysis takes longer is timed once
+FCM_BATCHES = (1, 8)
 
 Example = torch.Tensor | dict[str, torch.Tensor]
 
@@ -57,6 +63,14 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
 
 def call(model: torch.nn.Module, example: Example) -> Any:
     return model(**example) if isinstance(example, dict) else model(example)
+
+
+def at_batch(example: Example, batch: int) -> Example:
+    """The example with its batch dim (dim 0 of every tensor) resized to ``batch``."""
+    def resize(x: torch.Tensor) -> torch.Tensor:
+        return x[:1].expand(batch, *x.shape[1:]).contiguous()
+
+    return {k: resize(v) for k, v in example.items()} if isinstance(example, dict) else resize(example)
 
 
 def flop_counter_step(model: torch.nn.Module, example: Example) -> int:
@@ -88,120 +102,153 @@ def fvcore_seconds(model: torch.nn.Module, example: Example) -> float | None:
         return None
 
 
-def gpt2_models(ids: torch.Tensor) -> list[tuple[str, torch.nn.Module, Example]]:
-    """Hugging Face's GPT-2 small (default config) when installed, then symcx's GPT at its sizes."""
-    models: list[tuple[str, torch.nn.Module, Example]] = []
-    try:
-        import transformers
-    except ImportError:
-        pass
-    else:
-        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(use_cache=False))
-        models.append((f"GPT-2 (transformers {transformers.__version__})", model, {"input_ids": ids}))
-    models.append(("GPT-2 (symcx.zoo.models.gpt2_small)", gpt2_small(), ids))
-    return models
+def best(fn: Callable[[], Any], repeat: int) -> tuple[Any, float, float, float]:
+    """(first result, best wall, best CPU, median wall) of ``repeat`` calls (one if the first is slow)."""
+    runs = [timed(fn)]
+    while len(runs) < repeat and runs[0][1] < SLOW_S:
+        runs.append(timed(fn))
+    return runs[0][0], min(r[1] for r in runs), min(r[2] for r in runs), statistics.median(r[1] for r in runs)
 
 
-def measure(
-    name: str,
-    model: torch.nn.Module,
-    example: Example,
-    dims: dict[str, int] | None = None,
-    fvcore: bool = True,
-    repeat: int = 1,
-) -> dict[str, Any]:
-    """Time symcx (best of ``repeat``), FlopCounterMode and fvcore on ``model``; check symcx's count."""
+def measure(name: str, model: torch.nn.Module, example: Example, dims: dict[str, int] | None = None,
+            fvcore: bool = True) -> dict[str, Any]:
+    """Time symcx and FlopCounterMode (at t=1 and t=8) on ``model``; check symcx's count at t=8."""
     model.train()
-    runs = [timed(lambda: symcx.analyze(model, example, dims=dims)) for _ in range(repeat)]
-    a, wall, cpu = runs[0][0], min(r[1] for r in runs), min(r[2] for r in runs)
-    median = statistics.median(r[1] for r in runs)
-    fcm_runs = [timed(lambda: flop_counter_step(model, example)) for _ in range(repeat)]
-    flops, fcm_wall, fcm_cpu = fcm_runs[0][0], min(r[1] for r in fcm_runs), min(r[2] for r in fcm_runs)
+    a, wall, cpu, median = best(lambda: symcx.analyze(model, example, dims=dims), REPEAT)
+    fcm: dict[int, tuple[int, float]] = {}
+    for batch in FCM_BATCHES:
+        x = at_batch(example, batch)
+        flops, fcm_wall, _, _ = best(lambda: flop_counter_step(model, x), REPEAT)
+        fcm[batch] = (flops, fcm_wall)
     first = next(iter(example.values())) if isinstance(example, dict) else example
-    values = {"t": first.shape[0], **{k: first.shape[d] for k, d in (dims or {}).items()}}
+    values = {"t": FCM_BATCHES[-1], **{k: first.shape[d] for k, d in (dims or {}).items()}}
     return dict(
-        name=name, nodes=len(a.step.nodes), wall=wall, median=median, cpu=cpu, fcm_wall=fcm_wall, fcm_cpu=fcm_cpu,
-        fvcore=fvcore_seconds(model, example) if fvcore else None,
-        exact=a.subs(**values).flop_counter_flops("step") == flops, unsupported=sum(a.unsupported.values()),
+        name=name, nodes=len(a.step.nodes), wall=wall, median=median, cpu=cpu,
+        fcm={b: w for b, (_, w) in fcm.items()}, fvcore=fvcore_seconds(model, example) if fvcore else None,
+        exact=a.subs(**values).flop_counter_flops("step") == fcm[FCM_BATCHES[-1]][0],
+        unsupported=sum(a.unsupported.values()),
     )
 
 
+def llama70b_child() -> None:
+    """(In a child process) analyze the Llama-2-70B config on meta, t and L symbolic; print JSON."""
+    import transformers
+
+    config = transformers.LlamaConfig(
+        hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
+        num_key_value_heads=8, vocab_size=32000, max_position_embeddings=4096, use_cache=False)
+    with torch.device("meta"):
+        model = transformers.LlamaForCausalLM(config)
+    symcx.analyze(MLP((16, 16, 4)), torch.randn(2, 16))  # warm-up
+    ids = torch.zeros(2, 128, dtype=torch.long, device="meta")
+    a, wall, cpu = timed(lambda: symcx.analyze(model, {"input_ids": ids}, dims={"L": 1}))
+    _, mem_wall, _ = timed(a.memory)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(dict(nodes=len(a.step.nodes), wall=wall, cpu=cpu, memory=mem_wall, rss_mb=rss)))
+
+
+def llama70b() -> dict[str, Any] | None:
+    """The child's figures, or None when transformers is absent or the child failed."""
+    done = subprocess.run([sys.executable, __file__, "--llama-child"], capture_output=True, text=True)
+    lines = done.stdout.strip().splitlines()
+    return json.loads(lines[-1]) if done.returncode == 0 and lines else None
+
+
 def table(rows: list[dict[str, Any]]) -> Table:
-    out = Table(title="symcx.analyze vs FlopCounterMode (real forward+backward) and fvcore (forward)")
-    columns = ("model", "nodes", "symcx s (cpu)", "symcx median s", "FCM s (cpu)", "fvcore s", "symcx/FCM", "exact",
-               "unsupported")
+    out = Table(title="symcx.analyze vs a real FlopCounterMode forward+backward (t=1, t=8) and fvcore (forward)")
+    columns = ("model", "nodes", "symcx s (cpu)", "median s", "FCM t=1 s", "FCM t=8 s", "fvcore s",
+               "symcx/FCM t=1", "symcx/FCM t=8", "exact", "unsupported")
     for column in columns:
         out.add_column(column, justify="left" if column == "model" else "right")
     for r in rows:
         out.add_row(
-            r["name"],
-            str(r["nodes"]),
-            f"{r['wall']:.2f} ({r['cpu']:.2f})",
-            f"{r['median']:.2f}",
-            f"{r['fcm_wall']:.2f} ({r['fcm_cpu']:.2f})",
-            "n/a" if r["fvcore"] is None else f"{r['fvcore']:.2f}",
-            f"{r['wall'] / r['fcm_wall']:.1f}×",
-            "yes" if r["exact"] else "NO",
-            str(r["unsupported"]),
+            r["name"], str(r["nodes"]), f"{r['wall']:.2f} ({r['cpu']:.2f})", f"{r['median']:.2f}",
+            f"{r['fcm'][1]:.2f}", f"{r['fcm'][8]:.2f}", "n/a" if r["fvcore"] is None else f"{r['fvcore']:.2f}",
+            f"{r['wall'] / r['fcm'][1]:.2f}×", f"{r['wall'] / r['fcm'][8]:.2f}×",
+            "yes" if r["exact"] else "NO", str(r["unsupported"]),
         )
     return out
+
+
+def ratio(row: dict[str, Any], batch: int) -> float:
+    return row["wall"] / row["fcm"][batch]
+
+
+def run_models(skip: set[str]) -> tuple[list[dict[str, Any]], list[tuple[str, bool, bool]]]:
+    """Every row, and (text, met, is_floor) verdicts: floors set the exit status, targets do not."""
+    rows: list[dict[str, Any]] = []
+    checks: list[tuple[str, bool, bool]] = []
+    if "seed" not in skip:
+        seed = measure("seed MNIST CNN, t", MnistCNN(), torch.randn(2, 1, 28, 28))
+        rows.append(seed)
+        checks += [(f"seed net {seed['wall']:.2f} s < {SEED_FLOOR_S:.0f} s", seed["wall"] < SEED_FLOOR_S, True),
+                   (f"seed net {seed['wall']:.2f} s < 0.2 s warm", seed["wall"] < 0.2, False)]
+    if "mlp" not in skip:
+        depth = {d: measure(f"MLP depth {d}, t", MLP((256,) * (d + 1)), torch.randn(2, 256)) for d in (8, 32, 64)}
+        rows += list(depth.values())
+        growth = depth[64]["wall"] / depth[8]["wall"]
+        text = f"MLP depth 8 → 64 takes ×{growth:.1f} the time"
+        checks += [(f"{text}, ≤ ×{DEPTH_RATIO:.0f}", growth <= DEPTH_RATIO, True), (f"{text}, ≤ ×2", growth <= 2, False)]
+    if "resnet" not in skip:
+        r18 = measure("ResNet-18, 224², t", bench_models.resnet18(), torch.randn(2, 3, 224, 224))
+        rows += [r18, measure("ResNet-50, 224², t", ResNet50(), torch.randn(2, 3, 224, 224))]
+        checks += [(f"ResNet-18 {ratio(r18, 1):.2f}× FCM at t=1, ≤ 2×", ratio(r18, 1) <= 2, False),
+                   (f"ResNet-18 {ratio(r18, 8):.2f}× FCM at t=8, ≤ 0.4×", ratio(r18, 8) <= 0.4, False)]
+    if "densenet" not in skip:
+        rows.append(measure("DenseNet-121, 224², t", bench_models.densenet121(), torch.randn(2, 3, 224, 224)))
+        d201 = measure("DenseNet-201, 224², t", bench_models.DenseNet((6, 12, 48, 32)), torch.randn(2, 3, 224, 224))
+        rows.append(d201)
+        checks.append((f"DenseNet-201 {d201['wall']:.1f} s ≤ 5 s", d201["wall"] <= 5, False))
+    if "gpt2" not in skip:
+        ids = {"input_ids": torch.randint(0, 50257, (2, GPT2_LENGTH))}
+        hf = bench_models.gpt2_hf()
+        row = measure("GPT-2 124M (transformers), L=128, t", hf, ids)
+        rows += [row, measure("GPT-2 124M (transformers), t and L", hf, ids, {"L": 1}, fvcore=False),
+                 measure("GPT-2 (symcx.zoo gpt2_small), t", gpt2_small(), ids["input_ids"])]
+        checks += [(f"GPT-2 {row['wall']:.2f} s < {GPT2_FLOOR_S:.0f} s", row["wall"] < GPT2_FLOOR_S, True),
+                   (f"GPT-2 {ratio(row, 8):.2f}× FCM at t=8, ≤ {GPT2_FCM_RATIO:.0f}×", ratio(row, 8) <= GPT2_FCM_RATIO,
+                    True),
+                   (f"GPT-2 {ratio(row, 1):.2f}× FCM at t=1, ≤ 1×", ratio(row, 1) <= 1, False)]
+    checks += [(f"{r['name']}: symcx equals FlopCounterMode at t=8, no unsupported op",
+                r["exact"] and not r["unsupported"], True) for r in rows]
+    return rows, checks
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads; 0 keeps torch's default")
-    parser.add_argument("--skip", default="", help="comma-separated: seed, resnet50, gpt2, mlp")
+    parser.add_argument("--skip", default="", help="comma-separated: seed, mlp, resnet, densenet, gpt2, llama")
+    parser.add_argument("--llama-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    skip = set(filter(None, args.skip.split(",")))
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    if args.llama_child:
+        llama70b_child()
+        return 0
+    skip = set(filter(None, args.skip.split(",")))
     torch.manual_seed(0)
-    console = Console(width=160)
+    console = Console(width=200)
     console.print(
         f"torch {torch.__version__}, symcx {symcx.__version__}, python {platform.python_version()}, "
         f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads; load average {os.getloadavg()[0]:.2f}"
     )
     symcx.analyze(MLP((16, 16, 4)), torch.randn(2, 16))  # warm-up: first-call costs of torch's tracer
-    rows: list[dict[str, Any]] = []
-    verdicts: list[tuple[str, bool]] = []
-
-    if "seed" not in skip:
-        seed = measure("seed MNIST CNN, t", MnistCNN(), torch.randn(2, 1, 28, 28), repeat=REPEAT)
-        rows += [seed, measure("MLP depth 32, t", MLP((256,) * 33), torch.randn(2, 256), repeat=REPEAT)]
-        verdicts.append((f"seed net analysis {seed['wall']:.2f} s < {SEED_FLOOR_S:.0f} s", seed["wall"] < SEED_FLOOR_S))
-
-    if "resnet50" not in skip:
-        rows.append(measure("ResNet-50, t", ResNet50(), torch.randn(2, 3, 224, 224), repeat=REPEAT))
-
-    if "gpt2" not in skip:
-        ids = torch.randint(0, 50257, (2, GPT2_LENGTH))
-        for k, (name, model, example) in enumerate(gpt2_models(ids)):
-            row = measure(f"{name}, t", model, example, repeat=REPEAT)
-            rows += [row, measure(f"{name}, t and L", model, example, {"L": 1}, fvcore=False, repeat=REPEAT)]
-            if k == 0:
-                verdicts += [
-                    (f"{name} analysis {row['wall']:.2f} s (median {row['median']:.2f} s) < {GPT2_FLOOR_S:.0f} s",
-                     row["wall"] < GPT2_FLOOR_S),
-                    (f"{name} analysis ≤ {GPT2_FCM_RATIO:.0f}× FlopCounterMode ({row['wall'] / row['fcm_wall']:.1f}×)",
-                     row["wall"] <= GPT2_FCM_RATIO * row["fcm_wall"]),
-                ]
-
-    if "mlp" not in skip:
-        by_depth = {}
-        for depth in (8, 48, 64):
-            model = MLP((256,) * (depth + 1))
-            by_depth[depth] = measure(f"MLP depth {depth}, t", model, torch.randn(2, 256), repeat=REPEAT)
-            rows.append(by_depth[depth])
-        growth = by_depth[64]["wall"] / by_depth[8]["wall"]
-        text = f"MLP depth 8 → 64 (×8) takes ×{growth:.1f} the time, ≤ ×{DEPTH_RATIO:.0f}"
-        verdicts.append((text, growth <= DEPTH_RATIO))
-
+    rows, checks = run_models(skip)
     console.print(table(rows))
-    verdicts += [(f"{r['name']}: symcx equals FlopCounterMode, no unsupported op", r["exact"] and not r["unsupported"])
-                 for r in rows]
-    for text, good in verdicts:
-        console.print(f"{'ok  ' if good else 'FAIL'} {text}")
-    return 0 if all(good for _, good in verdicts) else 1
+    if "llama" not in skip:
+        got = llama70b()
+        if got is None:
+            console.print("Llama-2-70B config (meta): not measured (transformers missing or the child failed)")
+        else:
+            console.print(f"Llama-2-70B config on meta, t and L: {got['nodes']} nodes, analyze {got['wall']:.1f} s "
+                          f"(cpu {got['cpu']:.1f}), memory() {got['memory']:.1f} s, peak RSS {got['rss_mb']:.0f} MB")
+            checks += [(f"Llama-70B analyze {got['wall']:.1f} s ≤ 8 s", got["wall"] <= 8, False),
+                       (f"Llama-70B memory() {got['memory']:.1f} s ≤ 2 s", got["memory"] <= 2, False),
+                       (f"Llama-70B peak RSS {got['rss_mb']:.0f} MB ≤ 1024 MB", got["rss_mb"] <= 1024, False)]
+    for text, good, floor in checks:
+        console.print(f"{('ok  ' if good else 'FAIL') if floor else ('target met    ' if good else 'target not met')} "
+                      f"{text}")
+    return 0 if all(good for _, good, floor in checks if floor) else 1
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from .routes import analyze
 from .rows import LayerRow
 from .rules import register, rule
 from .serving import Inference, inference
-from .symbols import N, n, symbol, t
+from .symbols import N, g, n, symbol, t
 from .validation import Validation, validate
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "t",
     "n",
     "N",
+    "g",
     "symbol",
     "SymcxError",
     "TraceError",

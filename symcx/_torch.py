@@ -50,8 +50,11 @@ __all__ = [
     "sequence_nr",
     "current_sequence_nr",
     "eager_lstm_kernels",
+    "eager_dropout_kernels",
     "make_fx",
     "ProfilerEventType",
+    "fake_process_group",
+    "allocation_events",
 ]
 
 #: The private torch surface, one line each (pinned by tests/test_torch_private.py).
@@ -69,8 +72,11 @@ PRIVATE_APIS = (
     "torch._ops.OpOverload / OpOverloadPacket: _opname, _overloadname, _schema, _qualified_op_name",
     "torch._decomp.decompositions.select_one_layer_lstm_function / mkldnn_one_layer_lstm",
     "torch._C._get_mkldnn_enabled",
+    "torch._ops.OpOverload (its py_kernels and _dispatch_cache: aten.dropout's Python decomposition set aside)",
     "torch.fx.experimental.proxy_tensor.make_fx (the reference the recorder is tested against)",
     "torch._C._profiler._EventType (the allocator-peak oracle of tests/test_memory.py)",
+    "torch.testing._internal.distributed.fake_pg.FakeStore (and the 'fake' backend it registers)",
+    "torch.autograd.profiler.profile (its kineto_results.experimental_event_tree: allocation events)",
 )
 
 
@@ -117,6 +123,29 @@ def current_sequence_nr() -> int:
 
 
 @contextlib.contextmanager
+def eager_dropout_kernels() -> Iterator[None]:
+    """Trace ``F.dropout`` to the kernels eager mode runs, not torch's Python decomposition.
+
+    With the python dispatcher on (as ``make_fx``'s symbolic mode), ``aten.dropout`` becomes
+    ``native_dropout`` (a bool mask) on every device. Eager's C++ ``at::dropout``
+    (aten/src/ATen/native/Dropout.cpp) takes ``native_dropout`` only where the fused kernel is
+    acceptable (CUDA, XPU, …); on the CPU it draws a mask of the input's dtype
+    (``empty_like(x).bernoulli_(1 - p).div_(1 - p)``) and multiplies, so the backward keeps a
+    float mask, four times the bool one. Setting the decomposition aside runs that composite.
+    """
+    op = torch.ops.aten.dropout.default
+    keys = [k for k in (torch._C.DispatchKey.CompositeImplicitAutograd, torch._C.DispatchKey.Autograd)
+            if k in op.py_kernels]
+    saved = {k: op.py_kernels.pop(k) for k in keys}
+    op._dispatch_cache.clear()
+    try:
+        yield
+    finally:
+        op.py_kernels.update(saved)
+        op._dispatch_cache.clear()
+
+
+@contextlib.contextmanager
 def eager_lstm_kernels() -> Iterator[None]:
     """Trace ``nn.LSTM`` to the kernel eager CPU training runs (oneDNN), as eager does.
 
@@ -142,3 +171,33 @@ def eager_lstm_kernels() -> Iterator[None]:
         yield
     finally:
         _decompositions.select_one_layer_lstm_function = original
+
+
+@contextlib.contextmanager
+def fake_process_group(world_size: int) -> Iterator[None]:
+    """A default process group of ``world_size`` ranks (this one rank 0) on torch's fake backend:
+    collectives return at once, so ``fully_shard``/DDP can be built and run in one process, as
+    torch's ``FSDPMemTracker`` tests and torchtitan's memory estimator do."""
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    if dist.is_initialized():
+        raise RuntimeError("a process group is already initialized in this process")
+    dist.init_process_group("fake", rank=0, world_size=world_size, store=FakeStore())
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def allocation_events(prof: Any) -> list[tuple[int, int, int]]:
+    """(time ns, bytes, allocator total after) of every allocation (negative: a free) a finished
+    ``torch.profiler.profile(profile_memory=True)`` saw, in time order: it sees storages that
+    ``untyped_storage().resize_()`` grows (FSDP2's unsharded parameters), which no dispatch mode does."""
+    events, todo = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while todo:
+        event = todo.pop()
+        todo.extend(event.children)
+        if event.tag == ProfilerEventType.Allocation:
+            events.append((event.start_time_ns, event.extra_fields.alloc_size, event.extra_fields.total_allocated))
+    return sorted(events)

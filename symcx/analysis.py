@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import numbers
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import networkx as nx
@@ -21,7 +21,8 @@ import sympy
 from .complexity import big_o
 from .errors import SymcxError
 from .layer_table import LayerTable
-from .memory import Memory, MemoryModel
+from .memory import Memory, MemoryModel, not_modelled
+from .parallel import Communication, ParallelMemory, check_fsdp_shards, communication, fsdp_units, parallel_memory
 from .printing import render
 from .rows import LayerRow, layer_rows
 from .step import FORWARD_PHASES, Node, Step
@@ -35,13 +36,15 @@ _PHASES = {"forward": FORWARD_PHASES, "backward": ("backward",), "step": FORWARD
 
 @dataclasses.dataclass(frozen=True)
 class Training:
-    """Whole-training totals: ``steps_per_epoch = ceiling(N/t)``, ``total = n·steps·per_step``."""
+    """Whole-training totals: ``steps_per_epoch = ceiling(N/t)``, ``total = n·steps·per_step``
+    (data-parallel: ``global_batch = g·t`` samples a step, ``flops_per_step`` over all GPUs)."""
 
     steps_per_epoch: sympy.Expr
     flops_per_step: sympy.Expr
     flops_per_epoch: sympy.Expr
     total_flops: sympy.Expr
     other_flops_total: sympy.Expr
+    global_batch: sympy.Expr = t
 
     def big_o(self) -> sympy.Expr:
         """Growth of the whole-training FLOPs, e.g. ``O(n*N)``."""
@@ -78,8 +81,10 @@ class Analysis:
         unsupported: Counter,
         memory_model: MemoryModel,
         values: Mapping[sympy.Symbol, Any] | None = None,
+        shards: Callable[[int, Sequence[str]], Mapping[str, int]] | None = None,
     ) -> None:
         self.step = step
+        self._shards = shards  # FSDP2's shard sizes at a concrete g, from fully_shard (routes.py)
         self.unsupported = unsupported
         self._memory_model = memory_model
         self._values = dict(values or {})
@@ -141,10 +146,25 @@ class Analysis:
     def route_note(self) -> str:
         """One sentence for reports: how the step was traced (and, interpolated, why)."""
         if self.fallback_reason is None:
-            return " ".join(("Traced once with symbolic sizes: one joint forward+backward aten graph on fake tensors "
-                             "(symcx's dispatch recorder, the graph make_fx would build).", *self.step.notes))
-        return (f"Interpolated: the symbolic trace failed ({self.fallback_reason}); traced with concrete sizes "
-                f"on a grid, each cost fitted exactly and checked at one more point.")
+            how = ("Traced once with symbolic sizes: one joint forward+backward aten graph on fake tensors "
+                   "(symcx's dispatch recorder, the graph make_fx would build).")
+        else:
+            how = (f"Interpolated: the symbolic trace failed ({self.fallback_reason}); traced with concrete sizes "
+                   f"on a grid, each cost fitted exactly and checked at one more point.")
+        return " ".join((how, *self.step.notes, *self._iteration_notes()))
+
+    def _iteration_notes(self) -> list[str]:
+        """What the traced iteration holds beyond a plain step, and memory the model cannot size."""
+        step, out = self.step, []
+        if step.optimizer is not None:
+            out.append(f"The iteration includes {step.optimizer}'s step() and zero_grad().")
+        if step.precision != "as given":
+            out.append(f"Precision: {step.precision}.")
+        if step.accumulate > 1:
+            out.append(f"Gradient accumulation: {step.accumulate} micro-batches of t per optimizer step; FLOPs and "
+                       f"layers are per micro-batch, memory is the whole iteration's.")
+        out += [f"Memory not modelled: {what}." for what in not_modelled(step)]
+        return out
 
     @property
     def fallback_reason(self) -> str | None:
@@ -260,13 +280,18 @@ class Analysis:
         return self._s(sympy.Add(*self._saved_by_layer.values()))
 
     def memory(self, optimizer: str | None = None, dtype: Any = None, training: bool = True,
-               step: str = "steady") -> Memory:
+               step: str = "steady", *, gpus: Any = None, strategy: str = "ddp",
+               reshard_after_forward: bool = True, precision: str | None = None,
+               units: Sequence[str] | None = None) -> Memory | ParallelMemory:
         """Bytes one training step holds: parameters, gradients, optimizer state, saved
         activations and the peak, with the node where it occurs; see :func:`symcx.memory.step_memory`.
 
         Analysed with ``optimizer=...``, the iteration's optimizer step is traced: ``step``
         is ``"steady"`` (state made by an earlier step) or ``"first"`` (a fresh optimizer, its
         state made in the step). Otherwise ``optimizer`` names a modelled one (default SGD).
+        With ``gpus`` (a number or ``symcx.g``), the per-GPU memory under ``strategy``
+        (``"ddp"``, ``"zero1"``, ``"zero2"``, ``"fsdp"``), t per GPU: a
+        :class:`~symcx.parallel.ParallelMemory`; see :func:`symcx.parallel.parallel_memory`.
 
         >>> import torch, symcx
         >>> mlp = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
@@ -274,11 +299,43 @@ class Analysis:
         >>> mem.params, mem.optimizer, mem.activations, mem.peak_layer
         (92, 200, 12*t, '1')
         """
+        if gpus is not None:
+            return self._parallel(parallel_memory, optimizer, dtype, training, step, gpus, strategy,
+                                  reshard_after_forward, precision, units)
         key = (optimizer, str(dtype), training, step)
         if key not in self._memories:
             self._memories[key] = self._memory_model.memory(
                 optimizer=optimizer, dtype=dtype, training=training, values=self._values or None, iteration=step)
         return self._memories[key]
+
+    def _parallel(self, fn: Callable, optimizer: Any, dtype: Any, training: bool, step: str, gpus: Any,
+                  strategy: str, reshard: bool, precision: str | None, units: Sequence[str] | None) -> Any:
+        """:func:`parallel_memory` or :func:`communication` of the step, FSDP2's padding checked once
+        against ``fully_shard`` where the route gave a way to run it."""
+        if (optimizer, dtype, training, step) != (None, None, True, "steady"):
+            raise SymcxError("memory(gpus=...) is the steady training step as traced: analyze(..., optimizer=...) "
+                             "for the optimizer; optimizer=, dtype=, training=False and step='first' do not apply")
+        if strategy == "fsdp" and self._shards is not None:
+            found = fsdp_units(self.step, units)
+            shapes = {v.param: tuple(int(d) for d in v.out.shape) for v in self.step.nodes
+                      if v.phase == "param" and all(sympy.sympify(d).is_Integer for d in v.out.shape)}
+            check_fsdp_shards(lambda k: self._shards(k, found), shapes)
+            self._shards = None  # checked: the rule holds for this model
+        out = fn(self.step, gpus, strategy, reshard_after_forward=reshard, precision=precision, units=units)
+        return out.subs(self._values) if self._values else out
+
+    def communication(self, gpus: Any, strategy: str, *, reshard_after_forward: bool = True,
+                      precision: str | None = None, units: Sequence[str] | None = None) -> Communication:
+        """Bytes each GPU sends per step under ``strategy`` on ``gpus`` GPUs, ring algorithm, by collective;
+        see :func:`symcx.parallel.communication`.
+
+        >>> import torch, symcx
+        >>> a = symcx.analyze(torch.nn.Linear(4, 3), torch.randn(2, 4))
+        >>> a.communication(symcx.g, "ddp").all_reduce  # 2(g-1)/g of 60 gradient bytes
+        60*(2*g - 2)/g
+        """
+        return self._parallel(communication, None, None, True, "steady", gpus, strategy, reshard_after_forward,
+                              precision, units)
 
     @property
     def optimizer(self) -> str | None:
@@ -313,21 +370,24 @@ class Analysis:
         return LayerTable(self._rows)
 
     # --- totals over training ------------------------------------------------------------
-    def training(self, epochs: Any = n, samples: Any = N) -> Training:
+    def training(self, epochs: Any = n, samples: Any = N, gpus: Any = 1) -> Training:
         """Totals for ``epochs`` passes over ``samples`` examples, ``ceiling(N/t)`` steps each.
 
         The last, partial batch is counted as a full one (an upper bound by at most one step).
+        With ``gpus`` (a number or ``symcx.g``) data-parallel, t per GPU: a step takes the global
+        batch ``g·t`` (``ceiling(N/(g·t))`` steps), and its FLOPs are ``g`` times one GPU's.
         """
-        batch = self._values.get(t, t)
+        batch = self._values.get(t, t) * sympy.sympify(gpus)
         steps = sympy.ceiling(sympy.sympify(samples) / batch)
-        step = self.step_flops
+        step = self.step_flops * sympy.sympify(gpus)
         return Training(
             steps_per_epoch=steps,
             flops_per_step=step,
             flops_per_epoch=steps * step,
             total_flops=sympy.sympify(epochs) * steps * step,
-            other_flops_total=sympy.sympify(epochs) * steps * (self.forward_other_flops + self.backward_other_flops
-                                                              + self.optimizer_other_flops),
+            other_flops_total=sympy.sympify(epochs) * steps * sympy.sympify(gpus) * (
+                self.forward_other_flops + self.backward_other_flops + self.optimizer_other_flops),
+            global_batch=batch,
         )
 
     def big_o(self, of: str = "training") -> sympy.Expr:
@@ -369,7 +429,7 @@ class Analysis:
                     f"(e.g. symcx.symbol('b')), not {value!r} ({type(value).__name__})"
                 )
             merged[sym] = sympy.Integer(value)
-        return Analysis(self.step, self.unsupported, self._memory_model, merged)
+        return Analysis(self.step, self.unsupported, self._memory_model, merged, self._shards)
 
     def __repr__(self) -> str:
         syms = ", ".join(self.symbols) or "none"

@@ -29,9 +29,11 @@ from typing import Any, NoReturn
 from . import __version__
 from .errors import ShapeError, SymcxError, TraceError
 from .files import write_text_atomically
-from .capture import optimizer_factory
+from .capture import PRECISIONS, optimizer_factory
+from .checkpointing import checkpoint_blocks
 from .cli_specs import example_input, load_model, parse_input, parse_model_args, parse_symbolic
-from .symbols import N, n, symbol
+from .symbols import N, g, n, symbol
+from .parallel import parallel_report
 from .memory import OPTIMIZER_COPIES
 from .zoo import BUNDLED
 
@@ -138,6 +140,11 @@ def _optimizer(text: str) -> Any:
     return optimizer_factory(name, **kwargs)
 
 
+def _gpus(text: str) -> Any:
+    """``--gpus``: a positive integer, or ``g`` for formulas in the number of GPUs."""
+    return g if text == "g" else _positive_int(text)
+
+
 def _input_spec(text: str) -> str:
     parse_input(text)
     return text
@@ -157,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_analyze(sub)
     _add_validate(sub)
+    _add_calibrate(sub)
     return parser
 
 
@@ -187,6 +195,15 @@ def _add_analyze(sub: Any) -> None:
                    help=f"the memory table's optimizer: {', '.join(OPTIMIZERS)} (modelled; any case; default: sgd), "
                    "or any torch.optim class with arguments, traced with the iteration "
                    "(RMSprop, AdamW:lr=1e-3,fused=true)")
+    a.add_argument("--precision", choices=tuple(PRECISIONS), default=None,
+                   help="trace the step at this precision: the forward under torch.autocast (bf16-autocast; "
+                   "fp16-autocast with GradScaler) or the model cast (bf16, fp16, fp32, fp64). Default: as built")
+    a.add_argument("--checkpoint", action="store_true",
+                   help="activation checkpointing: Hugging Face's gradient_checkpointing_enable, or "
+                   "torch.utils.checkpoint around each block of the model's ModuleList/Sequential containers")
+    a.add_argument("--accumulate", type=_arg(_positive_int), default=1, metavar="K",
+                   help="gradient accumulation: K micro-batches of t per optimizer step (memory of the whole "
+                   "iteration; FLOPs per micro-batch)")
     a.add_argument("--inference", action="store_true",
                    help="serving cost instead of a training step: prefill (t, L), one decode step after P cached "
                    "tokens, KV-cache bytes, G generated tokens (a causal model with a KV cache; table, markdown, json)")
@@ -203,6 +220,10 @@ def _add_analyze(sub: Any) -> None:
     a.add_argument("--fragment", action="store_true",
                    help="with --format latex: a fragment to \\input, not a whole document")
     a.add_argument("--strict", action="store_true", help="fail on an op that has no cost rule instead of listing it")
+    a.add_argument("--gpus", type=_arg(_gpus), default=None, metavar="G|g",
+                   help="per-GPU memory and communication data-parallel on G GPUs (g: a formula in g), t per GPU")
+    a.add_argument("--strategy", choices=("ddp", "zero1", "zero2", "fsdp"), default="ddp",
+                   help="with --gpus: ddp, zero1, zero2 or fsdp (FSDP2 fully_shard; default: ddp)")
 
 
 
@@ -220,11 +241,24 @@ def _add_validate(sub: Any) -> None:
     v.add_argument("--batch-sizes", type=_arg(_batch_sizes), default=[1, 16, 64, 256], metavar="LIST",
                    help="comma-separated batch sizes (default: 1,16,64,256)")
     v.add_argument("--backward", action="store_true", help="time and measure full training steps, not forward only")
+    v.add_argument("--gpus", type=_arg(_positive_int), default=None, metavar="G",
+                   help="with --backward: run G gloo processes on this CPU and compare each rank's peak")
+    v.add_argument("--strategy", choices=("ddp", "fsdp"), default="ddp",
+                   help="with --gpus: DistributedDataParallel or FSDP2 fully_shard (default: ddp)")
     v.add_argument("--repeats", type=_arg(_positive_int), default=20, help="timed runs per batch size (default: 20)")
     v.add_argument("--warmup", type=_arg(_count), default=3, help="untimed runs first (default: 3)")
     v.add_argument("--force", action="store_true",
                    help="run every size, even one whose predicted peak exceeds the device's free memory "
                    "(by default such a size is skipped, with the reason)")
+    v.add_argument("--run", choices=("graph", "model"), default="graph",
+                   help="graph (default): also execute the traced joint graph, check it equals eager, time it per "
+                   "node and predict the step time; model: the eager model only")
+    v.add_argument("--calibration", metavar="FILE",
+                   help="predict step time from a calibration written by 'symcx calibrate' (default: a fit on the "
+                   "sweep's own node times, marked in-sample)")
+    v.add_argument("--device-profile", metavar="NAME",
+                   help="predict step time from a GPU's datasheet roofline: a100-40gb, a100-80gb, h100-sxm, "
+                   "h100-pcie, h200, l4")
     v.add_argument("--format", choices=("table", "json", "latex"), default="table",
                    help="table (default: the terminal table; --output writes JSON), json, or latex: the "
                    "predicted-vs-measured table, the fits and the --plot as a figure, for a write-up")
@@ -233,6 +267,26 @@ def _add_validate(sub: Any) -> None:
                    "sizes that finished, \"partial\": true)")
     v.add_argument("--plot", metavar="FILE",
                    help=f"plot measured against predicted to FILE ({', '.join(PLOT_EXTENSIONS)})")
+
+
+def _add_calibrate(sub: Any) -> None:
+    """The ``calibrate`` subcommand: fit the step-time model on a device, save it as JSON."""
+    c = sub.add_parser("calibrate", help="fit the step-time model on a device from a traced graph's node times",
+                       description="Trace one training step of MODEL (default: symcx's calibration net), run the\n"
+                       "traced graph at each batch size, time every node, and fit per op class a launch\n"
+                       "floor, seconds per FLOP and per byte; 'validate --calibration FILE' predicts from it.",
+                       epilog="examples:\n  symcx calibrate --device cpu --output cal.json\n"
+                       "  symcx validate resnet18 --backward --calibration cal.json",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("--model", metavar="MODEL", help=_MODEL_HELP + " (default: symcx's calibration net)")
+    c.add_argument("--model-args", type=_arg(parse_model_args), default={}, metavar="K=V,...", help=_MODEL_ARGS_HELP)
+    c.add_argument("--input", type=_arg(_input_spec), metavar="SHAPE", help=_INPUT_HELP)
+    c.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default: cpu)")
+    c.add_argument("--batch-sizes", type=_arg(_batch_sizes), default=[1, 2, 4, 8, 16, 32, 64], metavar="LIST",
+                   help="comma-separated batch sizes (default: 1,2,4,8,16,32,64)")
+    c.add_argument("--repeats", type=_arg(_positive_int), default=5, help="timed runs per batch size (default: 5)")
+    c.add_argument("--warmup", type=_arg(_count), default=1, help="untimed runs first (default: 1)")
+    c.add_argument("--output", metavar="FILE", help="write the calibration JSON to FILE instead of stdout")
 
 
 def write_atomic(path: str, text: str) -> None:
@@ -361,8 +415,16 @@ def _analyze(args: argparse.Namespace) -> int:
     if args.inference:
         return _serve(model, x, args)
     traced = None if isinstance(args.optimizer, str) else args.optimizer
+    if (args.gpus is not None or args.accumulate > 1) and traced is None:  # the optimizer's step as traced
+        traced = optimizer_factory(args.optimizer)
+    if args.checkpoint:
+        print(f"checkpointing: {checkpoint_blocks(model)}", file=sys.stderr)
     with _input_hint(model, args.input):
-        analysis = analyze(model, x, dims=dims, widths=widths, strict=args.strict, optimizer=traced)
+        analysis = analyze(model, x, dims=dims, widths=widths, strict=args.strict, optimizer=traced,
+                           precision=args.precision, accumulate=args.accumulate)
+    if args.gpus is not None:
+        _emit(parallel_report(analysis, args.gpus, args.strategy, args.batch, args.format), args.output)
+        return 0
     timeline = _plot_memory(analysis, args)
     at = {"t": args.batch} if args.batch is not None else None
     common = dict(at=at, epochs=args.epochs, samples=args.samples, optimizer=None if traced else args.optimizer)
@@ -430,6 +492,8 @@ def _validate(args: argparse.Namespace) -> int:
         raise SymcxError(f"{args.model} builds its parameters on the meta device, which holds no data to run; "
                          f"validate runs the model for real: build it on cpu or cuda ('symcx analyze' works on meta)")
     x = example_input(model, args.input)
+    if args.gpus is not None:
+        return _validate_ranks(model, x, args)
     from .validation import validate
 
     with Progress(console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty()) as bar:
@@ -442,7 +506,8 @@ def _validate(args: argparse.Namespace) -> int:
 
         with _input_hint(model, args.input):
             result = validate(model, x, device=args.device, batch_sizes=args.batch_sizes, backward=args.backward,
-                              repeats=args.repeats, warmup=args.warmup, progress=progress, force=args.force)
+                              repeats=args.repeats, warmup=args.warmup, progress=progress, force=args.force,
+                              run=args.run, calibration=args.calibration, device_profile=args.device_profile)
     if args.format == "table" or args.output is not None:
         _console(stderr=args.output is None and args.format != "table").print(result.rich_table())
     if result.partial:
@@ -462,6 +527,42 @@ def _validate(args: argparse.Namespace) -> int:
     for line in result.failures:
         print(f"symcx validate: FLOP mismatch: {line}", file=sys.stderr)
     return 0 if result.ok else 1
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    _check_writable(args.output)
+    from .validation import calibrate_device
+
+    model = x = None
+    if args.model is not None:
+        model = load_model(args.model, args.model_args)
+        x = example_input(model, args.input)
+    cal = calibrate_device(model, x, device=args.device, batch_sizes=args.batch_sizes, repeats=args.repeats,
+                           warmup=args.warmup)
+    _emit(cal.to_json() + "\n", args.output)
+    print(f"symcx calibrate: {cal.device}: per-node fit R² {cal.r2:.3f}", file=sys.stderr)
+    return 0
+
+
+def _validate_ranks(model: Any, x: Any, args: argparse.Namespace) -> int:
+    """``validate --gpus G --strategy S``: one gloo process per rank, each rank's peak against the formula."""
+    from .validation.distributed import validate_distributed
+
+    if not args.backward or args.device != "cpu" or args.format == "latex":
+        raise SymcxError("--gpus validates training steps on gloo CPU processes: give --backward, --device cpu "
+                         "and --format table or json")
+    with _input_hint(model, args.input):
+        report = validate_distributed(model, x, gpus=args.gpus, strategy=args.strategy, batch_sizes=args.batch_sizes)
+    if args.format == "json":
+        import json
+
+        text = json.dumps(report, indent=2) + "\n"
+    else:
+        text = "".join(f"t={run['batch']} rank {r['rank']}: predicted {r['predicted_peak_bytes']:,} B, measured "
+                       f"{r['measured_peak_bytes']:,} B ({r['error']:+.1%})\n" for run in report["runs"]
+                       for r in run["ranks"])
+    _emit(text, args.output)
+    return 0
 
 
 def _validation_latex(result: Any, args: argparse.Namespace) -> str:
@@ -500,7 +601,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     2
     """
     args = build_parser().parse_args(argv)
-    command = {"analyze": _analyze, "validate": _validate}[args.command]
+    command = {"analyze": _analyze, "validate": _validate, "calibrate": _calibrate}[args.command]
     try:
         return command(args)
     except (SymcxError, OSError) as err:

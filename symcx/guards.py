@@ -19,7 +19,7 @@ import sympy
 from sympy.printing.pycode import PythonCodePrinter
 
 __all__ = [
-    "as_bound", "tightest", "holds_everywhere", "violating_hints", "readable", "Pattern", "pattern_of",
+    "as_bound", "tightest", "given_divisibility", "holds_everywhere", "violating_hints", "readable", "Pattern", "pattern_of",
     "probe_values",
 ]
 
@@ -44,11 +44,50 @@ def as_bound(rel: sympy.Basic) -> sympy.Basic:
     return sympy.Le(s, sympy.ceiling(c) - 1 if strict else sympy.floor(c))
 
 
+def _divisor(rel: sympy.Basic) -> tuple[sympy.Symbol, int] | None:
+    """``(s, k)`` for ``Eq(Mod(s, k), 0)`` (s a multiple of k), else None."""
+    if isinstance(rel, sympy.Equality) and rel.rhs == 0 and isinstance(rel.lhs, sympy.Mod):
+        s, k = rel.lhs.args
+        if s.is_Symbol and k.is_Integer:
+            return s, int(k)
+    return None
+
+
+def given_divisibility(bounds: list[sympy.Basic]) -> list[sympy.Basic]:
+    """Each condition rewritten knowing the divisibilities among ``bounds``: with ``Eq(Mod(L, 8), 0)``,
+    ``8 < L + Mod(7*L, 8)`` reads ``L >= 16`` (L = 8q, q ≥ 2); one that then always holds is dropped.
+
+    >>> import sympy
+    >>> L = sympy.Symbol("L", positive=True, integer=True)
+    >>> given_divisibility([sympy.Eq(sympy.Mod(L, 8), 0), 8 < L + sympy.Mod(7 * L, 8)])
+    [Eq(Mod(L, 8), 0), L >= 16]
+    """
+    divs = dict(d for d in map(_divisor, bounds) if d is not None)
+    out = []
+    for rel in bounds:
+        syms = rel.free_symbols & divs.keys()
+        if _divisor(rel) is not None or len(syms) != 1 or len(rel.free_symbols) != 1:
+            out.append(rel)
+            continue
+        (s,) = syms
+        q = sympy.Symbol(f"{s}_q", positive=True, integer=True)
+        rewritten = rel.subs(s, divs[s] * q)
+        if rewritten is sympy.true:
+            continue
+        bound = as_bound(rewritten) if isinstance(rewritten, sympy.core.relational.Relational) else rewritten
+        if isinstance(bound, (sympy.GreaterThan, sympy.LessThan)) and bound.lhs == q and bound.rhs.is_Integer:
+            out.append(type(bound)(s, divs[s] * bound.rhs))
+        else:
+            out.append(rel)
+    return out
+
+
 def tightest(bounds: list[sympy.Basic]) -> list[sympy.Basic]:
-    """Keep the largest lower bound and the smallest upper bound of each symbol; drop repeats."""
+    """Keep the largest lower bound and the smallest upper bound of each symbol, with the
+    divisibilities applied (:func:`given_divisibility`); drop repeats."""
     best: dict[tuple[sympy.Symbol, bool], sympy.Basic] = {}
     rest: list[sympy.Basic] = []
-    for b in bounds:
+    for b in given_divisibility(bounds):
         if isinstance(b, (sympy.GreaterThan, sympy.LessThan)) and b.lhs.is_Symbol and b.rhs.is_Number:
             key = (b.lhs, isinstance(b, sympy.GreaterThan))
             old = best.get(key)

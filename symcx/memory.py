@@ -24,7 +24,7 @@ import sympy
 
 from .cost import TensorInfo
 from .errors import SymcxError
-from .opsets import GRAD_SEEDS
+from .opsets import GRAD_SEEDS, UNMODELLED_MEMORY
 from .budget import max_batch_size, parse_bytes
 from .peak import max_of, peak_points
 from .step import Step, storage_keys
@@ -56,7 +56,7 @@ STEP_NODE = "optimizer.step"
 _FLOAT_DTYPES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 #: The byte totals of a :class:`Memory`, in the order reports list them.
 MEMORY_FIELDS = ("params", "buffers", "inputs", "grads", "optimizer", "activations", "peak", "inference_peak",
-                 "optimizer_made")
+                 "optimizer_made", "held_grads")
 _END = float("inf")
 ZERO = sympy.Integer(0)
 
@@ -108,6 +108,8 @@ class Memory:
     candidates: tuple[tuple[str, sympy.Expr], ...]
     by_layer: tuple[LayerMemory, ...]
     optimizer_made: sympy.Expr = sympy.Integer(0)
+    not_modelled: tuple[str, ...] = ()
+    held_grads: sympy.Expr = sympy.Integer(0)
 
     def __repr__(self) -> str:
         return (
@@ -124,9 +126,10 @@ class Memory:
 
     @property
     def resident(self) -> sympy.Expr:
-        """Bytes held before the step starts: parameters, buffers, inputs and the optimizer state it
-        finds (``optimizer`` less ``optimizer_made``, the state a traced first step makes itself)."""
-        return self.params + self.buffers + self.inputs + self.optimizer - self.optimizer_made
+        """Bytes held before the step starts: parameters, buffers, inputs, the optimizer state it
+        finds (``optimizer`` less ``optimizer_made``, the state a traced first step makes itself)
+        and the gradients ``zero_grad(set_to_none=False)`` kept (``held_grads``)."""
+        return self.params + self.buffers + self.inputs + self.optimizer - self.optimizer_made + self.held_grads
 
     def max_batch_size(self, budget_bytes: int | str) -> int:
         """Largest batch ``t`` whose peak fits in ``budget_bytes`` (0 if not even ``t = 1``).
@@ -139,7 +142,16 @@ class Memory:
         28*t + 128
         >>> mem.max_batch_size(1024)
         32
+
+        Raises
+        ------
+        SymcxError
+            When ``not_modelled`` lists ops whose memory the peak leaves out (an RNN kernel's
+            workspace): the answer would be too large.
         """
+        if self.not_modelled:
+            raise SymcxError("the peak leaves out memory that cannot be sized, so no batch size is safe: "
+                             + "; ".join(self.not_modelled))
         return max_batch_size(self.peak, budget_bytes)
 
 
@@ -214,6 +226,11 @@ def _lives(step: Step, dtype: str | None) -> dict[str, _Life]:
                     life.fwd_last = max(life.fwd_last, when)
                 elif v.phase in ("loss", "output") and life.phase == "forward":
                     life.fwd_last = _END
+    for name, died in step.deaths.items():  # a tensor Python still held (a local of the model's code) lives on
+        for key in storage_keys(step.node(name).value) if name in step else ():
+            life = lives.get(key)
+            if life is not None and life.last != _END:
+                life.last = max(life.last, died)
     return lives
 
 
@@ -275,6 +292,7 @@ class _Iteration:
     grads: sympy.Expr
     state: sympy.Expr
     made: sympy.Expr = ZERO
+    held: sympy.Expr = ZERO
 
 
 def _iteration(step: Step, lives: Mapping[str, _Life], optimizer: str) -> _Iteration:
@@ -287,7 +305,9 @@ def _iteration(step: Step, lives: Mapping[str, _Life], optimizer: str) -> _Itera
         phases = ("forward", "loss", "backward", "optimizer")
         made = sympy.Add(*[s.nbytes for s in lives.values() if s.phase == "optimizer" and s.last == _END])
         points = [(v, step.node(v).phase, e) for v, e in _walk(lives, phases, "last")]
-        return _Iteration(base + _total(lives, "state"), points, grads, _total(lives, "state") + made, made)
+        held = _total(lives, "grad")
+        return _Iteration(base + _total(lives, "state") + held, points, grads, _total(lives, "state") + made, made,
+                          held)
     state = OPTIMIZER_COPIES[optimizer] * grads + _STEP_SCALAR_BYTES.get(optimizer, 0) * len(trainable)
     phases = ("forward", "loss", "backward")
     kept_to_end = sympy.Add(*[s.nbytes for s in lives.values() if s.last == _END and s.phase in phases])
@@ -376,7 +396,17 @@ def step_memory(
         peak_layer=step.node(peak_node).layer if peak_node in step else ("optimizer" if peak_node else ""),
         inference_peak_node=inf_node, candidates=candidates,
         by_layer=_by_layer(step, lives, saved if training else [], training, ev), optimizer_made=ev(made),
+        not_modelled=not_modelled(step), held_grads=ev(it.held if it is not None else ZERO),
     )
+
+
+def not_modelled(step: Step) -> tuple[str, ...]:
+    """``op (layer): what`` for each op family of the step whose kernel allocates unsized memory."""
+    seen: dict[str, str] = {}
+    for node in step.nodes:
+        if node.packet in UNMODELLED_MEMORY and node.packet not in seen:
+            seen[node.packet] = f"{node.packet} ({node.layer}): {UNMODELLED_MEMORY[node.packet]}"
+    return tuple(seen.values())
 
 
 def memory_timeline(
@@ -464,28 +494,38 @@ class MemoryModel(Protocol):
 class TracedMemory:
     """The memory model of a traced step: :func:`step_memory` over its records.
 
-    ``first``, when the step was traced with an optimizer, traces the first iteration of a
-    fresh optimizer (its state made in the step), once, when it is first asked for.
+    ``retrace(iteration, dtype)`` traces the step again for memory alone, once per request,
+    when it is first asked for: the first iteration of a fresh optimizer (``"first"``, its state
+    made in the step), the model at another float ``dtype`` (as ``model.to(dtype)`` makes it), and,
+    with ``accumulate`` (``separate``), every iteration: its micro-steps traced in full.
     """
 
     step: Step
-    first: Callable[[], Step] | None = None
-    _first_step: Step | None = dataclasses.field(default=None, repr=False)
+    retrace: Callable[[str, Any], Step] | None = None
+    separate: bool = False
+    _steps: dict[tuple[str, str], Step] = dataclasses.field(default_factory=dict, repr=False)
 
     def memory(self, *, optimizer: str | None = None, dtype: Any = None, training: bool = True,
                values: Mapping[sympy.Symbol, Any] | None = None, iteration: str = "steady") -> Memory:
-        """:func:`step_memory` of the step (``iteration="first"``: of the first optimizer step)."""
-        step = self.step
-        if iteration == "first":
-            if self.first is None:
-                raise SymcxError("the first step differs from the steady state only with a traced optimizer: "
-                                 "analyze(..., optimizer=...)")
-            if self._first_step is None:
-                self._first_step = self.first()
-            step = self._first_step
-        elif iteration != "steady":
+        """:func:`step_memory` of the step (``iteration="first"``: of the first optimizer step; with
+        ``dtype``, of the step traced again at that dtype)."""
+        if iteration not in ("steady", "first"):
             raise SymcxError(f"iteration must be 'steady' or 'first', not {iteration!r}")
-        return step_memory(step, optimizer=optimizer, dtype=dtype, training=training, values=values)
+        if iteration == "first" and self.step.optimizer is None:
+            raise SymcxError("the first step differs from the steady state only with a traced optimizer: "
+                             "analyze(..., optimizer=...)")
+        if dtype is not None:
+            _dtype_name(dtype)  # an unknown dtype is refused before any trace
+        step = self.step
+        if iteration == "first" or dtype is not None or self.separate:
+            if self.retrace is None:
+                raise SymcxError("this analysis cannot trace its step again (memory(dtype=...) needs the model)")
+            key = (iteration, str(dtype))
+            if key not in self._steps:
+                self._steps[key] = self.retrace(iteration, dtype)
+            step = self._steps[key]
+        mem = step_memory(step, optimizer=optimizer, training=training, values=values)
+        return dataclasses.replace(mem, dtype=_dtype_name(dtype)) if dtype is not None else mem
 
     def layers(self) -> tuple[LayerMemory, ...]:
         """Parameter, gradient and saved bytes per layer (SGD, traced dtypes)."""

@@ -5,7 +5,7 @@ Every set here is keyed by family name (``"aten.view"``), as :func:`symcx._torch
 
 from __future__ import annotations
 
-__all__ = ["ALIAS_OPS", "GRAD_SEEDS"]
+__all__ = ["ALIAS_OPS", "GRAD_SEEDS", "UNMODELLED_MEMORY"]
 
 #: Ops whose output aliases an input's storage: they allocate nothing and compute nothing.
 ALIAS_OPS = frozenset(
@@ -21,3 +21,10 @@ ALIAS_OPS = frozenset(
 
 #: Ops that create the backward's initial gradient from the loss: not activations.
 GRAD_SEEDS = frozenset({"aten.ones_like", "aten.full_like", "aten.ones", "aten.full", "aten.scalar_tensor"})
+
+#: Ops whose kernel allocates memory no shape rule can size: the memory model flags them.
+UNMODELLED_MEMORY = {
+    "aten.mkldnn_rnn_layer": "oneDNN's RNN workspace (sized by oneDNN at run time; torch's meta kernel makes it "
+                             "empty, aten/src/ATen/native/mkldnn/RNN.cpp)",
+    "aten._cudnn_rnn": "cuDNN's RNN reserve space (sized by cuDNN at run time)",
+}

@@ -13,8 +13,9 @@ from collections.abc import Iterable, Mapping
 from fractions import Fraction
 
 import sympy
+from sympy.solvers.simplex import InfeasibleLPError, linprog
 
-__all__ = ["peak_points", "max_of"]
+__all__ = ["peak_points", "max_of", "dominates"]
 
 
 def _dominates(a: sympy.Expr, b: sympy.Expr, symbols: list[sympy.Symbol]) -> bool:
@@ -31,6 +32,13 @@ def _dominates(a: sympy.Expr, b: sympy.Expr, symbols: list[sympy.Symbol]) -> boo
         return all(c >= 0 for c in sympy.Poly(diff).coeffs())
     except sympy.PolynomialError:
         return False
+
+
+def dominates(a: sympy.Expr, b: sympy.Expr) -> bool:
+    """True when ``a >= b`` is proved for every positive integer value of their symbols (a
+    sufficient test: see :func:`_dominates`)."""
+    symbols = sorted((sympy.sympify(a) - sympy.sympify(b)).free_symbols, key=str)
+    return _dominates(sympy.sympify(a), sympy.sympify(b), symbols)
 
 
 def _probes(symbols: list[sympy.Symbol], hints: Mapping[sympy.Symbol, int]) -> list[dict]:
@@ -123,7 +131,93 @@ def peak_points(
         if any(all(a >= b for a, b in zip(values[j], values[i])) and dominates(j, i) for j in kept):
             continue
         kept.append(i)
+    if len(kept) > 2 and all(i in shifted for i in kept):
+        kept = _envelope(_inner_points_dropped(kept, shifted), shifted, values)
     return [(unique[exprs[i]], exprs[i]) for i in kept], unique[exprs[ranked[0]]]
+
+
+def _direction(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+    """The direction from ``a`` to ``b``, divided by the gcd of its entries (the sign kept)."""
+    d = tuple(y - x for x, y in zip(a, b))
+    g = math.gcd(*d)
+    return tuple(v // g for v in d) if g else d
+
+
+def _inner_points_dropped(kept: list[int], shifted: Mapping[int, Monomials]) -> list[int]:
+    """Drop each point that lies on the segment between two others still kept (exactly collinear:
+    ``b - c = μ·(c - a)``, μ > 0). Identical blocks make such lines, one point per block and op:
+    the inner ones are never above both ends. Each drop is checked against the points still kept,
+    so the ``Max`` of what remains is the ``Max`` of all."""
+    keys = sorted(set().union(*(shifted[i].keys() for i in kept)))
+    scale = math.lcm(*(int(c.denominator) for i in kept for c in shifted[i].values())) or 1
+    vec = {i: tuple(int(shifted[i].get(k, 0) * scale) for k in keys) for i in kept}
+    out = list(kept)
+    for c in reversed(kept):  # the smallest at the hints first
+        others = [i for i in out if i != c]
+        incoming = {_direction(vec[a], vec[c]) for a in others}
+        if any(_direction(vec[c], vec[b]) in incoming for b in others):
+            out.remove(c)
+    return out
+
+
+def _between(a: Monomials, b: Monomials, c: Monomials) -> bool:
+    """Whether some λ in [0, 1] makes ``(1-λ)·a + λ·b`` at least ``c`` coefficient by coefficient
+    (shifted polynomials: then ``c <= max(a, b)`` at every size, since ``c`` is below a point of
+    the segment from ``a`` to ``b``). Each coefficient bounds λ on one side; the bounds must meet."""
+    lo, hi = Fraction(0), Fraction(1)
+    for k in a.keys() | b.keys() | c.keys():
+        ak, bk, ck = a.get(k, 0), b.get(k, 0), c.get(k, 0)
+        slope, need = bk - ak, ck - ak  # λ·slope >= need
+        if slope == 0:
+            if need > 0:
+                return False
+        elif slope > 0:
+            lo = max(lo, need / slope)
+        else:
+            hi = min(hi, need / slope)
+        if lo > hi:
+            return False
+    return True
+
+
+def _envelope(kept: list[int], shifted: Mapping[int, Monomials], values: list[tuple]) -> list[int]:
+    """Drop each point below a segment between two others still kept (see :func:`_between`).
+
+    The segments tried end at any two kept points when they are few (:data:`_ALL_SEGMENTS`),
+    else at the points largest at some probe (the envelope's corners), which are never dropped.
+    """
+    corners = set(max(kept, key=lambda i: values[i][p]) for p in range(len(values[kept[0]])))
+    out = list(kept)
+    for c in reversed(kept):
+        if c in corners:
+            continue
+        ends = [i for i in out if i != c and i in corners]
+        if any(_between(shifted[a], shifted[b], shifted[c]) for a, b in itertools.combinations(ends, 2)):
+            out.remove(c)
+    if len(out) <= _HULL_POINTS:
+        for c in reversed(list(out)):
+            if _below_hull(shifted[c], [shifted[i] for i in out if i != c]):
+                out.remove(c)
+    return out
+
+
+def _below_hull(c: Monomials, others: list[Monomials]) -> bool:
+    """Whether a convex combination of ``others`` is at least ``c`` coefficient by coefficient (an
+    exact linear program, sympy's simplex): then ``c`` is never above all of them at once."""
+    if len(others) < 2:
+        return False
+    keys = sorted(set(c).union(*others))
+    A = sympy.Matrix([[-o.get(k, 0) for o in others] for k in keys])
+    b = sympy.Matrix([-c.get(k, 0) for k in keys])
+    try:
+        linprog(sympy.Matrix([0] * len(others)), A, b, sympy.ones(1, len(others)), sympy.Matrix([1]))
+    except InfeasibleLPError:
+        return False
+    return True
+
+
+#: Up to this many points, each is tested against the convex hull of the others.
+_HULL_POINTS = 24
 
 
 def max_of(exprs: Iterable[sympy.Expr]) -> sympy.Expr:

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from .analysis import Analysis
-from .capture import DimSpec, Iteration, optimizer_factory, trace_training_step
+from .capture import DimSpec, Iteration, optimizer_factory, precision_of, trace_training_step
+from .capture.distributed import fsdp_shard_numels
 from .errors import ShapeError, SymcxError, TraceError
 from .interpolate import interpolated
 from .memory import MemoryModel, TracedMemory
@@ -45,20 +46,27 @@ def _symbolic(
         step = build_step(trace)
         return step, annotate_costs(step.nodes, strict=strict, options=options)
 
-    step, unsupported = traced(iteration)
-    if iteration is None:
-        return step, unsupported, TracedMemory(step)
+    plain = dataclasses.replace(iteration, micro_steps=1) if iteration is not None else None
+    step, unsupported = traced(plain)
+    if iteration is not None:
+        step.accumulate = iteration.micro_steps  # FLOPs per micro-batch; memory() traces them all
     mode = model.training  # the mode asked for; analyze() restores the model's own after
 
-    def first() -> Step:
+    def retrace(kind: str, dtype: Any) -> Step:
+        it = dataclasses.replace(iteration or Iteration(), step=kind)
+        if dtype is not None:
+            it = dataclasses.replace(it, precision=precision_of(dtype))
+        if it.micro_steps > 2:  # micro-steps after the second repeat it: same ops, same live bytes
+            it = dataclasses.replace(it, micro_steps=2)
         was = model.training
         model.train(mode)
         try:
-            return traced(dataclasses.replace(iteration, step="first"))[0]
+            return traced(it)[0]
         finally:
             model.train(was)
 
-    return step, unsupported, TracedMemory(step, first=first)
+    separate = iteration is not None and iteration.micro_steps > 1
+    return step, unsupported, TracedMemory(step, retrace=retrace, separate=separate)
 
 
 def _dim_specs(dims: Mapping[str, Any] | None) -> list[DimSpec]:
@@ -79,6 +87,18 @@ def _dim_specs(dims: Mapping[str, Any] | None) -> list[DimSpec]:
     return specs
 
 
+def _iteration(optimizer: Any, precision: Any, accumulate: int, set_to_none: bool) -> Iteration | None:
+    """The iteration to trace beyond a plain forward and backward, or None for just that."""
+    if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
+        raise SymcxError(f"accumulate must be a whole number of micro-steps, 1 or more, not {accumulate!r}")
+    if accumulate != 1 and optimizer is None:
+        raise SymcxError("accumulate=... traces the whole iteration up to the optimizer's step: give optimizer= "
+                         "too (e.g. optimizer='sgd')")
+    spec = None if optimizer is None else optimizer_factory(optimizer)
+    it = Iteration(spec, set_to_none=set_to_none, micro_steps=accumulate, precision=precision_of(precision))
+    return None if it == Iteration() else it
+
+
 def _same_cause(first: str, again: str) -> bool:
     """Whether the fallback failed for the symbolic route's own reason (its message contains the cause)."""
     cause = first.strip().splitlines()[0].strip() if first.strip() else ""
@@ -97,6 +117,9 @@ def analyze(
     strict: bool = False,
     causal_attention: bool = False,
     optimizer: Any = None,
+    precision: Any = None,
+    accumulate: int = 1,
+    set_to_none: bool = True,
 ) -> Analysis:
     """Trace one training step of ``model`` and return its symbolic cost.
 
@@ -134,7 +157,20 @@ def analyze(
         ``"RMSprop"``, ``torch.optim.AdamW``, an instance, or ``functools.partial(torch.optim.Adam,
         amsgrad=True)``). ``memory(step="first")`` is the first step of a fresh optimizer. The
         optimizer's own FLOPs land in the ``optimizer`` row's other FLOPs. The iteration ends
-        with ``zero_grad()`` (``set_to_none=True``, PyTorch's default).
+        with ``zero_grad(set_to_none=set_to_none)``.
+    precision : str or torch.dtype, optional
+        ``"bf16-autocast"`` or ``"fp16-autocast"`` (the forward and loss under ``torch.autocast``;
+        fp16 with ``torch.amp.GradScaler``), or ``"bf16"``, ``"fp16"``, ``"fp32"``, ``"fp64"`` (the model
+        as ``model.to(dtype)`` makes it; the user's model is not touched). Default: as given, under
+        whatever autocast the caller's ``with torch.autocast(...)`` block sets.
+    accumulate : int
+        Gradient accumulation: an iteration runs ``accumulate`` micro-batches of ``t``, each
+        forward and backward adding into ``.grad``, then the optimizer's step (needs
+        ``optimizer``). FLOPs and layers stay per micro-batch; ``memory()`` is the whole
+        iteration's, traced (two micro-steps: later ones repeat the second).
+    set_to_none : bool
+        ``zero_grad``'s argument (needs ``optimizer`` when False): with False the gradients stay
+        allocated between iterations and each backward adds into them.
 
     Returns
     -------
@@ -164,7 +200,7 @@ def analyze(
         raise SymcxError(f"widths must be True, False, 'd' or 'letters', not {widths!r}")
     specs = _dim_specs(dims)
     options = {"causal_attention": causal_attention}
-    iteration = None if optimizer is None else Iteration(optimizer_factory(optimizer))
+    iteration = _iteration(optimizer, precision, accumulate, set_to_none)
     was_training = model.training
     model.train(train)
     try:
@@ -188,4 +224,8 @@ def analyze(
                 raise  # the fallback failed for the same reason: the symbolic route's error, once
     finally:
         model.train(was_training)
-    return Analysis(step, unsupported, memory)
+
+    def shards(gpus: int, units: Sequence[str]) -> dict[str, int]:  # fully_shard on a meta copy, fake group
+        return fsdp_shard_numels(model, gpus, units)
+
+    return Analysis(step, unsupported, memory, shards=shards)

@@ -217,6 +217,8 @@ _DETAILS: dict[str, Callable[[OpCall], str]] = {
     "aten.addmm": _linear_details,
     "aten.mm": _linear_details,
     "aten.native_dropout": lambda c: f"p={_fmt(c['p'])}",
+    # eager CPU dropout draws its keep mask with bernoulli_(1 - p) (Dropout.cpp)
+    "aten.bernoulli_": lambda c: f"p={_fmt(round(1 - c['p'], 12))}" if isinstance(c.get("p"), float) else "",
     "aten.native_batch_norm": _batch_norm_details,
     "aten._native_batch_norm_legit": _batch_norm_details,
     "aten._native_batch_norm_legit_no_training": _batch_norm_details,

@@ -102,6 +102,9 @@ class Step:
     fallback_reason: str | None = None
     notes: tuple[str, ...] = ()
     optimizer: str | None = None
+    precision: str = "as given"
+    accumulate: int = 1  # micro-batches per optimizer step (the memory of more than one is traced apart)
+    deaths: dict[str, int] = dataclasses.field(default_factory=dict)  # node -> order when its storage died
 
     def __post_init__(self) -> None:
         self._by_name = {v.name: v for v in self.nodes}
@@ -279,6 +282,8 @@ def _placeholder(trace: Trace, node: torch.fx.Node, order: int, tracked: set[str
         phase, param = "buffer", trace.buffer_nodes[node.name]
     elif node.name in trace.state_nodes:
         phase, param = "state", trace.state_nodes[node.name]
+    elif node.name in trace.grad_nodes:  # a gradient zero_grad(set_to_none=False) kept
+        phase, param = "grad", trace.grad_nodes[node.name]
     else:
         phase, param = "input", None
     out = _info(trace, node.meta.get("val"))
@@ -321,9 +326,12 @@ def build_step(trace: Trace, *, route: str = "symbolic", fallback_reason: str | 
     for v in nodes:
         if v.phase in ("param", "buffer"):
             v.layer = at.first_reader.get(v.name, "")
+    orders = {v.name: v.order for v in nodes}
     return Step(
         nodes=tuple(nodes), storages=st.storages, user_symbols=dict(trace.user_symbols), hints=dict(trace.hints),
         trainable=trace.trainable, assumptions=list(trace.assumptions), dropped_guards=list(trace.dropped_guards),
         module_types=dict(trace.module_types), leaf_modules=trace.leaf_modules, route=route,
         fallback_reason=fallback_reason, notes=tuple(trace.notes), optimizer=trace.optimizer,
+        precision=trace.precision, accumulate=trace.micro_steps,
+        deaths={v: orders[d] for v, d in trace.deaths.items() if d in orders and v in orders},
     )

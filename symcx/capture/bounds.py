@@ -52,10 +52,11 @@ _SAME_VALUES = ALIAS_OPS | {"aten._to_copy", "aten.clone", "aten.contiguous", "a
 
 
 def index_bounds(trace: Trace) -> list[sympy.Basic]:
-    """``end <= rows`` for each ``embedding``/``index_select`` whose indices are ``arange(…, end)``.
+    """``max index + 1 <= rows`` for each ``embedding``/``index_select`` whose indices are positions.
 
-    GPT-2's ``wpe(arange(L))`` into ``n_positions`` rows implies ``L <= n_positions``; BERT gets
-    the bound from a guard, GPT-2 from nothing else.
+    GPT-2's ``wpe(arange(L))`` into ``n_positions`` rows implies ``L <= n_positions``; OPT's
+    ``cumsum(mask) - 1 + 2`` into ``max_positions + 2`` rows the same; BERT gets the bound from a
+    guard, these from nothing else (a fake lookup past the table's end runs).
     """
     out: list[sympy.Basic] = []
     for node in trace.graph.nodes:
@@ -68,30 +69,55 @@ def index_bounds(trace: Trace) -> list[sympy.Basic]:
             table, dim, index = node.args
         else:
             continue
-        end = _arange_end(index)
+        top = _max_index(index, trace)
         rows = getattr(getattr(table, "meta", {}).get("val"), "shape", None)
-        if end is None or rows is None or not isinstance(dim, int):
+        if top is None or rows is None or not isinstance(dim, int):
             continue
-        bound = sympy.Le(trace.expr(end), trace.expr(rows[dim]))
+        bound = sympy.Le(top + 1, trace.expr(rows[dim]))
         if bound not in (sympy.true, sympy.false) and bound.free_symbols <= set(trace.user_symbols.values()):
             out.append(as_bound(bound))
     return out
 
 
-def _arange_end(index: object) -> object | None:
-    """The ``end`` of the ``arange(start, end)`` (step 1, start ≥ 0) an index tensor is a view of."""
-    while isinstance(index, torch.fx.Node) and index.op == "call_function" and is_op(index.target):
-        overload, family = op_names(index.target)
-        if family == "aten.arange":
-            args = index.args
-            if overload == "aten.arange.default":
-                return args[0]
-            start, end = args[0], args[1]
-            step = args[2] if len(args) > 2 else 1
-            return end if step == 1 and isinstance(start, int) and start >= 0 else None
-        if family not in _SAME_VALUES or not index.args:
-            return None
-        index = index.args[0]
+#: Tensors whose every value is 1 (a default attention mask).
+_ONES = {"aten.ones", "aten.ones_like", "aten.new_ones"}
+
+
+def _int(value: object) -> int | None:
+    """``value`` as a Python int, None when it is not a constant integer."""
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _max_index(index: object, trace: Trace) -> sympy.Expr | None:
+    """The largest value of a positions tensor, when it is reached: ``arange(start, end)`` (step 1,
+    start ≥ 0) gives end − 1; a cumulative sum of ones along ``dim`` its size there; an added or
+    subtracted constant, a product with ones, views and casts carry it. None for anything else."""
+    if not (isinstance(index, torch.fx.Node) and index.op == "call_function" and is_op(index.target)):
+        return None
+    overload, family = op_names(index.target)
+    args = index.args
+    if family == "aten.arange":
+        if overload == "aten.arange.default":
+            return trace.expr(args[0]) - 1
+        start, step = _int(args[0]), _int(args[2]) if len(args) > 2 else 1
+        return trace.expr(args[1]) - 1 if step == 1 and start is not None and start >= 0 else None
+    if family == "aten.cumsum" and _family(args[0]) in _ONES:
+        shape = trace.shape(args[0].meta["val"])
+        return shape[args[1]]
+    if family in ("aten.add", "aten.sub") and len(args) == 2 and _int(args[1]) is not None and not index.kwargs:
+        top = _max_index(args[0], trace)
+        return None if top is None else top + (_int(args[1]) if family == "aten.add" else -_int(args[1]))
+    if family == "aten.mul" and len(args) == 2 and _family(args[1]) in _ONES:
+        return _max_index(args[0], trace)
+    if family in _SAME_VALUES and args:
+        return _max_index(args[0], trace)
+    return None
+
+
+def _family(node: object) -> str | None:
+    """The op family of an fx call node, None for anything else."""
+    if isinstance(node, torch.fx.Node) and node.op == "call_function" and is_op(node.target):
+        return op_names(node.target)[1]
     return None
 
 

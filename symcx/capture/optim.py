@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from ..errors import SymcxError
+from .precision import AS_GIVEN, Precision
 from .recorder import Recorder
 
 __all__ = ["OptimizerSpec", "Iteration", "optimizer_factory", "record_optimizer_step", "SHORTHANDS", "STEPS"]
@@ -45,16 +46,33 @@ class OptimizerSpec:
 
 @dataclasses.dataclass(frozen=True)
 class Iteration:
-    """What a traced iteration runs after the backward: ``optimizer.step()`` (the ``steady`` state or
-    the ``first`` step of a fresh optimizer), then ``zero_grad(set_to_none=...)``."""
+    """What a traced iteration runs: ``micro_steps`` forwards and backwards, their gradients
+    accumulated in place as ``loss.backward()`` does, then, with an ``optimizer``,
+    ``optimizer.step()`` (the ``steady`` state or the ``first`` step of a fresh optimizer) and
+    ``zero_grad(set_to_none=...)``; the forward at ``precision``.
 
-    optimizer: OptimizerSpec
+    With ``set_to_none=False`` the steady state finds the gradients already allocated (zeroed by
+    the last ``zero_grad``), so even the first micro-step accumulates into them.
+    """
+
+    optimizer: OptimizerSpec | None = None
     step: str = "steady"
     set_to_none: bool = True
+    micro_steps: int = 1
+    precision: Precision = AS_GIVEN
 
     def __post_init__(self) -> None:
         if self.step not in STEPS:
             raise SymcxError(f"step must be one of {STEPS}, not {self.step!r}")
+        if not self.set_to_none and self.optimizer is None:
+            raise SymcxError("set_to_none=False keeps gradients between iterations: give the optimizer too")
+        if isinstance(self.micro_steps, bool) or not isinstance(self.micro_steps, int) or self.micro_steps < 1:
+            raise SymcxError(f"accumulate must be a whole number of micro-steps, 1 or more, not {self.micro_steps!r}")
+
+    @property
+    def held_grads(self) -> bool:
+        """Whether the gradients exist before the iteration starts (``set_to_none=False``, steady)."""
+        return not self.set_to_none and self.step == "steady"
 
 
 def _optim_classes() -> dict[str, type]:
@@ -122,9 +140,10 @@ def _state_tensors(opt: torch.optim.Optimizer, names: dict[int, str]) -> list[tu
 
 def record_optimizer_step(
     recorder: Recorder, iteration: Iteration, params: Sequence[tuple[str, torch.Tensor]],
-    grads: Sequence[torch.Tensor | None],
+    grads: Sequence[torch.Tensor | None], scaler: Any = None,
 ) -> tuple[dict[str, str], list[torch.Tensor]]:
-    """Record ``optimizer.step()`` and ``zero_grad()`` on fake ``params`` with ``grads`` as their ``.grad``.
+    """Record ``optimizer.step()`` and ``zero_grad()`` on fake ``params`` with ``grads`` as their ``.grad``
+    (with a ``torch.amp.GradScaler``, its ``unscale_`` first and its ``update`` after).
 
     Returns the state placeholders (node name → ``<parameter>.<key>``: the state the recorded step
     finds, made by the constructor and, for the steady state, by an unrecorded warm-up step) and
@@ -146,6 +165,10 @@ def record_optimizer_step(
     placeholders = {recorder.placeholder(f"state_{k}", value).name: name
                     for k, (name, value) in enumerate(_state_tensors(opt, names))}
     recorder.set_tag(phase="optimizer", module="")
+    if scaler is not None:  # GradScaler.step() reads found_inf with .item(); the finite path is traced
+        scaler.unscale_(opt)
     opt.step()
+    if scaler is not None:
+        scaler.update()
     opt.zero_grad(set_to_none=iteration.set_to_none)
     return placeholders, [v for _, v in _state_tensors(opt, names)]

@@ -13,6 +13,7 @@ import dataclasses
 import operator
 import os
 import sys
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -49,10 +50,20 @@ _CAPTURE_DIR = os.path.dirname(os.path.abspath(__file__))
 def outside_torch(path: str) -> bool:
     """True for a source file of the model: not torch's, not the tracer's, not contextlib's.
 
-    (symcx's bundled models in ``symcx/zoo`` are models like any other.)
+    (symcx's bundled models in ``symcx/zoo`` are models like any other.) An absolute path's
+    answer is memoized: every forward op asks it of each frame up to the model's.
     """
-    path = os.path.abspath(path)
-    return not (path.startswith(_TORCH_DIR) or path.startswith(_CAPTURE_DIR) or path.endswith("contextlib.py"))
+    known = _OUTSIDE.get(path)
+    if known is None:
+        full = os.path.abspath(path)
+        known = not (full.startswith(_TORCH_DIR) or full.startswith(_CAPTURE_DIR) or full.endswith("contextlib.py"))
+        if os.path.isabs(path):
+            _OUTSIDE[path] = known
+    return known
+
+
+#: ``outside_torch`` by absolute source path.
+_OUTSIDE: dict[str, bool] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +82,56 @@ def _user_frame() -> str | None:
             return f"{frame.f_code.co_filename}:{frame.f_lineno}"
         frame = frame.f_back
     return None
+
+
+def _eager_frame() -> bool:
+    """Whether the Python code now dropping a reference runs in eager mode too: the model's own
+    code or ``torch.nn``'s, not a decomposition that stands in for a C++ kernel (an RNN's cells
+    kept in a Python list die later than the kernel frees them) nor the tracer or autograd."""
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_code.co_filename.endswith(("weakref.py", "recorder.py")):
+        frame = frame.f_back
+    if frame is None:
+        return False
+    path = frame.f_code.co_filename
+    return outside_torch(path) or any(f"{os.sep}torch{os.sep}{part}" in path for part in _EAGER_TORCH)
+
+
+#: torch's Python that eager runs as the trace does: modules, functionals, optimizers, autograd's engine.
+_EAGER_TORCH = (f"nn{os.sep}", f"optim{os.sep}", f"autograd{os.sep}", f"utils{os.sep}checkpoint.py", f"amp{os.sep}")
+
+
+def _map(fn: Callable[[Any], Any], value: Any) -> Any:
+    """``tree_map(fn, value)`` for an op's arguments, without pytree's overhead on plain containers.
+
+    Exact tuples, lists and dicts (all an aten call's arguments hold) are walked here; their
+    subclasses (a namedtuple, ``torch.Size``) go to ``tree_map``, so the result is pytree's own.
+    """
+    cls = type(value)
+    if cls is tuple or cls is list:
+        return cls([_map(fn, v) for v in value])
+    if cls is dict:
+        return {k: _map(fn, v) for k, v in value.items()}
+    if isinstance(value, (tuple, list, dict)):
+        return tree_map(fn, value)
+    return fn(value)
+
+
+def _leaves(value: Any, out: list[Any] | None = None) -> list[Any]:
+    """``tree_leaves(value)`` with :func:`_map`'s fast path for plain containers."""
+    out = [] if out is None else out
+    cls = type(value)
+    if cls is tuple or cls is list:
+        for v in value:
+            _leaves(v, out)
+    elif cls is dict:
+        for v in value.values():
+            _leaves(v, out)
+    elif isinstance(value, (tuple, list, dict)):
+        out.extend(tree_leaves(value))
+    else:
+        out.append(value)
+    return out
 
 
 def _snapshot(value: Any) -> Any:
@@ -109,6 +170,10 @@ class Recorder(TorchDispatchMode):
         self._decomposes: dict[tuple[OpOverload, str | None], bool] = {}
         self._constants = 0
         self._paused = False
+        self.deaths: dict[str, str] = {}  # node → the last node recorded when its storage died
+        self._watched: set[int] = set()
+        self._watching = False
+        self._last = ""
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
@@ -130,6 +195,10 @@ class Recorder(TorchDispatchMode):
         node.meta["val"] = _snapshot(value)
         self._nodes[value] = node
         return node
+
+    def node_of(self, value: torch.Tensor) -> torch.fx.Node:
+        """The node that made ``value`` (or last wrote it in place)."""
+        return self._nodes[value]
 
     def output(self, result: Any) -> None:
         """The step's results (model outputs and gradients) as the graph's output node."""
@@ -154,15 +223,44 @@ class Recorder(TorchDispatchMode):
         """Bind output tensors to ``node``; each element of a tuple output gets a ``getitem`` node."""
         if isinstance(out, torch.Tensor):
             self._nodes[out] = node
+            self._watch(node, out)
         elif isinstance(out, (tuple, list)):
             for k, item in enumerate(out):
                 sub = self.graph.call_function(operator.getitem, (node, k))
                 sub.meta.update(val=_snapshot(item), custom=self.tag, seq_nr=node.meta["seq_nr"])
                 self._track(sub, item)
 
+    def _watch(self, node: torch.fx.Node, out: torch.Tensor) -> None:
+        """Note when ``out``'s storage dies, if ``node`` made it: ``deaths[node]`` is the node
+        recorded last before then. Python frees a tensor when its last reference goes (a local
+        the model's code still holds, a tensor autograd saved), as eager does; the storage's
+        Python object lives as long as the storage."""
+        if out.layout != torch.strided:
+            return
+        storage = out.untyped_storage()
+        if id(storage) in self._watched:
+            return
+        self._watched.add(id(storage))
+        fin = weakref.finalize(storage, self._died, node.name, id(storage))
+        fin.atexit = False
+
+    def _died(self, name: str, key: int) -> None:
+        self._watched.discard(key)
+        if self._watching and _eager_frame():
+            self.deaths.setdefault(name, self._last)
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        """Record storage deaths (:meth:`_watch`) while the step runs, not after it returns."""
+        self._watching = True
+        try:
+            yield
+        finally:
+            self._watching = False
+
     def _would_decompose(self, func: OpOverload, args: tuple, kwargs: dict) -> bool:
         """``autograd_would_have_decomposed``, memoized by op and device type (all it reads)."""
-        leaves = tree_leaves((args, kwargs))
+        leaves = _leaves((args, kwargs))
         device = next((x.device.type for x in leaves if isinstance(x, torch.Tensor)), None)
         key = (func, device)
         if key not in self._decomposes:
@@ -176,15 +274,17 @@ class Recorder(TorchDispatchMode):
         return self.fake_mode.from_tensor(value)
 
     def _note_random(self, func: OpOverload, args: tuple, kwargs: dict, out: Any) -> None:
-        """Mark outputs derived from a random draw; remember where the model reads one's value."""
+        """Mark outputs that derive from random draws alone (LayerDrop's ``torch.rand([]) < p``, not
+        dropout's ``x * mask``, whose value is the data's too); remember where the model reads one."""
         if func.overloadpacket not in _RANDOM_OPS:
             if not len(self._random):  # no random draw yet: nothing derives from one
                 return
-            if not any(isinstance(x, torch.Tensor) and x in self._random for x in tree_leaves((args, kwargs))):
+            tensors = [x for x in _leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
+            if not tensors or not all(x in self._random for x in tensors):
                 return
         if func in _VALUE_READS:
             self.random_read = self.random_read or _user_frame() or "?"
-        for x in tree_leaves(out):
+        for x in _leaves(out):
             if isinstance(x, torch.Tensor):
                 self._random[x] = True
 
@@ -193,7 +293,7 @@ class Recorder(TorchDispatchMode):
         if func is torch.ops.prim.device.default:  # a metadata query, as make_fx leaves it
             return func(*args, **kwargs)
         if self.fake_mode is not None:
-            args, kwargs = tree_map(self._fake_constant, (args, kwargs))
+            args, kwargs = _map(self._fake_constant, (args, kwargs))
         if self._paused:
             return func(*args, **kwargs)
         if func in _VALUE_READS:  # noted before the read raises (a shape-only trace cannot read values)
@@ -209,7 +309,7 @@ class Recorder(TorchDispatchMode):
         out = func(*args, **kwargs)
         # a fresh constant is copied into the graph (make_fx's rule), so it owns its storage
         target = torch.ops.aten.lift_fresh_copy.default if func is torch.ops.aten.lift_fresh.default else func
-        node_args, node_kwargs = tree_map(self._arg, (args, kwargs))
+        node_args, node_kwargs = _map(self._arg, (args, kwargs))
         node = self.graph.create_node(
             "call_function", target, tuple(node_args), node_kwargs, name=func.overloadpacket.__name__
         )
@@ -217,6 +317,7 @@ class Recorder(TorchDispatchMode):
         if self.tag.get("phase") == "forward":
             node.meta["source"] = _user_frame()
         self._track(node, out)
+        self._last = node.name
         self._note_random(func, args, kwargs, out)
         return out
 

@@ -55,6 +55,10 @@ class Trace:
     notes: list[str] = dataclasses.field(default_factory=list)  # how the trace departed from the request
     state_nodes: dict[str, str] = dataclasses.field(default_factory=dict)  # placeholder -> "<param>.<state key>"
     optimizer: str | None = None  # the traced optimizer's name, when the iteration includes its step
+    grad_nodes: dict[str, str] = dataclasses.field(default_factory=dict)  # placeholder -> param (held .grad)
+    precision: str = "as given"  # the traced precision's name (capture.precision)
+    micro_steps: int = 1  # forwards and backwards traced before the optimizer's step
+    deaths: dict[str, str] = dataclasses.field(default_factory=dict)  # node -> last node when its storage died
     _exprs: dict[Any, sympy.Expr] = dataclasses.field(default_factory=dict, repr=False)
 
     def expr(self, value: Any) -> sympy.Expr:

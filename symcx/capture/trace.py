@@ -27,6 +27,7 @@ from .._torch import (
     FakeTensorMode,
     ShapeEnv,
     StatelessSymbolicContext,
+    eager_dropout_kernels,
     eager_lstm_kernels,
     enable_python_dispatcher,
     reparametrize_module,
@@ -38,6 +39,7 @@ from ..errors import ShapeError, SymcxError, TraceError
 from .bounds import drop_guards
 from .naming import WIDTH, assumptions_of, name_symbols
 from .optim import Iteration, record_optimizer_step
+from .precision import AS_GIVEN, autocast_forward
 from .records import DimSpec, Trace
 from .caches import isolated_caches
 from .kernels import EagerKernels, eager_experts_hint
@@ -170,6 +172,7 @@ def _dynamic_dims(k: int, x: torch.Tensor, batch_dim: int | None, named: Mapping
 def _fake_inputs(
     mode: FakeTensorMode, model: torch.nn.Module, example: Any, *, batch_dim: int | None,
     dims: Sequence[DimSpec], widths: str | None, hints: Mapping[str, int], static: bool,
+    cast: torch.dtype | None = None,
 ) -> tuple[tuple, dict, dict[sympy.Symbol, str]]:
     """The example input as fake tensors with symbolic dims, and each input symbol's name."""
     args, kwargs = _as_tuple(example)
@@ -192,7 +195,8 @@ def _fake_inputs(
                     f"dimension {name!r} has example size {shape[d]}; sizes 0 and 1 are specialized "
                     f"by the tracer, so give an example size of 2 or more"
                 )
-        real = torch.empty(shape, dtype=x.dtype, device=device)
+        dtype = cast if cast is not None and x.is_floating_point() else x.dtype
+        real = torch.empty(shape, dtype=dtype, device=device)
         leaves[pos] = mode.from_tensor(real, symbolic_context=_context(real, set() if static else set(dyn)))
         for d, name in ({} if static else dyn).items():
             input_syms[leaves[pos].shape[d].node.expr] = name
@@ -200,13 +204,22 @@ def _fake_inputs(
     return fargs, fkwargs, input_syms
 
 
+def _cast(value: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """``value`` as ``model.to(dtype)`` would make it (floating point only); its values do not matter."""
+    if dtype is None or not value.is_floating_point() or value.dtype == dtype:
+        return value
+    return torch.empty_like(value, dtype=dtype).requires_grad_(value.requires_grad)
+
+
 def _fake_params(
-    mode: FakeTensorMode, model: torch.nn.Module, widths: str | None
+    mode: FakeTensorMode, model: torch.nn.Module, widths: str | None, cast: torch.dtype | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[sympy.Symbol]]:
-    """Fake parameters and buffers (dims 0 and 1 symbolic with ``widths``), and the width symbols."""
+    """Fake parameters and buffers (dims 0 and 1 symbolic with ``widths``; floats cast to ``cast``),
+    and the width symbols."""
     width_syms: list[sympy.Symbol] = []
 
     def fake(value: torch.Tensor) -> torch.Tensor:
+        value = _cast(value, cast)
         dynamic: set[int] = set()
         if widths and value.dim() >= 1 and value.is_floating_point():
             dynamic = {d for d in {0, 1} & set(range(value.dim())) if value.shape[d] > 1}
@@ -221,10 +234,29 @@ def _fake_params(
     return params, buffers, width_syms
 
 
+def output_tensors(out: Any, depth: int = 4) -> list[torch.Tensor]:
+    """Every tensor the model's output holds, a cache object's (HF's ``DynamicCache``) included.
+
+    The caller keeps the output, so what it holds lives as long (a training loop's ``out``
+    keeps the key/value cache of a decoder built with ``use_cache=True``).
+    """
+    found: dict[int, torch.Tensor] = {}
+
+    def walk(value: Any, left: int) -> None:
+        for leaf in tree_leaves(value):
+            if isinstance(leaf, torch.Tensor):
+                found.setdefault(id(leaf), leaf)
+            elif left > 0 and hasattr(leaf, "__dict__") and not isinstance(leaf, (type, torch.nn.Module)):
+                walk(list(vars(leaf).values()), left - 1)
+
+    walk(out, depth)
+    return list(found.values())
+
+
 def _joint_step(
     model: torch.nn.Module, recorder: Recorder, params: Mapping[str, torch.Tensor], trainable: frozenset[str],
     fargs: tuple, fkwargs: dict, loss_fn: Callable[[Any], torch.Tensor], iteration: Iteration | None = None,
-    state_nodes: dict[str, str] | None = None,
+    state_nodes: dict[str, str] | None = None, grad_nodes: dict[str, str] | None = None,
 ) -> tuple:
     """Forward, loss and ``autograd.grad`` w.r.t. what ``loss.backward()`` would fill, tagged by phase,
     then, with an ``iteration``, the optimizer's step (its state placeholders go in ``state_nodes``).
@@ -235,37 +267,110 @@ def _joint_step(
     """
     recorder.set_tag(phase="forward", module="")
     with module_tags(model, recorder):  # through the backward too: a checkpointed module's recompute
-        return _forward_backward(model, recorder, params, trainable, fargs, fkwargs, loss_fn, iteration, state_nodes)
+        return _forward_backward(model, recorder, params, trainable, fargs, fkwargs, loss_fn, iteration, state_nodes,
+                                 grad_nodes)
 
 
 def _forward_backward(
     model: torch.nn.Module, recorder: Recorder, params: Mapping[str, torch.Tensor], trainable: frozenset[str],
     fargs: tuple, fkwargs: dict, loss_fn: Callable[[Any], torch.Tensor], iteration: Iteration | None,
-    state_nodes: dict[str, str] | None,
+    state_nodes: dict[str, str] | None, grad_nodes: dict[str, str] | None = None,
 ) -> tuple:
-    out = model(*fargs, **fkwargs)
-    recorder.set_tag(phase="loss", module="")
-    scalar = loss_fn(out)
-    if not isinstance(scalar, torch.Tensor) or scalar.numel() != 1:
-        raise TraceError("the loss must return a scalar tensor")
-    wrt = [params[k] for k in params if k in trainable]
-    # only tensors leave the traced function (an output may hold caches, e.g. HF's DynamicCache)
-    outs = [x for x in tree_leaves(out) if isinstance(x, torch.Tensor)]
-    if not scalar.requires_grad:
-        return outs, ()
-    known = {id(x) for x in params.values()}
-    wrt += [x for x in grad_leaves([scalar.grad_fn]) if id(x) not in known]
-    if not wrt:
-        return outs, ()
-    tag_backward([scalar.grad_fn], recorder.set_tag)
-    grads = torch.autograd.grad(scalar, wrt, allow_unused=True)
-    if iteration is None:
-        return outs, grads
+    iteration = iteration or Iteration()
     named = [(k, params[k]) for k in params if k in trainable]
-    placeholders, state = record_optimizer_step(recorder, iteration, named, grads[:len(named)])
+    scaler = _grad_scaler(recorder, iteration, named)
+    held = _held_grads(recorder, named, grad_nodes) if iteration.held_grads else None
+    grads: list[torch.Tensor | None] | None = held
+    for micro in range(iteration.micro_steps):
+        recorder.set_tag(phase="forward", module="")
+        outs, new = _micro_step(model, recorder, params, named, fargs, fkwargs, loss_fn, iteration, scaler)
+        if new is None:
+            return outs, ()
+        grads = new if grads is None else _accumulate(recorder, grads, new, len(named))
+        if micro < iteration.micro_steps - 1:
+            del outs, new  # a loop keeps only the last micro-step's output
+    if iteration.optimizer is None:
+        return outs, tuple(grads)
+    placeholders, state = record_optimizer_step(recorder, iteration, named, grads[:len(named)], scaler)
     if state_nodes is not None:
         state_nodes.update(placeholders)
-    return outs, grads, state
+    return outs, tuple(grads), state
+
+
+def _micro_step(
+    model: torch.nn.Module, recorder: Recorder, params: Mapping[str, torch.Tensor],
+    named: Sequence[tuple[str, torch.Tensor]], fargs: tuple, fkwargs: dict, loss_fn: Callable[[Any], torch.Tensor],
+    iteration: Iteration, scaler: Any,
+) -> tuple[list[torch.Tensor], list[torch.Tensor | None] | None]:
+    """One forward (under the iteration's autocast), loss and ``autograd.grad``: the output tensors
+    and the gradients of the trainable parameters, then of any leaf the forward made (None: no
+    gradient to take)."""
+    with autocast_forward(iteration.precision, _device_of(params, fargs, fkwargs)):
+        out = model(*fargs, **fkwargs)
+        recorder.set_tag(phase="loss", module="")
+        scalar = loss_fn(out)
+    if not isinstance(scalar, torch.Tensor) or scalar.numel() != 1:
+        raise TraceError("the loss must return a scalar tensor")
+    outs = output_tensors(out)
+    if not scalar.requires_grad:
+        return outs, None
+    known = {id(x) for x in params.values()}
+    wrt = [p for _, p in named] + [x for x in grad_leaves([scalar.grad_fn]) if id(x) not in known]
+    if not wrt:
+        return outs, None
+    if scaler is not None:
+        scalar = scaler.scale(scalar)
+    tag_backward([scalar.grad_fn], recorder.set_tag)
+    return outs, list(torch.autograd.grad(scalar, wrt, allow_unused=True))
+
+
+def _device_of(params: Mapping[str, torch.Tensor], fargs: tuple, fkwargs: dict) -> torch.device:
+    tensors = [*params.values(), *(x for x in tree_leaves((fargs, fkwargs)) if isinstance(x, torch.Tensor))]
+    return tensors[0].device if tensors else torch.device("cpu")
+
+
+def _grad_scaler(recorder: Recorder, iteration: Iteration, named: Sequence[tuple[str, torch.Tensor]]) -> Any:
+    """fp16 autocast's ``torch.amp.GradScaler`` (its scale made before the iteration), else None."""
+    if not iteration.precision.scaler or not named:
+        return None
+    device = named[0][1].device
+    scaler = torch.amp.GradScaler(device.type)
+    with recorder.paused():  # the scale and growth tracker exist before the iteration
+        scaler.scale(torch.ones((), device=device))
+    return scaler
+
+
+def _held_grads(recorder: Recorder, named: Sequence[tuple[str, torch.Tensor]],
+                grad_nodes: dict[str, str] | None) -> list[torch.Tensor | None]:
+    """The gradients a ``zero_grad(set_to_none=False)`` left allocated, as placeholders."""
+    with recorder.paused():
+        held = [torch.zeros_like(p) for _, p in named]
+    for k, ((name, _), g) in enumerate(zip(named, held)):
+        node = recorder.placeholder(f"grad_{k}", g)
+        if grad_nodes is not None:
+            grad_nodes[node.name] = name
+    return list(held)
+
+
+def _accumulate(recorder: Recorder, grads: list[torch.Tensor | None], new: list[torch.Tensor | None],
+                trainable: int) -> list[torch.Tensor | None]:
+    """``.grad += new`` per trainable parameter, as autograd's AccumulateGrad does in the backward:
+    each add right after its gradient is made, and that gradient freed at once (``new`` is emptied)."""
+    out = list(grads[:trainable])
+    for k in range(trainable):
+        if new[k] is None:
+            continue
+        if out[k] is None:
+            out[k], new[k] = new[k], None
+            continue
+        producer = recorder.node_of(new[k])
+        tag = recorder.tag
+        recorder.set_tag(**(producer.meta.get("custom") or tag))
+        with recorder.graph.inserting_after(producer):
+            out[k].add_(new[k])
+        recorder.set_tag(**tag)
+        new[k] = None
+    return out + list(new[trainable:])
 
 
 def _record(model: torch.nn.Module, mode: FakeTensorMode, recorder: Recorder, step: Callable[[], Any],
@@ -275,7 +380,7 @@ def _record(model: torch.nn.Module, mode: FakeTensorMode, recorder: Recorder, st
         with contextlib.ExitStack() as stack:
             # the fake parameters stay in the model through the backward too: a checkpointed
             # region (torch.utils.checkpoint) runs its forward again there
-            for ctx in (_quiet_fake_tensor_log(), isolated_caches(model), eager_lstm_kernels(),
+            for ctx in (_quiet_fake_tensor_log(), isolated_caches(model), eager_lstm_kernels(), eager_dropout_kernels(),
                         reparametrize_module(model, dict(tensors)),
                         mode, enable_python_dispatcher(), EagerKernels(), recorder, _no_autocast_cache()):
                 stack.enter_context(ctx)
@@ -299,9 +404,10 @@ def _trace_once(
     """One traced step: fake inputs and parameters, the recorded joint graph, symbols named."""
     shape_env = ShapeEnv(duck_shape=False)
     mode = FakeTensorMode(shape_env=shape_env, allow_non_fake_inputs=False)
+    cast = iteration.precision.params if iteration else None
     fargs, fkwargs, input_syms = _fake_inputs(mode, model, example, batch_dim=batch_dim, dims=dims,
-                                              widths=widths, hints=hints, static=static)
-    params, buffers, width_syms = _fake_params(mode, model, widths)
+                                              widths=widths, hints=hints, static=static, cast=cast)
+    params, buffers, width_syms = _fake_params(mode, model, widths, cast)
     trainable = frozenset(k for k, v in model.named_parameters() if v.requires_grad)
     recorder = Recorder(mode)
     param_nodes = {recorder.placeholder(f"param_{k}", v).name: name for k, (name, v) in enumerate(params.items())}
@@ -310,17 +416,22 @@ def _trace_once(
                    if isinstance(x, torch.Tensor)]
 
     state_nodes: dict[str, str] = {}
+    grad_nodes: dict[str, str] = {}
 
     def step() -> Any:
-        return _joint_step(model, recorder, params, trainable, fargs, fkwargs, loss or default_loss,
-                           iteration, state_nodes)
+        with recorder.watching():
+            return _joint_step(model, recorder, params, trainable, fargs, fkwargs, loss or default_loss,
+                               iteration, state_nodes, grad_nodes)
 
     recorder.output(_record(model, mode, recorder, step, input_syms, {**params, **buffers}))
     rename, user_symbols, hint_values = name_symbols(shape_env, input_syms, width_syms, widths)
     return Trace(
         graph=recorder.graph, rename=rename, shape_env=shape_env, user_symbols=user_symbols, hints=hint_values,
         param_nodes=param_nodes, buffer_nodes=buffer_nodes, input_nodes=input_nodes, trainable=trainable,
-        state_nodes=state_nodes, optimizer=iteration.optimizer.name if iteration else None,
+        state_nodes=state_nodes, grad_nodes=grad_nodes, deaths=dict(recorder.deaths),
+        optimizer=iteration.optimizer.name if iteration and iteration.optimizer else None,
+        precision=iteration.precision.name if iteration else AS_GIVEN.name,
+        micro_steps=iteration.micro_steps if iteration else 1,
         assumptions=assumptions_of(shape_env, rename, user_symbols, recorder.graph), dropped_guards=[],
         module_types={name: type(mod).__name__ for name, mod in model.named_modules()},
         leaf_modules=frozenset(name for name, mod in model.named_modules() if not any(True for _ in mod.children())),

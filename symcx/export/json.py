@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import sympy
 
 from ..symbols import N, n
-from .report import AssumptionNote, DeviationNote, Figure, MemorySection, Report, UncountedNote, build_report
+from .report import AssumptionNote, DeviationNote, Figure, MemorySection, Report, RouteNote, UncountedNote, build_report
 
 if TYPE_CHECKING:
     from ..analysis import Analysis
@@ -84,8 +84,11 @@ def _render_MemorySection(mem: MemorySection | None, leaf: Leaf, evaluated: bool
         return None
     out = _figures(mem.figures, leaf, evaluated)
     out["by_layer"] = [{"name": m.name, **_figures(m.figures, leaf, evaluated)} for m in mem.by_layer]
+    out["peak_pieces"] = [{"node": p.node, "phase": p.phase, "layer": p.layer, "bytes": leaf(p.figure.value)
+                           if evaluated else leaf(p.figure.formula)} for p in mem.pieces]
     if not evaluated:
-        out.update(optimizer_name=mem.optimizer, peak_node=mem.peak_node, peak_layer=mem.peak_layer)
+        out.update(optimizer_name=mem.optimizer, peak_node=mem.peak_node, peak_layer=mem.peak_layer,
+                   not_modelled=list(mem.not_modelled))
     return out
 
 
@@ -110,6 +113,7 @@ def _render_Report(report: Report) -> dict[str, Any]:
         "hints": {str(s): int(v) for s, v in report.hints.items() if str(s) in names},
         "substituted": {str(s): _str(v) for s, v in report.substituted.items()},
         "route": report.route,
+        "route_note": " ".join(note.text for note in report.notes_of(RouteNote)),
         "convention": CONVENTION,
         "assumptions": [_str(note.condition) for note in report.notes_of(AssumptionNote)],
         "totals": _figures(report.totals, _str, False),

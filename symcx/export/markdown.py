@@ -230,6 +230,11 @@ class MarkdownPrinter(StrPrinter):
             out += ["", f"Memory of one training step, bytes (optimizer: {mem.optimizer}):", ""]
             out += self._table(mem.figures, report.at, bytes_=True)
             out += ["", f"The peak is reached in {_code(mem.peak_layer)} (op {_code(mem.peak_node)})."]
+            if mem.pieces:
+                out += ["", "The peak is the largest of these points of the step (bytes held while the op runs):", ""]
+                out += [f"- {_code(p.node)} ({p.phase}, {_code(p.layer)}): {self._expr(p.figure.formula)}"
+                        for p in mem.pieces]
+            out += [f"- Memory not modelled: {what}." for what in mem.not_modelled]
             if self._settings["timeline"]:
                 out += ["", f"![Memory timeline of one training step]({self._settings['timeline']})"]
         out += ["", "Notes:", "", *[f"- {self._print(note)}" for note in report.notes]]

@@ -194,6 +194,17 @@ class LayerBytes:
 
 
 @dataclasses.dataclass(frozen=True)
+class PeakPiece:
+    """One candidate of the peak: the bytes held while ``node`` runs (its ``phase`` and ``layer``);
+    the peak is the largest piece at the sizes in use."""
+
+    node: str
+    phase: str
+    layer: str
+    figure: Figure
+
+
+@dataclasses.dataclass(frozen=True)
 class MemorySection:
     """Memory of one training step with ``optimizer``: :data:`MEMORY` figures, the peak's place, per layer."""
 
@@ -203,6 +214,8 @@ class MemorySection:
     peak_layer: str
     by_layer: tuple[LayerBytes, ...]
     peak_op: str = ""  # the peak node's op family (``aten.threshold_backward``), "" where unknown
+    pieces: tuple[PeakPiece, ...] = ()  # the peak's candidates, when it is a Max of more than one
+    not_modelled: tuple[str, ...] = ()  # memory the peak leaves out (Memory.not_modelled)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -411,8 +424,13 @@ def _memory(analysis: Analysis, optimizer: str | None, at: Mapping[sympy.Symbol,
     by_layer = tuple(LayerBytes(m.name, _figures(LAYER_MEMORY, _fields(m, LAYER_MEMORY), at)) for m in mem.by_layer)
     step = analysis.step
     peak_op = step.node(mem.peak_node).packet if mem.peak_node in step else ""
+    pieces = tuple(
+        PeakPiece(node, step.node(node).phase if node in step else "optimizer",
+                  step.node(node).layer if node in step else "optimizer",
+                  _figures({"peak": node}, {"peak": expr}, at)[0])
+        for node, expr in mem.candidates) if len(mem.candidates) > 1 else ()
     return MemorySection(mem.optimizer_name, _figures(MEMORY, _fields(mem, MEMORY), at), mem.peak_node, mem.peak_layer,
-                         by_layer, peak_op)
+                         by_layer, peak_op, pieces, mem.not_modelled)
 
 
 def _notes(analysis: Analysis, epochs: sympy.Expr, samples: sympy.Expr) -> tuple[Note, ...]:

@@ -178,6 +178,10 @@ class TablePrinter(MarkdownPrinter):
             out.append(self._figures(f"Memory of one training step, bytes (optimizer: {mem.optimizer})",
                                      mem.figures, report, bytes_=True))
             out.append(Text(f"The peak is reached in {mem.peak_layer} (op {mem.peak_node})."))
+            if mem.pieces:
+                out.append(Text("The peak is the largest of: " + "; ".join(
+                    f"{p.node} ({p.phase}, {p.layer}) {self._fmt(p.figure.formula)}" for p in mem.pieces)))
+            out += [Text(f"Memory not modelled: {what}.") for what in mem.not_modelled]
         notes = (self._print(note) for note in report.notes)
         return out + [note for note in notes if note is not None]
 

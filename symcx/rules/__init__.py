@@ -8,7 +8,7 @@ and one module per op family, each registering its rules on import.
 
 from __future__ import annotations
 
-from . import attention, conv, foreach, indexing, inplace, matmul, norm, pointwise, pool, rnn, sort
+from . import amp, attention, conv, foreach, indexing, inplace, matmul, norm, pointwise, pool, rnn, scan, sort
 from .apply import annotate_costs
 from .registry import ZERO_COST, Rule, is_free, lookup, register, rule
 

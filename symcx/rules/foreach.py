@@ -50,6 +50,7 @@ for _op, _k in PER_ELEMENT.items():
             FOREACH[f"aten.{_form}"] = _k
 for _op, _k in FOREACH.items():
     register(_op, foreach(_k))
+register("aten._foreach_norm", foreach(2))  # clip_grad_norm_'s norms: square and add per element, as norm
 
 
 @rule("aten._fused_adam_", "aten._fused_adamw_")

@@ -27,7 +27,8 @@ from .registry import rule
 __all__ = [
     "accumulate_flops", "pad_backward_flops", "col2im_flops", "embedding_bag_flops", "embedding_bag_backward_flops",
     "scatter_flops", "scatter_add_flops", "scatter_reduce_flops", "index_add_flops", "index_reduce_flops",
-    "put_flops", "unfold_backward_flops", "embedding_backward_flops",
+    "put_flops", "unfold_backward_flops", "embedding_backward_flops", "bincount_flops", "nonzero_flops",
+    "masked_accumulate_flops", "segment_reduce_flops", "repeat_interleave_flops", "embedding_renorm_flops",
 ]
 
 @rule("aten._unsafe_index_put", "aten.index_put", "aten.index_put_", "aten._index_put_impl", "aten._index_put_impl_")
@@ -124,3 +125,45 @@ def embedding_backward_flops(call: OpCall) -> Cost:
     if call["scale_grad_by_freq"]:
         flops += call["indices"].numel + grad.numel
     return Cost(other_flops=flops)
+
+
+@rule("aten.bincount")
+def bincount_flops(call: OpCall) -> Cost:
+    """One add per input element into its bin (the weight's value with ``weights``). The output's
+    length, max(self) + 1 or ``minlength``, is data-dependent (a ``u_k`` symbol)."""
+    return Cost(other_flops=call["self"].numel)
+
+
+@rule("aten.nonzero", "aten.nonzero_static", "aten.argwhere")
+def nonzero_flops(call: OpCall) -> Cost:
+    """One compare per element of ``self`` (the count of its nonzeros is a ``u_k`` symbol)."""
+    return Cost(other_flops=call["self"].numel)
+
+
+@rule("aten._unsafe_masked_index_put_accumulate")
+def masked_accumulate_flops(call: OpCall) -> Cost:
+    """One add per value accumulated (the backward of a masked gather, as ``_unsafe_index_put``)."""
+    return Cost(other_flops=call["values"].numel)
+
+
+@rule("aten.segment_reduce")
+def segment_reduce_flops(call: OpCall) -> Cost:
+    """One op per element of ``data`` (sum, prod, max, min); mean also divides each output once."""
+    flops = call["data"].numel
+    if call["reduce"] == "mean":
+        flops += call.outputs[0].numel
+    return Cost(other_flops=flops)
+
+
+@rule("aten.repeat_interleave")
+def repeat_interleave_flops(call: OpCall) -> Cost:
+    """``repeat_interleave(repeats)``: one add per element of ``repeats`` (the prefix sum of the
+    output positions); the output's length is data-dependent."""
+    return Cost(other_flops=call["repeats"].numel)
+
+
+@rule("aten.embedding_renorm", "aten.embedding_renorm_")
+def embedding_renorm_flops(call: OpCall) -> Cost:
+    """indices·(3·D + 1): each looked-up row's norm (square, add), a compare with ``max_norm`` and a
+    scale (``nn.Embedding(max_norm=…)``); a row looked up twice is counted twice (an upper bound)."""
+    return Cost(other_flops=call["indices"].numel * (3 * call["self"].shape[-1] + 1))

@@ -93,6 +93,8 @@ PER_ELEMENT: dict[str, int] = {
     "aten._softmax": 5,  # max, subtract, exp, sum, divide
     "aten._log_softmax": 5,  # max, subtract, exp, sum, subtract log-sum
     "aten._safe_softmax": 8,  # softmax (5), then zero fully masked rows: is −inf, all, where
+    "aten._masked_softmax": 6,  # the mask's select, then softmax (5)
+    "aten._masked_softmax_backward": 4,  # as _softmax_backward_data
     "aten._softmax_backward_data": 4,  # y · (g − Σ g·y): multiply, sum, subtract, multiply
     "aten._log_softmax_backward_data": 4,  # g − exp(y)·Σg: exp, sum, multiply, subtract
     "aten.nll_loss_backward": 1,  # scatter −w into the grad
@@ -129,6 +131,7 @@ PER_INPUT_ELEMENT: dict[str, int] = {
     "aten.any": 1,
     "aten.all": 1,
     "aten.histc": 1,  # one bin increment per element (MoE routers count tokens per expert)
+    "aten.histogram": 1,  # as histc
 }
 
 for _op, _k in PER_ELEMENT.items():

@@ -53,6 +53,8 @@ ZERO_COST = ALIAS_OPS | frozenset(
         "aten.swapaxes_", "aten.detach_",
         "aten.unfold", "aten.unfold_copy", "aten.index_copy", "aten.index_copy_", "aten.index_fill",
         "aten.index_fill_", "aten.take", "aten.take_along_dim",
+        "aten.masked_select", "aten.masked_scatter_backward", "aten._unsafe_masked_index", "aten.select_scatter",
+        "aten.slice_scatter", "aten.diagonal_scatter", "aten.as_strided_scatter", "aten.linspace", "aten.logspace",
     }
 )
 

@@ -43,7 +43,7 @@ def _flops_cell(row: SizeResult) -> str:
 
 def _row(row: SizeResult) -> str:
     """One batch size: predicted and measured FLOPs, time, FLOP/s, memory, relative error."""
-    status = {"ok": "ok", "oom": "out of memory"}.get(row.status, "error")
+    status = {"ok": "ok", "oom": "out of memory", "skipped": "skipped", "excluded": "excluded"}.get(row.status, "error")
     if row.time is None:
         time = "--"
     else:
@@ -80,6 +80,32 @@ def _fit_lines(v: Validation) -> list[str]:
     return lines
 
 
+def _step_time(v: Validation) -> list[str]:
+    """With the traced graph run: per size, graph = eager, predicted and measured step time; the worst layers."""
+    if v.run_mode != "graph" or not any(r.measured_time_s is not None or r.graph_error for r in v.sizes):
+        return []
+    rows = []
+    for r in v.sizes:
+        same = {True: "yes", False: "NO"}.get(r.graph_matches_eager, "not run" if r.graph_error else "--")
+        pred = "--" if r.predicted_time_s is None else f"{r.predicted_time_s * 1e3:.2f} ms"
+        meas = "--" if r.measured_time_s is None else f"{r.measured_time_s * 1e3:.2f} ms"
+        err = r.time_rel_error
+        rows.append(" & ".join(latex_text(c) for c in (str(r.batch_size), same, pred, meas,
+                                                       "--" if err is None else f"{err * 100:+.1f}%")) + r" \\")
+    parts = ["The traced joint graph itself, executed at each size and compared with eager PyTorch on the same "
+             "seed, and its step time (the sum of its nodes) against the prediction:",
+             "\n".join([r"\begin{center}\footnotesize", r"\begin{tabular}{@{}rlrrr@{}}", r"\toprule",
+                        r"$t$ & Graph = eager & Predicted & Measured & Error \\", r"\midrule", *rows,
+                        r"\bottomrule", r"\end{tabular}", r"\end{center}"])]
+    timed = [r for r in v.sizes if r.layers and r.predicted_time_s is not None]
+    if timed:
+        worst = ", ".join(f"{w.layer or 'model'} ({w.measured_s * 1e3:.2f} ms measured, {w.predicted_s * 1e3:.2f} ms "
+                          f"predicted)" for w in timed[-1].worst_layers())
+        parts.append(f"Layers where measurement and prediction disagree most at $t = {timed[-1].batch_size}$: "
+                     f"{latex_text(worst, breakable=True)}.")
+    return parts
+
+
 def _notes(v: Validation) -> list[str]:
     """What was measured how, sizes that did not run, known FlopCounterMode errors, failures."""
     phase = "forward and backward" if v.backward else "forward"
@@ -91,6 +117,12 @@ def _notes(v: Validation) -> list[str]:
               for r in v.sizes if r.status != "ok"]
     notes += [f"FlopCounterMode differs from symcx (known, expected): {latex_text(d, breakable=True)}"
               for d in v.deviations]
+    notes += [rf"$t = {r.batch_size}$: traced graph not run: {latex_text(r.graph_error, breakable=True)}"
+              for r in v.sizes if r.graph_error is not None and r.graph_error != r.error]
+    if v.time_model is not None:
+        r2 = "" if v.time_model.r2 is None else f"; per-node fit $R^2 = {v.time_model.r2:.3f}$"
+        notes.append(f"Step time predicted by {latex_text(v.time_model.source)} "
+                     f"({latex_text(v.time_model.detail, breakable=True)}{r2}).")
     notes += [rf"\textbf{{Failure:}} {latex_text(f, breakable=True)}" for f in v.failures]
     return notes
 
@@ -134,6 +166,7 @@ def validation_to_latex(validation: Validation, *, standalone: bool = False,
     if fits:
         parts.append("Least-squares fits over the sizes that ran:")
         parts.append("\\begin{align*}\n" + " \\\\\n".join(fits) + "\n\\end{align*}")
+    parts += _step_time(v)
     if plot_path is not None:
         parts.append("\n".join([r"\begin{figure}[htbp]", r"\centering",
                                 rf"\includegraphics[width=\linewidth]{{{os.fspath(plot_path)}}}",

@@ -8,25 +8,42 @@ JSON schema ``symcx.validation/1`` (every key always present; ``null`` where not
                   "fcm_backward_flops", "predicted_bytes", "baseline_bytes"},
      "memory_model", "memory_tracker", "deviations": [str],
      "partial": bool,
-     "sizes": [{"batch_size", "status": "ok"|"oom"|"error"|"skipped", "error",
+     "sizes": [{"batch_size", "status": "ok"|"oom"|"error"|"skipped"|"excluded", "error",
                 "flops": [{"phase", "symcx", "expected", "measured", "ok"}],
                 "predicted_flops", "times_s": [float], "time": {"median_s", "q1_s", "q3_s",
                 "min_s", "max_s", "stdev_s"}, "flops_per_s",
                 "predicted_bytes", "peak_bytes", "baseline_bytes",
-                "predicted_baseline_bytes", "memory_rel_error"}],
+                "predicted_baseline_bytes", "memory_rel_error",
+                "graph_matches_eager": bool|null, "graph_mismatch", "graph_error",
+                "predicted_time_s", "measured_time_s", "time_rel_error",
+                "layers": [{"layer", "measured_s", "predicted_s"}]}],
      "fits": {"time": {"slope", "intercept", "r2", "n"}, "memory": {...}},
+     "run_mode": "graph"|"model",
+     "time_model": {"source": "calibration"|"device-profile"|"fitted", "detail", "r2", "formula",
+                    "median_abs_error", "worst_abs_error"} | null,
      "failures": [str], "ok": bool}
 
 Times in seconds, memory in bytes (above the baseline: parameters, buffers, input batch),
 FLOPs as integers, formulas as sympy strings in ``t``; ``memory_rel_error`` is
 ``(peak_bytes - predicted_bytes) / predicted_bytes``. ``partial`` is true when the sweep was
 interrupted (Ctrl-C): ``sizes`` then holds the sizes that finished, and no others.
+
+With ``run_mode`` ``"graph"`` each size also ran the traced joint graph itself:
+``graph_matches_eager`` (loss and every gradient equal eager's; ``graph_mismatch`` says what
+differs and the first differing module and node; a mismatch is a failure), ``graph_error``
+(why the graph did not run at that size), ``measured_time_s`` (the graph's step time: the sum over
+its nodes of each one's fastest time in the timed runs, the time other processes disturbed
+least), ``predicted_time_s`` (from ``time_model``), ``time_rel_error``
+(``(predicted - measured) / measured``) and ``layers``, per layer row of the analysis, the
+graph's measured seconds and the predicted ones. In ``"model"`` mode these are ``null`` / ``[]``
+and ``time_model`` is ``null``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,6 +51,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .fit import Fit
+from .step_time import LayerTime, TimeModel
 from .plot import plot_validation  # matplotlib itself is imported only when plotting
 
 __all__ = ["SCHEMA", "FlopCheck", "SizeResult", "Validation", "format_bytes", "format_flops", "shapes_with_t"]
@@ -98,9 +116,9 @@ class SizeResult:
     """Predicted and measured figures at one batch size.
 
     ``status`` is ``"ok"``, ``"oom"`` (out of memory, on CUDA or CPU; memory was freed and
-    the sweep went on), ``"error"`` (the model raised; ``error`` holds the message) or
+    the sweep went on), ``"error"`` (the model raised; ``error`` holds the message),
     ``"skipped"`` (the predicted peak exceeds the device's free memory; ``error`` says by
-    how much). Memory figures are
+    how much) or ``"excluded"`` (the analysis' assumptions, e.g. ``t <= 15``, exclude this size). Memory figures are
     bytes *above the baseline* (parameters, buffers and the input batch, live before the
     run): ``predicted_bytes`` from symcx's memory model, ``peak_bytes`` measured.
     """
@@ -116,6 +134,24 @@ class SizeResult:
     time: Mapping[str, float] | None = None
     peak_bytes: int | None = None
     baseline_bytes: int | None = None
+    graph_matches_eager: bool | None = None
+    graph_mismatch: str | None = None
+    graph_error: str | None = None
+    measured_time_s: float | None = None
+    predicted_time_s: float | None = None
+    layers: tuple[LayerTime, ...] = ()
+
+    @property
+    def time_rel_error(self) -> float | None:
+        """``(predicted - measured) / measured`` step time of the traced graph; None if either is missing."""
+        if self.predicted_time_s is None or not self.measured_time_s:
+            return None
+        return (self.predicted_time_s - self.measured_time_s) / self.measured_time_s
+
+    def worst_layers(self, k: int = 3) -> list[LayerTime]:
+        """The ``k`` layers whose predicted time is furthest (in seconds) from the measured one."""
+        known = [r for r in self.layers if r.predicted_s is not None]
+        return sorted(known, key=lambda r: -abs(r.predicted_s - r.measured_s))[:k]
 
     @property
     def median_s(self) -> float | None:
@@ -157,6 +193,14 @@ class SizeResult:
             "baseline_bytes": self.baseline_bytes,
             "predicted_baseline_bytes": self.predicted_baseline_bytes,
             "memory_rel_error": self.memory_rel_error,
+            "graph_matches_eager": self.graph_matches_eager,
+            "graph_mismatch": self.graph_mismatch,
+            "graph_error": self.graph_error,
+            "predicted_time_s": self.predicted_time_s,
+            "measured_time_s": self.measured_time_s,
+            "time_rel_error": self.time_rel_error,
+            "layers": [{"layer": r.layer, "measured_s": r.measured_s, "predicted_s": r.predicted_s}
+                       for r in self.layers],
         }
 
 
@@ -188,6 +232,8 @@ class Validation:
     torch_version: str
     symcx_version: str
     partial: bool = False
+    run_mode: str = "model"
+    time_model: TimeModel | None = None
 
     def result(self, batch_size: int) -> SizeResult:
         """The row for ``batch_size``."""
@@ -207,7 +253,13 @@ class Validation:
                         f"t={row.batch_size} {c.phase}: FlopCounterMode measured {c.measured:,} FLOPs, "
                         f"symcx's formula for it gives {c.expected:,} (difference {c.measured - c.expected:+,})"
                     )
+            if row.graph_matches_eager is False:
+                out.append(f"t={row.batch_size}: the traced graph differs from eager: {row.graph_mismatch}")
         return out
+
+    def time_errors(self) -> list[float]:
+        """``|predicted - measured| / measured`` step time, over the sizes where the graph ran and was predicted."""
+        return [abs(e) for e in (r.time_rel_error for r in self.sizes) if e is not None]
 
     @property
     def ok(self) -> bool:
@@ -244,9 +296,18 @@ class Validation:
                 "time": self.time_fit.to_dict() if self.time_fit else None,
                 "memory": self.memory_fit.to_dict() if self.memory_fit else None,
             },
+            "run_mode": self.run_mode,
+            "time_model": self._time_model_dict(),
             "failures": self.failures,
             "ok": self.ok,
         }
+
+    def _time_model_dict(self) -> dict[str, Any] | None:
+        if self.time_model is None:
+            return None
+        errors = self.time_errors()
+        return {**self.time_model.to_dict(), "median_abs_error": statistics.median(errors) if errors else None,
+                "worst_abs_error": max(errors) if errors else None}
 
     def to_json(self, indent: int | None = 2) -> str:
         """The report as JSON text (schema ``symcx.validation/1``)."""
@@ -273,6 +334,10 @@ class Validation:
                 predicted_flops=e["predicted_flops"], predicted_bytes=e["predicted_bytes"],
                 predicted_baseline_bytes=e["predicted_baseline_bytes"], times_s=tuple(e["times_s"]),
                 time=e["time"], peak_bytes=e["peak_bytes"], baseline_bytes=e["baseline_bytes"],
+                graph_matches_eager=e.get("graph_matches_eager"), graph_mismatch=e.get("graph_mismatch"),
+                graph_error=e.get("graph_error"), measured_time_s=e.get("measured_time_s"),
+                predicted_time_s=e.get("predicted_time_s"),
+                layers=tuple(LayerTime(r["layer"], r["measured_s"], r["predicted_s"]) for r in e.get("layers", ())),
             )
             for e in doc["sizes"]
         )
@@ -283,6 +348,7 @@ class Validation:
             memory_model=doc["memory_model"], memory_tracker=doc["memory_tracker"],
             deviations=tuple(doc["deviations"]), sizes=sizes, time_fit=fits["time"], memory_fit=fits["memory"],
             torch_version=doc["torch"], symcx_version=doc["symcx"], partial=doc.get("partial", False),
+            run_mode=doc.get("run_mode", "model"), time_model=_time_model(doc.get("time_model")),
         )
 
     def rich_table(self) -> Table:
@@ -300,13 +366,28 @@ class Validation:
             ("mem predicted", "right"), ("mem measured", "right"), ("mem error", "right"),
         ]:
             table.add_column(name, justify=justify)
+        if self.run_mode == "graph":
+            table.add_column("graph = eager", justify="left")
+            table.add_column("step time predicted / graph measured", justify="right")
         for row in self.sizes:
-            table.add_row(*self._cells(row))
+            table.add_row(*self._cells(row), *(self._graph_cells(row) if self.run_mode == "graph" else ()))
         return table
 
+    @staticmethod
+    def _graph_cells(row: SizeResult) -> list[Any]:
+        if row.graph_matches_eager is None:
+            same = Text("-" if row.graph_error is None else "not run", "yellow" if row.graph_error else "")
+        else:
+            same = Text("yes", "green") if row.graph_matches_eager else Text("NO", "bold red")
+        if row.measured_time_s is None:
+            return [same, "-"]
+        err = row.time_rel_error
+        predicted = "-" if row.predicted_time_s is None else f"{row.predicted_time_s * 1e3:.2f} ms"
+        return [same, f"{predicted} / {row.measured_time_s * 1e3:.2f} ms" + ("" if err is None else f" ({err:+.1%})")]
+
     def _cells(self, row: SizeResult) -> list[Any]:
-        status = {"ok": Text("ok", "green"), "oom": Text("OOM", "yellow"),
-                  "skipped": Text("skipped", "yellow")}.get(row.status, Text("error", "red"))
+        status = {"ok": Text("ok", "green"), "oom": Text("OOM", "yellow"), "skipped": Text("skipped", "yellow"),
+                  "excluded": Text("excluded", "yellow")}.get(row.status, Text("error", "red"))
         if row.flops_ok is None:
             fcm = Text("-")
         elif row.flops_ok and any(c.symcx != c.expected for c in row.flops):
@@ -353,9 +434,31 @@ class Validation:
         for row in self.sizes:
             if row.status != "ok":
                 lines.append(f"t={row.batch_size}: {row.status}: {row.error}")
+            if row.graph_error is not None and row.graph_error != row.error:
+                lines.append(f"t={row.batch_size}: traced graph not run: {row.graph_error}")
+        lines.extend(self._time_lines())
         lines.extend(f"FlopCounterMode differs from symcx (expected): {d}" for d in self.deviations)
         lines.extend(f"FAILURE: {f}" for f in self.failures)
         return "\n".join(lines)
+
+    def _time_lines(self) -> list[str]:
+        """The step-time model, its errors, and the layers where prediction and measurement differ most."""
+        if self.time_model is None:
+            return []
+        m = self._time_model_dict()
+        r2 = "-" if m["r2"] is None else f"{m['r2']:.3f}"
+        by = {"fitted": "a fit on this sweep", "calibration": "a calibration", "device-profile": "a device profile"}
+        lines = [f"step time predicted by {by.get(m['source'], m['source'])} ({m['detail']}; per-node fit R² {r2})"]
+        if m["median_abs_error"] is not None:
+            lines.append(f"step time |error| median {m['median_abs_error']:.1%}, worst {m['worst_abs_error']:.1%} "
+                         f"over {len(self.time_errors())} sizes")
+        timed = [r for r in self.sizes if r.layers and r.predicted_time_s is not None]
+        if timed:
+            row = timed[-1]
+            worst = ", ".join(f"{w.layer or '<model>'} {w.measured_s * 1e3:.2f} ms measured vs "
+                              f"{w.predicted_s * 1e3:.2f} predicted" for w in row.worst_layers())
+            lines.append(f"t={row.batch_size}: layers furthest from prediction: {worst}")
+        return lines
 
     def plot(self, path: str) -> None:
         """Plot predicted vs measured time and memory against batch size, with fits, to ``path``.
@@ -364,6 +467,12 @@ class Validation:
         :func:`symcx.validation.plot.plot_validation`.
         """
         plot_validation(self, path)
+
+
+def _time_model(doc: Mapping[str, Any] | None) -> TimeModel | None:
+    if doc is None:
+        return None
+    return TimeModel(doc["source"], doc["detail"], doc["r2"], doc["formula"])
 
 
 def shapes_with_t(shapes: Sequence[Sequence[int]], batch_dim: int) -> tuple[tuple[Any, ...], ...]:

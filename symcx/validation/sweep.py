@@ -36,8 +36,12 @@ from ..errors import DeviceError, SymcxError
 from ..capture import default_loss
 from . import measure
 from .fit import fit_line
+from .graph_run import (GraphMeasurement, GraphSide, excluded_by, graph_size, time_source, traced_analysis,
+                        with_time_model)
 from .predict import Formulas, formulas
 from .report import FlopCheck, SizeResult, Validation, format_bytes, shapes_with_t
+from .step_time import profile_dtype
+from .timing import Calibration
 
 __all__ = ["validate"]
 
@@ -155,6 +159,22 @@ def _run_size(model: torch.nn.Module, example: Any, b: int, dev: torch.device, f
     return _row(b, f, backward, None, *failure)
 
 
+def _size(model: torch.nn.Module, example: Any, b: int, dev: torch.device, f: Formulas, assumptions: list,
+          graph: GraphSide | None, *, backward: bool, repeats: int, warmup: int, batch_dim: int, force: bool,
+          loss: Callable[[Any], torch.Tensor]) -> tuple[SizeResult, GraphMeasurement | None]:
+    """One batch size: excluded by the assumptions, or the eager run and (``graph``) the traced graph."""
+    why = excluded_by(assumptions, b)
+    if why is not None:
+        return _row(b, f, backward, None, "excluded", f"t={b} is outside what the analysis assumes ({why}): its "
+                    f"formulas and traced graph do not hold there; not run"), None
+    row = _run_size(model, example, b, dev, f, backward=backward, repeats=repeats, warmup=warmup,
+                    batch_dim=batch_dim, force=force, loss=loss)
+    if graph is None:
+        return row, None
+    return graph_size(row, graph, model, lambda: measure.make_batch(example, b, dev, batch_dim), dev,
+                      repeats=repeats, warmup=warmup)
+
+
 def _check_args(batch_sizes: Sequence[int], repeats: int, warmup: int) -> list[int]:
     sizes = list(batch_sizes)
     if not sizes:
@@ -184,8 +204,19 @@ def validate(
     batch_dim: int = 0,
     loss: Callable[[Any], torch.Tensor] | None = None,
     force: bool = False,
+    run: str = "graph",
+    calibration: Calibration | str | None = None,
+    device_profile: str | None = None,
 ) -> Validation:
     """Run ``model`` at each batch size on ``device`` and compare with symcx's formulas.
+
+    With ``run="graph"`` (the default) each size also executes the traced joint graph itself
+    (forward, loss, backward, whatever ``backward`` says), checks that its outputs and every
+    gradient equal eager PyTorch's on the same seed (a mismatch is a failure naming the first
+    differing module and node), times it node by node, and predicts its step time per size
+    and per layer from ``calibration`` or ``device_profile`` (neither: a fit on this sweep's own
+    node times, marked in-sample). A size the analysis' assumptions exclude (``t ≤ 15`` at
+    ``t = 32``) is recorded as ``"excluded"`` and not run.
 
     Parameters
     ----------
@@ -216,6 +247,12 @@ def validate(
         Run every size, even one whose predicted peak exceeds the memory the device has free
         (:func:`~symcx.validation.measure.available_bytes`); by default such a size is
         recorded as ``"skipped"`` with the reason.
+    run : {"graph", "model"}
+        ``"model"`` runs only the eager model (no graph check, no step-time prediction).
+    calibration : Calibration or path, optional
+        A step-time calibration (:func:`~symcx.validation.calibrate_device`, ``symcx calibrate``).
+    device_profile : str, optional
+        Predict from a named GPU's datasheet roofline instead (``"h100-sxm"``; at the parameters' dtype).
 
     Returns
     -------
@@ -228,8 +265,9 @@ def validate(
         ``device`` is not ``cpu``/``cuda``, CUDA is not available, or the parameters do not
         fit on the device.
     SymcxError
-        Bad batch sizes, repeats or warmup; formulas in symbols other than ``t``; and what
-        :func:`symcx.analyze` raises (``TraceError``, ``ShapeError``).
+        Bad batch sizes, repeats, warmup or ``run``; both ``calibration`` and ``device_profile``,
+        an unreadable calibration or an unknown profile; formulas in symbols other than ``t``; and
+        what :func:`symcx.analyze` raises (``TraceError``, ``ShapeError``).
 
     Examples
     --------
@@ -243,6 +281,10 @@ def validate(
     """
     dev = measure.resolve_device(device)
     sizes = _check_args(batch_sizes, repeats, warmup)
+    if run not in ("graph", "model"):
+        raise SymcxError(f"run must be 'graph' (the traced graph and the model) or 'model', not {run!r}")
+    dtype = profile_dtype(model)
+    source = time_source(calibration, device_profile, dtype)
     first = next(iter(model.parameters()), None)
     home = first.device if first is not None else dev
     was_training = model.training
@@ -256,15 +298,23 @@ def validate(
             if measure.is_oom(err):
                 raise DeviceError(f"the model's parameters do not fit on {dev}: {_one_line(err)}") from err
             raise
-        a = analyze(model, example, batch_dim=batch_dim, loss=loss, train=backward)
+        if run == "graph":
+            a, trace, no_graph = traced_analysis(model, example, batch_dim=batch_dim, loss=loss, train=backward)
+        else:
+            a, trace, no_graph = analyze(model, example, batch_dim=batch_dim, loss=loss, train=backward), None, None
         f = formulas(a, backward)
         model.train(backward)
         rows: list[SizeResult] = []
+        runs: dict[int, GraphMeasurement] = {}
         partial = False
+        graph = GraphSide(trace, no_graph, loss) if run == "graph" else None
         try:
             for done, b in enumerate(sizes, 1):
-                rows.append(_run_size(model, example, b, dev, f, backward=backward, repeats=repeats, warmup=warmup,
-                                      batch_dim=batch_dim, force=force, loss=loss_fn))
+                row, measured = _size(model, example, b, dev, f, a.assumptions, graph, backward=backward,
+                                      repeats=repeats, warmup=warmup, batch_dim=batch_dim, force=force, loss=loss_fn)
+                rows.append(row)
+                if measured is not None:
+                    runs[b] = measured
                 if progress is not None:
                     progress(done, len(sizes), f"t={b} {rows[-1].status}")
         except KeyboardInterrupt:  # keep what finished; the caller says it was interrupted
@@ -275,6 +325,7 @@ def validate(
         model.train(was_training)
         model.to(home)
 
+    rows, time_model = with_time_model(rows, a.step, runs, source, dtype, measure.device_name(dev))
     ran = [r for r in rows if r.status == "ok"]
     return Validation(
         model=type(model).__name__,
@@ -287,7 +338,9 @@ def validate(
         input_shapes=shapes_with_t(shapes, batch_dim),
         run=("eager model on batches repeating the example's rows; "
              + ("train mode: forward, loss, loss.backward(); gradients set to None before each run"
-                if backward else "eval mode under torch.no_grad(): forward and loss")),
+                if backward else "eval mode under torch.no_grad(): forward and loss")
+             + ("; and the traced joint graph (forward, loss, backward) run node by node on the same batches, "
+                "checked against eager on the same seed" if run == "graph" else "")),
         formulas=f.as_strings(),
         memory_model=f.memory_model,
         memory_tracker=measure.TRACKERS[dev.type],
@@ -298,4 +351,6 @@ def validate(
         torch_version=torch.__version__,
         symcx_version=__version__,
         partial=partial,
+        run_mode=run,
+        time_model=time_model,
     )

@@ -2,11 +2,15 @@
 
 Every node of a step falls in one class (:func:`op_class`): ``gemm`` (matmul-like), ``conv``,
 ``attention``, ``compute`` (elementwise, norms, reductions, pooling, softmax: what
-FlopCounterMode ignores), ``movement`` (copies, concatenation, creation: bytes, no FLOPs) and
-``free`` (views). A node of class *c* is predicted to take ``launch_c + flops·s_per_flop_c +
-bytes·s_per_byte_c`` seconds, FLOPs counting both of symcx's counts and bytes those read
-(tensor arguments) and written (new storage). :func:`calibrate` fits the three numbers per
-class by non-negative least squares on per-node times of traced runs
+FlopCounterMode ignores), ``movement`` (copies, concatenation, creation, in-place fills such as
+dropout's ``bernoulli_``: bytes, no FLOPs) and ``free`` (views, which touch no data: a launch floor
+only). GEMM, convolution and attention nodes of the backward are fitted apart
+(:func:`fit_key`: ``conv_backward`` …): their kernels (weight gradients, reductions over the
+batch) run at other rates than the forward's. A node of key *k* is predicted to take
+``launch_k + flops·s_per_flop_k + bytes·s_per_byte_k`` seconds, FLOPs counting both of symcx's
+counts and bytes those read (tensor arguments) and written (new storage). :func:`calibrate`
+fits the per-FLOP and per-byte costs per key by non-negative least squares on per-node times of
+traced runs, and the launch floor as the median of what they leave (robust to a few slow nodes)
 (:func:`symcx.validation.execute.run_traced_step`); :func:`predict_step_seconds` sums the model
 over a step, a formula in ``t``. :data:`DEVICE_PROFILES` gives a roofline for named GPUs from
 their vendors' datasheets (dense figures, never the 2:4-sparse ones), to predict before a GPU is
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -24,6 +29,7 @@ import sympy
 import torch
 
 from ..errors import SymcxError
+from ..opsets import ALIAS_OPS
 from ..step import Node, Step, traffic
 
 __all__ = [
@@ -32,14 +38,21 @@ __all__ = [
     "Calibration",
     "DeviceProfile",
     "DEVICE_PROFILES",
+    "KEYS",
     "op_class",
+    "fit_key",
     "node_features",
     "calibrate",
     "predict_step_seconds",
     "roofline_seconds",
+    "profile_named",
+    "node_seconds",
 ]
 
 CLASSES = ("gemm", "conv", "attention", "compute", "movement", "free")
+_SPLIT = ("gemm", "conv", "attention")
+#: Fitted keys: every class, and the backward nodes of the compute-bound ones apart.
+KEYS = CLASSES + tuple(f"{c}_backward" for c in _SPLIT)
 _CONV = frozenset({"aten.convolution", "aten._convolution", "aten.convolution_backward"})
 ZERO = sympy.Integer(0)
 
@@ -50,16 +63,26 @@ def op_class(node: Node) -> str:
         return "attention"
     if node.packet in _CONV:
         return "conv"
+    if node.packet in ALIAS_OPS:
+        return "free"
     cost = node.cost
     if cost is not None and cost.flops != 0:
         return "gemm"
     if cost is not None and cost.other_flops != 0:
         return "compute"
-    return "movement" if node.bytes != 0 else "free"
+    return "movement"
+
+
+def fit_key(node: Node) -> str:
+    """The key a node's time is fitted under: its class, with ``_backward`` for backward GEMM, conv, attention."""
+    c = op_class(node)
+    return f"{c}_backward" if c in _SPLIT and node.phase == "backward" else c
 
 
 def node_features(node: Node) -> tuple[sympy.Expr, sympy.Expr]:
-    """(FLOPs, bytes read and written) of a call node, as sympy expressions."""
+    """(FLOPs, bytes read and written) of a call node, as sympy expressions; (0, 0) for a view."""
+    if node.packet in ALIAS_OPS:
+        return ZERO, ZERO
     flops = ZERO if node.cost is None else node.cost.flops + node.cost.other_flops
     return flops, traffic(node)
 
@@ -125,28 +148,75 @@ def _enough(rows: Sequence[Sequence[float]]) -> bool:
     return len(rows) >= MIN_SAMPLES and len({tuple(r) for r in rows}) >= MIN_DISTINCT
 
 
+def _fit(rows: Sequence[Sequence[float]], times: Sequence[float]) -> ClassFit:
+    """Per-FLOP and per-byte costs by NNLS; the launch floor as the median residual (≥ 0), so that a
+    few slow large nodes (descheduled, or out of cache) cannot inflate every small node's floor."""
+    _, per_flop, per_byte = _nnls(rows, times)
+    rest = [t - per_flop * r[1] - per_byte * r[2] for r, t in zip(rows, times)]
+    return ClassFit(max(0.0, statistics.median(rest)), per_flop, per_byte)
+
+
+def _floor(rows: Sequence[Sequence[float]], times: Sequence[float]) -> ClassFit | None:
+    """A launch floor alone (the median time) for a class whose nodes have no FLOPs or bytes (views)."""
+    if len(rows) >= MIN_SAMPLES and all(r[1] == r[2] == 0 for r in rows):
+        return ClassFit(statistics.median(times))
+    return None
+
+
 def calibrate(samples: Iterable[tuple[Step, Mapping[sympy.Symbol, int], Mapping[str, float]]], device: str) -> Calibration:
     """Fit the model on ``(step, values, node_seconds)`` samples: a step, the symbol values it ran
-    at, and each node's measured seconds (``TracedRun.node_seconds``)."""
-    rows: dict[str, list[list[float]]] = {c: [] for c in CLASSES}
-    times: dict[str, list[float]] = {c: [] for c in CLASSES}
+    at, and each node's measured seconds (``TracedRun.node_seconds``).
+
+    A key with too few measured nodes takes its class's fit (forward and backward pooled), and a
+    class with too few the fit pooled over every node.
+    """
+    rows: dict[str, list[list[float]]] = {k: [] for k in KEYS}
+    times: dict[str, list[float]] = {k: [] for k in KEYS}
     for step, values, seconds in samples:
         for node in step.calls():
             if node.name in seconds:
                 flops, nbytes = (float(sympy.sympify(e).xreplace(values)) for e in node_features(node))
-                rows[op_class(node)].append([1.0, flops, nbytes])
-                times[op_class(node)].append(seconds[node.name])
-    everything = [r for c in CLASSES for r in rows[c]]
+                rows[fit_key(node)].append([1.0, flops, nbytes])
+                times[fit_key(node)].append(seconds[node.name])
+    everything = [r for k in KEYS for r in rows[k]]
     if not everything:
         raise SymcxError("no measured node to calibrate on")
-    pooled = ClassFit(*_nnls(everything, [x for c in CLASSES for x in times[c]]))
-    fits = {c: ClassFit(*_nnls(rows[c], times[c])) if _enough(rows[c]) else pooled for c in CLASSES}
-    predicted = [fits[c].seconds(r[1], r[2]) for c in CLASSES for r in rows[c]]
-    measured = [x for c in CLASSES for x in times[c]]
-    mean = sum(measured) / max(len(measured), 1)
+    measured = [x for k in KEYS for x in times[k]]
+    pooled = _fit(everything, measured)
+    fits: dict[str, ClassFit] = {}
+    for c in CLASSES:
+        group = [c] + ([f"{c}_backward"] if c in _SPLIT else [])
+        both = [r for k in group for r in rows[k]]
+        fits[c] = (_floor(rows[c], times[c]) or _fit(both, [x for k in group for x in times[k]])
+                   if _enough(both) or _floor(rows[c], times[c]) else pooled)
+        for k in group[1:]:
+            fits[k] = _fit(rows[k], times[k]) if _enough(rows[k]) else fits[c]
+        if c in _SPLIT and _enough(rows[c]):
+            fits[c] = _fit(rows[c], times[c])
+    predicted = [fits[k].seconds(r[1], r[2]) for k in KEYS for r in rows[k]]
+    mean = sum(measured) / len(measured)
     ss_res = sum((m - p) ** 2 for m, p in zip(measured, predicted))
     ss_tot = sum((m - mean) ** 2 for m in measured) or 1.0
     return Calibration(device, fits, 1.0 - ss_res / ss_tot)
+
+
+def _fit_of(model: "Calibration", node: Node) -> ClassFit:
+    """The node's fit: its key's, else its class's (a calibration saved before keys were split)."""
+    return model.classes.get(fit_key(node)) or model.classes.get(op_class(node), ClassFit())
+
+
+def node_seconds(node: Node, model: "Calibration | DeviceProfile", *, dtype: str = "fp32",
+                 launch: float = 5e-6) -> sympy.Expr:
+    """Predicted seconds of one call node: the calibration's fit of its class, or, for a
+    :class:`DeviceProfile`, the roofline (``dtype``'s dense peak, the bandwidth, ``launch`` per costed node)."""
+    flops, nbytes = node_features(node)
+    if isinstance(model, DeviceProfile):
+        if op_class(node) == "free":
+            return ZERO
+        return sympy.Max(flops / sympy.Float(model.flops[dtype]), nbytes / sympy.Float(model.bandwidth)) \
+            + sympy.Float(launch)
+    fit = _fit_of(model, node)
+    return sympy.Float(fit.launch) + sympy.Float(fit.s_per_flop) * flops + sympy.Float(fit.s_per_byte) * nbytes
 
 
 def predict_step_seconds(step: Step, calibration: Calibration) -> sympy.Expr:
@@ -155,14 +225,14 @@ def predict_step_seconds(step: Step, calibration: Calibration) -> sympy.Expr:
     flops: dict[str, list[sympy.Expr]] = {}
     nbytes: dict[str, list[sympy.Expr]] = {}
     for node in step.calls():
-        c = op_class(node)
+        c = fit_key(node)
         f, b = node_features(node)
         count[c] = count.get(c, 0) + 1
         flops.setdefault(c, []).append(f)
         nbytes.setdefault(c, []).append(b)
     total = []
     for c, k in count.items():
-        fit = calibration.classes.get(c, ClassFit())
+        fit = calibration.classes.get(c) or calibration.classes.get(c.removesuffix("_backward"), ClassFit())
         total.append(sympy.Float(fit.launch) * k + sympy.Float(fit.s_per_flop) * sympy.Add(*flops[c])
                      + sympy.Float(fit.s_per_byte) * sympy.Add(*nbytes[c]))
     return sympy.Add(*total)
@@ -208,18 +278,22 @@ def roofline_seconds(step: Step, profile: str | DeviceProfile, *, dtype: str = "
     SymcxError
         For an unknown profile or dtype.
     """
+    found = profile_named(profile, dtype)
+    return sympy.Add(*(node_seconds(node, found, dtype=dtype, launch=launch) for node in step.calls()))
+
+
+def profile_named(profile: str | DeviceProfile, dtype: str) -> DeviceProfile:
+    """The profile ``profile`` names (or is), checked to have a ``dtype`` peak.
+
+    Raises
+    ------
+    SymcxError
+        For an unknown profile or dtype.
+    """
     if isinstance(profile, str):
         if profile not in DEVICE_PROFILES:
             raise SymcxError(f"unknown device profile {profile!r}; known: {', '.join(DEVICE_PROFILES)}")
         profile = DEVICE_PROFILES[profile]
     if dtype not in profile.flops:
         raise SymcxError(f"{profile.name} has no {dtype!r} peak; known: {', '.join(profile.flops)}")
-    peak = sympy.Float(profile.flops[dtype])
-    bw = sympy.Float(profile.bandwidth)
-    terms = []
-    for node in step.calls():
-        if op_class(node) == "free":
-            continue
-        flops, nbytes = node_features(node)
-        terms.append(sympy.Max(flops / peak, nbytes / bw) + sympy.Float(launch))
-    return sympy.Add(*terms)
+    return profile

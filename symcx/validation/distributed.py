@@ -1,0 +1,190 @@
+"""Validate per-GPU memory on real processes: one per rank, ``torch.distributed`` on gloo, DDP or FSDP2.
+
+:func:`validate_distributed` spawns ``gpus`` processes on localhost (``torch.multiprocessing``,
+``spawn``), each wrapping the model with ``DistributedDataParallel`` or ``fully_shard`` (the
+same units as the prediction) and running Adam steps, the model's output kept to the step's
+end as the single-device sweep keeps it. Per batch size, after warm-up steps, a rank measures
+the CPU allocator's peak, the median of three steps (``torch.profiler`` allocation events:
+FSDP2 grows its unsharded parameters with ``untyped_storage().resize_()``, which no dispatch
+mode sees), and once the live-tensor peak of :func:`~.live_bytes.measure_peak_bytes`. Both are
+bytes above what is live when the step starts, the convention of :mod:`symcx.validation.predict`;
+the prediction is ``peak - resident`` of ``Analysis.memory(gpus=..., strategy=...)``. The whole
+run is bounded by ``timeout`` seconds; every rank is terminated on the way out.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import sympy
+import torch
+
+from .._torch import allocation_events
+from ..capture import default_loss
+from ..errors import SymcxError
+from ..parallel import STRATEGIES, fsdp_units
+from ..routes import analyze
+from .live_bytes import measure_peak_bytes
+from .measure import make_batch
+
+__all__ = ["validate_distributed", "TOLERANCE"]
+
+#: Relative error within which a rank's measured peak counts as matching the prediction.
+TOLERANCE = 0.05
+#: Untimed steps per batch size before the measured one: optimizer state made, DDP buckets rebuilt.
+WARMUP = 3
+#: Steps measured with the allocator per batch size, the median kept: the order in which gloo's
+#: threads free buffers moves a rank's peak by a communication buffer now and then.
+REPEATS = 3
+
+
+def _allocator_peak(step: Any) -> int:
+    """Peak of the CPU allocator's total over one ``step()``, above its total at the start."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = allocation_events(prof)
+    if not events:
+        return 0
+    baseline = events[0][2] - events[0][1]
+    return max(total for _, _, total in events) - baseline
+
+
+def _wrap(model: torch.nn.Module, strategy: str, units: Sequence[str]) -> tuple[torch.nn.Module, list, list]:
+    """The model wrapped for ``strategy``; the tensors the optimizer updates; the model's own parameters.
+
+    FSDP2's parameters are ``DTensor``s; the optimizer updates their local shards (what a rank holds).
+    """
+    if strategy == "ddp":
+        wrapped = torch.nn.parallel.DistributedDataParallel(model)
+        params = list(wrapped.parameters())
+        return wrapped, params, params
+    from torch.distributed.fsdp import fully_shard
+
+    named = dict(model.named_modules())
+    for unit in units:
+        if unit:
+            fully_shard(named[unit])
+    fully_shard(model)
+    params = list(model.parameters())
+    return model, [p.to_local().detach() for p in params], params
+
+
+def _rank_main(rank: int, world: int, port: int, model: torch.nn.Module, example: Any, strategy: str,
+               units: Sequence[str], batches: Sequence[int], results: Any) -> None:
+    """One rank: join the gloo group, wrap the model, measure one step per batch size, report on ``results``."""
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        wrapped, updated, params = _wrap(model, strategy, units)
+        opt = torch.optim.Adam(updated)
+        for batch in batches:
+            x = make_batch(example, batch, torch.device("cpu"))
+
+            def step() -> None:
+                out = wrapped(*(x if isinstance(x, tuple) else (x,)))  # kept to the end, as a training loop does
+                default_loss(out).backward()
+                if updated is not params:  # FSDP2: the local shard's gradient, no copy
+                    with torch.no_grad():
+                        for local, p in zip(updated, params):
+                            local.grad = None if p.grad is None else p.grad.to_local()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                wrapped.zero_grad(set_to_none=True)
+
+            for _ in range(WARMUP):
+                step()
+            allocator = sorted(_allocator_peak(step) for _ in range(REPEATS))[REPEATS // 2]
+            live = measure_peak_bytes(step)
+            results.put((rank, batch, allocator, live))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_ranks(model: torch.nn.Module, example: Any, gpus: int, strategy: str, units: Sequence[str],
+               batches: Sequence[int], timeout: float) -> dict[tuple[int, int], tuple[int, int]]:
+    """Spawn ``gpus`` ranks and collect (rank, batch) → (allocator peak, live-tensor peak)."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    procs = mp.start_processes(_rank_main, args=(gpus, _free_port(), model, example, strategy, tuple(units),
+                                                 tuple(batches), results),
+                               nprocs=gpus, join=False, start_method="spawn")
+    deadline, out = time.monotonic() + timeout, {}
+    try:
+        while len(out) < gpus * len(batches):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise SymcxError(f"the {gpus} ranks did not finish within {timeout:.0f} s")
+            try:
+                rank, batch, allocator, live = results.get(timeout=min(left, 1.0))
+                out[(rank, batch)] = (allocator, live)
+            except queue.Empty:
+                if procs.join(timeout=0):  # every rank ended without reporting everything
+                    break
+        procs.join(timeout=max(1.0, deadline - time.monotonic()))
+    except mp.ProcessRaisedException as err:
+        raise SymcxError(f"a rank failed: {str(err).strip().splitlines()[-1]}") from err
+    finally:
+        for p in procs.processes:
+            if p.is_alive():
+                p.terminate()
+                p.join(5)
+    return out
+
+
+def validate_distributed(model: torch.nn.Module, example: Any, *, gpus: int, strategy: str,
+                         batch_sizes: Sequence[int] = (4, 16), units: Sequence[str] | None = None,
+                         timeout: float = 600.0) -> dict[str, Any]:
+    """Predicted and measured per-rank peak bytes of a training step (Adam) on ``gpus`` CPU processes.
+
+    Returns a JSON-ready dict: ``strategy``, ``gpus``, ``tolerance`` and ``runs``, one per batch
+    size (per GPU) with ``ranks``: ``rank``, ``predicted_peak_bytes``, ``measured_peak_bytes``
+    (allocator), ``live_tensor_peak_bytes`` (:func:`measure_peak_bytes`), ``error`` (relative)
+    and ``within_tolerance``. Raises :class:`SymcxError` for bad input, a rank that fails, or the timeout.
+
+    >>> import torch
+    >>> r = validate_distributed(torch.nn.Linear(8, 4), torch.randn(2, 8), gpus=2, strategy="ddp",
+    ...                          batch_sizes=[4])  # doctest: +SKIP
+    """
+    if strategy not in ("ddp", "fsdp"):
+        raise SymcxError(f"validation on processes runs ddp or fsdp (torch's own), not {strategy!r}"
+                         + ("" if strategy in STRATEGIES else f"; strategies are {', '.join(STRATEGIES)}"))
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
+        raise SymcxError(f"gpus must be a positive number of processes, not {gpus!r}")
+    a = analyze(model, example, optimizer="adam")
+    mem = a.memory(gpus=gpus, strategy=strategy, units=units)
+    chosen = fsdp_units(a.step, units)
+    measured = _run_ranks(model, example, gpus, strategy, chosen, list(batch_sizes), timeout)
+    missing = [f"rank {r} at t={b}" for b in batch_sizes for r in range(gpus) if (r, b) not in measured]
+    if missing:
+        raise SymcxError(f"no measurement from {', '.join(missing)}: a rank ended early")
+    t = a.symbols.get("t", sympy.Symbol("t"))
+    runs = []
+    for batch in batch_sizes:
+        predicted = int(sympy.sympify(mem.peak - mem.resident).subs(t, batch))
+        ranks = []
+        for rank in range(gpus):
+            allocator, live = measured[(rank, batch)]
+            error = (allocator - predicted) / max(predicted, 1)
+            ranks.append({"rank": rank, "predicted_peak_bytes": predicted, "measured_peak_bytes": allocator,
+                          "live_tensor_peak_bytes": live, "error": error, "within_tolerance": abs(error) <= TOLERANCE})
+        runs.append({"batch": batch, "ranks": ranks})
+    return {"schema": "symcx.validation.distributed/1", "strategy": strategy, "gpus": gpus, "backend": "gloo",
+            "tolerance": TOLERANCE, "peak_node": mem.peak_node, "peak_phase": mem.peak_phase, "runs": runs}
