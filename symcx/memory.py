@@ -110,6 +110,7 @@ class Memory:
     optimizer_made: sympy.Expr = sympy.Integer(0)
     not_modelled: tuple[str, ...] = ()
     held_grads: sympy.Expr = sympy.Integer(0)
+    peak_by_dtype: tuple[tuple[str, sympy.Expr], ...] = ()  # bytes held at the peak node, by dtype
 
     def __repr__(self) -> str:
         return (
@@ -122,7 +123,8 @@ class Memory:
         """This memory with ``values`` substituted in every total (the peak node stays)."""
         if not values:
             return self
-        return dataclasses.replace(self, **{f: sympy.sympify(getattr(self, f)).subs(values) for f in MEMORY_FIELDS})
+        return dataclasses.replace(self, **{f: sympy.sympify(getattr(self, f)).subs(values) for f in MEMORY_FIELDS},
+                                   peak_by_dtype=tuple((k, sympy.sympify(v).subs(values)) for k, v in self.peak_by_dtype))
 
     @property
     def resident(self) -> sympy.Expr:
@@ -397,7 +399,24 @@ def step_memory(
         inference_peak_node=inf_node, candidates=candidates,
         by_layer=_by_layer(step, lives, saved if training else [], training, ev), optimizer_made=ev(made),
         not_modelled=not_modelled(step), held_grads=ev(it.held if it is not None else ZERO),
+        peak_by_dtype=_by_dtype(step, lives, peak_node, training, ev),
     )
+
+
+def _by_dtype(step: Step, lives: Mapping[str, _Life], node: str, training: bool,
+              ev: Callable[[sympy.Expr], sympy.Expr]) -> tuple[tuple[str, sympy.Expr], ...]:
+    """Bytes held while ``node`` runs (resident ones included), by dtype: what a precision change moves.
+    Empty for a modelled optimizer's step, which has no records."""
+    if node not in step:
+        return ()
+    at, last = step.node(node).order, "last" if training else "fwd_last"
+    totals: dict[str, sympy.Expr] = {}
+    for s in lives.values():
+        resident = s.phase in ("param", "buffer", "input", "state", "grad")
+        if resident or s.born <= at <= max(getattr(s, last), s.born):
+            dtype = step.storages[s.key].info.dtype
+            totals[dtype] = totals.get(dtype, ZERO) + s.nbytes
+    return tuple((k, ev(v)) for k, v in sorted(totals.items()))
 
 
 def not_modelled(step: Step) -> tuple[str, ...]:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+import sympy
 import torch
 from torch import nn
 
@@ -251,7 +252,8 @@ def test_llama_70b_peak_prints_in_few_pieces_and_equals_the_unpruned_max():
         model = transformers.LlamaForCausalLM(config)
     a = symcx.analyze(model, {"input_ids": torch.zeros(2, 16, dtype=torch.long, device="meta")}, dims={"L": 1})
     mem = a.memory()
-    assert 1 < len(mem.candidates) <= 8 and len(mem.peak.args) == len(mem.candidates)
+    (peak_max,) = mem.peak.atoms(sympy.Max)  # resident bytes + Max(pieces)
+    assert 1 < len(mem.candidates) <= 8 and len(peak_max.args) == len(mem.candidates)
     at = {symcx.t: 1, symcx.symbol("L"): 4096}
     # every point of the walk (forward, backward, the modelled optimizer step), none pruned
     unpruned = max(int(b.subs(at)) for _, _, b in symcx.memory.memory_timeline(a.step))
@@ -268,3 +270,15 @@ def test_a_deep_stack_of_identical_blocks_keeps_only_the_ends_of_its_lines():
     for t in (1, 7, 100, 10**5):
         assert int(mem.peak.subs(symcx.t, t)) == max(int(b.subs(symcx.t, t)) for _, _, b in curve)
     assert len(mem.candidates) <= 4
+
+
+def test_bytes_at_the_peak_by_dtype_add_up_to_the_peak():
+    # bf16 autocast: the bf16 weight copies and activations beside the fp32 parameters and grads
+    model = seed_model()
+    mem = symcx.analyze(model, torch.randn(2, 1, 28, 28), optimizer=SGD,
+                        precision="bf16-autocast").subs(t=8).memory()
+    by_dtype = dict(mem.peak_by_dtype)
+    assert set(by_dtype) >= {"bfloat16", "float32"}
+    assert sum(by_dtype.values()) == mem.peak
+    # the fp32 part holds at least the parameters, resident through the step: 4 B · 1,199,882
+    assert by_dtype["float32"] >= 4 * sum(p.numel() for p in model.parameters())

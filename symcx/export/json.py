@@ -84,6 +84,7 @@ def _render_MemorySection(mem: MemorySection | None, leaf: Leaf, evaluated: bool
         return None
     out = _figures(mem.figures, leaf, evaluated)
     out["by_layer"] = [{"name": m.name, **_figures(m.figures, leaf, evaluated)} for m in mem.by_layer]
+    out["peak_by_dtype"] = {d: leaf(f.value) if evaluated else leaf(f.formula) for d, f in mem.by_dtype}
     out["peak_pieces"] = [{"node": p.node, "phase": p.phase, "layer": p.layer, "bytes": leaf(p.figure.value)
                            if evaluated else leaf(p.figure.formula)} for p in mem.pieces]
     if not evaluated:

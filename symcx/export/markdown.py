@@ -234,6 +234,9 @@ class MarkdownPrinter(StrPrinter):
                 out += ["", "The peak is the largest of these points of the step (bytes held while the op runs):", ""]
                 out += [f"- {_code(p.node)} ({p.phase}, {_code(p.layer)}): {self._expr(p.figure.formula)}"
                         for p in mem.pieces]
+            if len(mem.by_dtype) > 1:
+                out += ["", "At the peak, by dtype: " + ", ".join(
+                    f"{d} {self._expr(f.value)}" for d, f in mem.by_dtype) + "."]
             out += [f"- Memory not modelled: {what}." for what in mem.not_modelled]
             if self._settings["timeline"]:
                 out += ["", f"![Memory timeline of one training step]({self._settings['timeline']})"]

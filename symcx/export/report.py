@@ -216,6 +216,7 @@ class MemorySection:
     peak_op: str = ""  # the peak node's op family (``aten.threshold_backward``), "" where unknown
     pieces: tuple[PeakPiece, ...] = ()  # the peak's candidates, when it is a Max of more than one
     not_modelled: tuple[str, ...] = ()  # memory the peak leaves out (Memory.not_modelled)
+    by_dtype: tuple[tuple[str, Figure], ...] = ()  # bytes held at the peak node, by dtype
 
 
 @dataclasses.dataclass(frozen=True)
@@ -430,7 +431,8 @@ def _memory(analysis: Analysis, optimizer: str | None, at: Mapping[sympy.Symbol,
                   _figures({"peak": node}, {"peak": expr}, at)[0])
         for node, expr in mem.candidates) if len(mem.candidates) > 1 else ()
     return MemorySection(mem.optimizer_name, _figures(MEMORY, _fields(mem, MEMORY), at), mem.peak_node, mem.peak_layer,
-                         by_layer, peak_op, pieces, mem.not_modelled)
+                         by_layer, peak_op, pieces, mem.not_modelled,
+                         tuple((d, _figures({"peak": d}, {"peak": e}, at)[0]) for d, e in mem.peak_by_dtype))
 
 
 def _notes(analysis: Analysis, epochs: sympy.Expr, samples: sympy.Expr) -> tuple[Note, ...]:
