@@ -92,6 +92,7 @@ def test_table_on_the_terminal():
         assert text in out.stdout, text
 
 
+@pytest.mark.slow
 def test_latex_to_a_file_whole(workdir):
     out = run("analyze", "mnist-cnn", "--input", "1x28x28", "--format", "latex", "--batch", "64",
               "--output", "seed.tex", cwd=workdir)
@@ -105,6 +106,7 @@ def test_latex_to_a_file_whole(workdir):
     assert sorted(p.name for p in workdir.iterdir()) == ["net.py", "seed.tex"]  # no temporary left
 
 
+@pytest.mark.slow
 def test_markdown_with_letter_widths():
     out = run("analyze", "mlp", "--widths", "letters", "--format", "markdown")
     assert out.returncode == 0, out.stderr
@@ -114,6 +116,7 @@ def test_markdown_with_letter_widths():
     assert "Big-O: one step `O(i*j*t + j*k*t + k*l*t)`" in out.stdout
 
 
+@pytest.mark.slow
 def test_json_with_batch_epochs_and_samples():
     out = run("analyze", "mnist-cnn", "--format", "json", "--batch", "64", "--epochs", "1", "--samples", "60000")
     assert out.returncode == 0, out.stderr

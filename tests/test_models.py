@@ -220,6 +220,7 @@ def test_gru_and_rnn_match_flop_counter_at_a_fixed_length(cell):
         check(a, model, torch.randn(batch, 4, 16))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", ["gru", "rnn"])
 def test_gru_and_rnn_with_symbolic_length(cell):
     model = LSTMClassifier(4, 8, 1, 2, cell=cell, bidirectional=False)

@@ -76,6 +76,7 @@ def _qkv(c):
     return q, k, v
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(attention_configs())
 def test_sdpa_matches_decomposed_attention(c):

@@ -80,6 +80,7 @@ def _valid(layer, shape) -> bool:
         return False
 
 
+@pytest.mark.slow
 @settings(max_examples=250, deadline=None)
 @given(conv_configs())
 def test_conv_rules_match_oracle(case):

@@ -112,6 +112,7 @@ def _build(cfg):
     return rnn, x, hx
 
 
+@pytest.mark.slow
 @settings(max_examples=100, deadline=None)
 @given(rnn_configs())
 def test_rules_match_per_step_cells(cfg):
