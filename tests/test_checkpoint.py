@@ -89,3 +89,4 @@ def test_hugging_face_gradient_checkpointing_within_2_percent():
         got = measure_peak_bytes(step)
         model.zero_grad(set_to_none=True)
         assert abs((mem.peak - mem.resident) - got) <= 0.02 * got
+

@@ -77,3 +77,20 @@ def test_unet_like_is_exact_past_the_old_bound(unet, batch):
     x = (torch.randn(batch, 3, 20, 16), torch.randint(0, 100, (batch,)))
     at = unet.subs(t=batch)
     assert (int(at.forward_flops), int(at.backward_flops)) == fcm_forward_backward(TinyUNet(), x)
+
+
+def test_norm_layers_show_their_output_shape_in_every_export():
+    # item 14: BatchNorm2d's output is the activation t×8×6×6 (not its 8 saved statistics), and
+    # LayerNorm's is t×16 (not the t×1 mean), in the table rows, Markdown and JSON alike
+    import json
+
+    from symcx.export import to_json, to_markdown
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 6 * 6, 16), torch.nn.LayerNorm(16))
+    a = symcx.analyze(model, torch.randn(2, 3, 8, 8))
+    shapes = {r["type"]: r["out_shape"] for r in json.loads(to_json(a))["layers"]}
+    assert shapes["BatchNorm2d"] == ["t", "8", "6", "6"] and shapes["LayerNorm"] == ["t", "16"]
+    markdown = to_markdown(a)
+    assert "| BatchNorm2d | `t×8×6×6` | `t×8×6×6` |" in markdown
+    assert "| LayerNorm | `t×16` | `t×16` |" in markdown

@@ -186,16 +186,10 @@ REAL = {
 }
 
 
-_VIT_CHECKPOINT = pytest.mark.xfail(strict=True, reason="known: a checkpointed ViT's recompute at t = 32 is predicted "
-                                    "4% above the tracker (its recompute temporaries live too long); see docs/memory.md")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(REAL))
-@pytest.mark.parametrize("setup", ["bf16-autocast", pytest.param("checkpoint", id="checkpoint")])
-def test_real_models_autocast_and_checkpointing_within_2_percent(name, setup, request):
-    if (name, setup) == ("vit", "checkpoint"):
-        request.applymarker(_VIT_CHECKPOINT)
+@pytest.mark.parametrize("setup", ["bf16-autocast", "checkpoint"])
+def test_real_models_autocast_and_checkpointing_within_2_percent(name, setup):
     build, make_input = REAL[name]
     torch.manual_seed(0)
     model = build()

@@ -313,7 +313,12 @@ class Recorder(TorchDispatchMode):
         node = self.graph.create_node(
             "call_function", target, tuple(node_args), node_kwargs, name=func.overloadpacket.__name__
         )
-        node.meta.update(val=_snapshot(out), custom=self.tag, seq_nr=current_sequence_nr())
+        tag = self.tag
+        if tag.get("phase") == "backward" and not tag.get("recompute") and torch.is_grad_enabled():
+            # the engine runs the backward without grad mode; an op that runs with it there is a
+            # checkpointed forward run again (its own ops, not only its submodules')
+            tag = {**tag, "recompute": True}
+        node.meta.update(val=_snapshot(out), custom=tag, seq_nr=current_sequence_nr())
         if self.tag.get("phase") == "forward":
             node.meta["source"] = _user_frame()
         self._track(node, out)
