@@ -157,7 +157,8 @@ class Analysis:
         """What the traced iteration holds beyond a plain step, and memory the model cannot size."""
         step, out = self.step, []
         if step.optimizer is not None:
-            out.append(f"The iteration includes {step.optimizer}'s step() and zero_grad().")
+            out.append(f"The iteration includes {step.optimizer}'s step() and zero_grad() "
+                       f"({self.optimizer_implementation} implementation).")
         if step.precision != "as given":
             out.append(f"Precision: {step.precision}.")
         if step.accumulate > 1:
@@ -336,6 +337,17 @@ class Analysis:
         """
         return self._parallel(communication, None, None, True, "steady", gpus, strategy, reshard_after_forward,
                               precision, units)
+
+    @property
+    def optimizer_implementation(self) -> str | None:
+        """Which form of the traced optimizer ran, as torch picked it for the parameters' device
+        (or the user's ``foreach=``/``fused=``): ``"fused"``, ``"foreach"`` or ``"for-loop"``; None untraced."""
+        if self.step.optimizer is None:
+            return None
+        packets = {v.packet for v in self.step.calls() if v.phase == "optimizer"}
+        if any(p.startswith("aten._fused_") for p in packets):
+            return "fused"
+        return "foreach" if any(p.startswith("aten._foreach_") for p in packets) else "for-loop"
 
     @property
     def optimizer(self) -> str | None:

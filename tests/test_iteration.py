@@ -175,3 +175,15 @@ def test_a_modelled_optimizer_cannot_be_asked_of_a_traced_one():
         a.memory(optimizer="sgd")
     with pytest.raises(symcx.SymcxError, match="with a traced optimizer"):
         symcx.analyze(nn.Linear(4, 3), torch.randn(2, 4)).memory(step="first")
+
+
+@pytest.mark.parametrize("make, form", [
+    (torch.optim.Adam, "for-loop"),  # torch's default on the CPU
+    (functools.partial(torch.optim.Adam, foreach=True), "foreach"),
+    (functools.partial(torch.optim.Adam, fused=True), "fused"),
+])
+def test_the_optimizer_form_torch_picked_is_said(make, form):
+    a = symcx.analyze(nn.Linear(4, 3), torch.randn(2, 4), optimizer=make)
+    assert a.optimizer_implementation == form
+    assert f"({form} implementation)" in a.route_note
+    assert symcx.analyze(nn.Linear(4, 3), torch.randn(2, 4)).optimizer_implementation is None
