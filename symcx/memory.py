@@ -213,7 +213,7 @@ def _lives(step: Step, dtype: str | None) -> dict[str, _Life]:
         when = _END if v.kind == "output" else v.order
         if v.phase == "backward" and not v.recompute:  # a recompute frees its inputs as eager does: at once
             when = max(when, node_end.get(v.seq_nr, when))
-        if v.packet in GRAD_SEEDS:  # backward() holds the loss and its seed gradient until it returns
+        if v.packet in GRAD_SEEDS and v.phase != "forward":  # backward() holds the loss and its seed until it returns
             for key in storage_keys(v.value):
                 lives[key].last = _END
             when = _END
@@ -221,7 +221,7 @@ def _lives(step: Step, dtype: str | None) -> dict[str, _Life]:
             for key in storage_keys(step.node(src).value):
                 life = lives[key]
                 life.last = max(life.last, when)
-                seed = step.node(life.node).packet in GRAD_SEEDS  # the backward's initial gradient
+                seed = life.phase != "forward" and step.node(life.node).packet in GRAD_SEEDS  # the initial gradient
                 if v.phase == "backward" and life.phase in ("forward", "loss", "input") and not seed:
                     life.saved = True
                 if v.phase == "forward":

@@ -71,17 +71,18 @@ def test_cpu_dropout_keeps_a_float_mask_as_eager_does(t):
     assert any(n.packet == "aten.bernoulli_" for n in a.step.nodes)
     assert not any(n.packet == "aten.native_dropout" for n in a.step.nodes)
     got = measured(model, {"input_ids": torch.randint(0, 500, (t, 32))})
-    assert abs(predicted(a, t) - got) <= 0.002 * got, (predicted(a, t), got)
+    assert predicted(a, t) == got
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("t", [1, 8])
 def test_a_decoder_output_keeps_its_key_value_cache(t):
     # GPT-2 with use_cache=True returns a DynamicCache of per-layer keys and values: the loop's
-    # `out` holds them to the end of the iteration
+    # `out` holds them to the end of the iteration (and an `aten.ones` in the forward, the causal
+    # mask's, is a temporary, not the backward's seed)
     model, a = gpt2()
     got = measured(model, {"input_ids": torch.randint(0, 500, (t, 32))})
-    assert abs(predicted(a, t) - got) <= 0.005 * got, (predicted(a, t), got)
+    assert predicted(a, t) == got
 
 
 def test_lstm_workspace_is_flagged_and_max_batch_size_refuses():
