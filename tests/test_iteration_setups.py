@@ -21,19 +21,16 @@ import symcx
 from symcx.checkpointing import checkpoint_blocks
 from symcx.validation.live_bytes import measure_peak_bytes
 from symcx.zoo import MnistCNN
-from symcx.zoo.models import ResNet18, ViT
+from symcx.zoo.models import ResNet18
+
+from .test_iteration import BIG as REAL
+from .test_iteration import _call
 
 SGD = functools.partial(torch.optim.SGD, lr=0.01)
 
 
 def mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 10))
-
-
-def _outputs(model: nn.Module, x):
-    out = model(**x) if isinstance(x, dict) else model(x)
-    values = out.values() if isinstance(out, dict) else [out]
-    return out, sum(v.sum() for v in values if isinstance(v, torch.Tensor) and v.is_floating_point())
 
 
 def iteration_bytes(model: nn.Module, x, make=SGD, *, accumulate: int = 1, set_to_none: bool = True,
@@ -47,7 +44,7 @@ def iteration_bytes(model: nn.Module, x, make=SGD, *, accumulate: int = 1, set_t
     def one():
         for k in range(accumulate):
             with forward():
-                out, loss = _outputs(model, x)
+                out, loss = _call(model, x)
             (amp.scale(loss) if amp else loss).backward()
             if k < accumulate - 1:
                 del out
@@ -166,26 +163,7 @@ def test_bf16_parameters_and_memory_dtype_are_traced(t):
     assert next(model.parameters()).dtype == torch.float32  # the user's model is not touched
 
 
-# --- the real models: autocast bf16 and checkpointing within 2% ------------------
-def _hf(config_name: str, model_name: str, **config):
-    transformers = pytest.importorskip("transformers")
-    return getattr(transformers, model_name)(getattr(transformers, config_name)(**config)).train()
-
-
-def _ids(batch: int) -> dict:
-    return {"input_ids": torch.randint(0, 500, (batch, 32))}
-
-
-REAL = {
-    "resnet18": (lambda: ResNet18(num_classes=10), lambda b: torch.randn(b, 3, 64, 64)),
-    "gpt2": (lambda: _hf("GPT2Config", "GPT2LMHeadModel", n_layer=2, n_embd=64, n_head=2, vocab_size=500,
-                         n_positions=64), _ids),
-    "bert-tiny": (lambda: _hf("BertConfig", "BertModel", hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
-                              intermediate_size=512, vocab_size=500, max_position_embeddings=64), _ids),
-    "vit": (ViT, lambda b: torch.randn(b, 3, 32, 32)),
-}
-
-
+# --- the real models (test_iteration's BIG): autocast bf16 and checkpointing within 2%
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(REAL))
 @pytest.mark.parametrize("setup", ["bf16-autocast", "checkpoint"])
