@@ -33,7 +33,11 @@ def test_the_default_workload_covers_every_op_class(calibration):
     assert {op_class(n) for n in a.step.calls()} == set(CLASSES)
     # every class, and the backward GEMM, convolution and attention nodes apart
     split = {f"{c}_backward" for c in ("gemm", "conv", "attention")}
-    assert set(calibration.classes) == set(KEYS) == set(CLASSES) | split
+    assert set(KEYS) == set(CLASSES) | split and set(KEYS) <= set(calibration.classes)
+    # beyond those, op families of elementwise/norm work and data movement with enough nodes of their own
+    extra = set(calibration.classes) - set(KEYS)
+    assert extra and all(k.split(":")[0] in ("compute", "movement") and k.split(":")[1].startswith("aten.")
+                         for k in extra)
     assert calibration.device.endswith("(CalibrationNet)") and calibration.r2 <= 1
     assert all(v >= 0 for f in calibration.classes.values() for v in (f.launch, f.s_per_flop, f.s_per_byte))
 

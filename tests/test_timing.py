@@ -102,3 +102,31 @@ def test_forward_and_backward_gemms_are_fitted_apart(mlp):
     assert cal.classes["gemm"].s_per_flop == pytest.approx(1e-11, rel=1e-6)
     assert cal.classes["gemm_backward"].s_per_flop == pytest.approx(3e-11, rel=1e-6)
     assert cal.classes["free"] == ClassFit(2e-6)  # the median view time, nothing per FLOP or byte
+
+
+def test_elementwise_op_families_are_fitted_apart():
+    """Known costs: ReLU's gradient 1e-10 s/byte, every other compute node 1e-11 s/byte; with 2 ReLU
+    gradient nodes × 8 sizes (≥ 12 samples) the family gets a fit of its own, recovered exactly."""
+    a = symcx.analyze(nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2)),
+                      torch.randn(2, 16))
+    relu_grad = ClassFit(1e-6, 0.0, 1e-10)
+    samples = []
+    for batch in (1, 2, 4, 8, 16, 32, 64, 128):
+        at = {t: batch}
+        seconds = {}
+        for v in a.step.calls():
+            f, b = (float(sympy.sympify(e).xreplace(at)) for e in node_features(v))
+            fit = relu_grad if v.packet == "aten.threshold_backward" else ClassFit(1e-6, 0.0, 1e-11)
+            seconds[v.name] = fit.seconds(f, b)
+        samples.append((a.step, at, seconds))
+    cal = calibrate(samples, "synthetic")
+    grad = next(v for v in a.step.calls() if v.packet == "aten.threshold_backward")
+    assert fit_key(grad) == "compute:aten.threshold_backward"
+    # its FLOPs (16·t) and bytes (192·t) are proportional, so only the node's time is determined:
+    # 1 µs + 192·t·1e-10 s, at t = 1000
+    fitted = cal.classes["compute:aten.threshold_backward"].seconds(*(16 * 1000, 192 * 1000))
+    assert fitted == pytest.approx(1e-6 + 192 * 1000 * 1e-10, rel=1e-6)
+    # a family with too few nodes (the backward's seed, one aten.ones_like × 8 sizes < 12) has no key
+    # of its own and is predicted with its class's fit
+    seed = next(v for v in a.step.calls() if v.packet == "aten.ones_like")
+    assert fit_key(seed) not in cal.classes and "movement" in cal.classes

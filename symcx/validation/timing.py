@@ -6,12 +6,14 @@ FlopCounterMode ignores), ``movement`` (copies, concatenation, creation, in-plac
 dropout's ``bernoulli_``: bytes, no FLOPs) and ``free`` (views, which touch no data: a launch floor
 only). GEMM, convolution and attention nodes of the backward are fitted apart
 (:func:`fit_key`: ``conv_backward`` …): their kernels (weight gradients, reductions over the
-batch) run at other rates than the forward's. A node of key *k* is predicted to take
-``launch_k + flops·s_per_flop_k + bytes·s_per_byte_k`` seconds, FLOPs counting both of symcx's
-counts and bytes those read (tensor arguments) and written (new storage). :func:`calibrate`
-fits the per-FLOP and per-byte costs per key by non-negative least squares on per-node times of
-traced runs, and the launch floor as the median of what they leave (robust to a few slow nodes)
-(:func:`symcx.validation.execute.run_traced_step`); :func:`predict_step_seconds` sums the model
+batch) run at other rates than the forward's; ``compute`` and ``movement`` nodes are fitted per
+op family where the calibration has enough of them (``compute:aten.max_pool2d_with_indices``: a
+max-pool, a ReLU gradient and a random fill move a byte at very different rates). A node of key
+*k* is predicted to take ``launch_k + flops·s_per_flop_k + bytes·s_per_byte_k`` seconds, FLOPs
+counting both of symcx's counts and bytes those read (tensor arguments) and written (new
+storage). :func:`calibrate` fits the three by non-negative least squares on per-node times of
+traced runs (:func:`symcx.validation.execute.run_traced_step`), each node weighted by
+1/√time; :func:`predict_step_seconds` sums the model
 over a step, a formula in ``t``. :data:`DEVICE_PROFILES` gives a roofline for named GPUs from
 their vendors' datasheets (dense figures, never the 2:4-sparse ones), to predict before a GPU is
 at hand.
@@ -41,6 +43,7 @@ __all__ = [
     "KEYS",
     "op_class",
     "fit_key",
+    "class_of_key",
     "node_features",
     "calibrate",
     "predict_step_seconds",
@@ -51,8 +54,10 @@ __all__ = [
 
 CLASSES = ("gemm", "conv", "attention", "compute", "movement", "free")
 _SPLIT = ("gemm", "conv", "attention")
-#: Fitted keys: every class, and the backward nodes of the compute-bound ones apart.
+#: Fitted keys always present: every class, and the backward nodes of the compute-bound ones apart.
 KEYS = CLASSES + tuple(f"{c}_backward" for c in _SPLIT)
+#: Classes also fitted per op family where the calibration has enough nodes of it.
+_BY_OP = ("compute", "movement")
 _CONV = frozenset({"aten.convolution", "aten._convolution", "aten.convolution_backward"})
 ZERO = sympy.Integer(0)
 
@@ -74,9 +79,18 @@ def op_class(node: Node) -> str:
 
 
 def fit_key(node: Node) -> str:
-    """The key a node's time is fitted under: its class, with ``_backward`` for backward GEMM, conv, attention."""
+    """The key a node's time is fitted under: ``_backward`` apart for backward GEMM, conv and
+    attention; ``compute:<op>`` / ``movement:<op>`` per op family (a max-pool, a random fill and a
+    ReLU gradient run at very different rates per byte); a key with too few nodes takes its class's fit."""
     c = op_class(node)
-    return f"{c}_backward" if c in _SPLIT and node.phase == "backward" else c
+    if c in _SPLIT:
+        return f"{c}_backward" if node.phase == "backward" else c
+    return f"{c}:{node.packet}" if c in _BY_OP else c
+
+
+def class_of_key(key: str) -> str:
+    """The op class a fitted key belongs to (``conv_backward`` → ``conv``, ``compute:aten.relu`` → ``compute``)."""
+    return key.split(":", 1)[0].removesuffix("_backward")
 
 
 def node_features(node: Node) -> tuple[sympy.Expr, sympy.Expr]:
@@ -149,11 +163,13 @@ def _enough(rows: Sequence[Sequence[float]]) -> bool:
 
 
 def _fit(rows: Sequence[Sequence[float]], times: Sequence[float]) -> ClassFit:
-    """Per-FLOP and per-byte costs by NNLS; the launch floor as the median residual (≥ 0), so that a
-    few slow large nodes (descheduled, or out of cache) cannot inflate every small node's floor."""
-    _, per_flop, per_byte = _nnls(rows, times)
-    rest = [t - per_flop * r[1] - per_byte * r[2] for r, t in zip(rows, times)]
-    return ClassFit(max(0.0, statistics.median(rest)), per_flop, per_byte)
+    """Launch floor, per-FLOP and per-byte costs by NNLS, each node weighted by 1/√time: between
+    absolute least squares (which the largest nodes own, leaving small ones a floor far off) and
+    relative least squares (which every tiny node pulls as hard as the slowest)."""
+    w = [1.0 / max(x, 1e-12) ** 0.5 for x in times]
+    launch, per_flop, per_byte = _nnls([[v * wi for v in r] for r, wi in zip(rows, w)],
+                                       [x * wi for x, wi in zip(times, w)])
+    return ClassFit(launch, per_flop, per_byte)
 
 
 def _floor(rows: Sequence[Sequence[float]], times: Sequence[float]) -> ClassFit | None:
@@ -163,37 +179,43 @@ def _floor(rows: Sequence[Sequence[float]], times: Sequence[float]) -> ClassFit 
     return None
 
 
+def _class_fits(rows: Mapping[str, list[list[float]]], times: Mapping[str, list[float]],
+                pooled: ClassFit) -> dict[str, ClassFit]:
+    """Each class's fit (all its keys pooled), then each key's own where it has enough nodes."""
+    fits: dict[str, ClassFit] = {}
+    for c in CLASSES:
+        group = [k for k in rows if class_of_key(k) == c]
+        both = [r for k in group for r in rows[k]]
+        floor = _floor(rows.get(c, []), times.get(c, []))
+        fits[c] = floor or (_fit(both, [x for k in group for x in times[k]]) if _enough(both) else pooled)
+        fits.update({k: _fit(rows[k], times[k]) for k in group if k != c and _enough(rows[k])})
+        if c in _SPLIT:
+            fits.setdefault(f"{c}_backward", fits[c])
+            if _enough(rows.get(c, [])):
+                fits[c] = _fit(rows[c], times[c])
+    return fits
+
+
 def calibrate(samples: Iterable[tuple[Step, Mapping[sympy.Symbol, int], Mapping[str, float]]], device: str) -> Calibration:
     """Fit the model on ``(step, values, node_seconds)`` samples: a step, the symbol values it ran
     at, and each node's measured seconds (``TracedRun.node_seconds``).
 
-    A key with too few measured nodes takes its class's fit (forward and backward pooled), and a
-    class with too few the fit pooled over every node.
+    A key with too few measured nodes takes its class's fit (its keys pooled), and a class with
+    too few the fit pooled over every node. Op-family keys appear only where they have a fit of their own.
     """
-    rows: dict[str, list[list[float]]] = {k: [] for k in KEYS}
-    times: dict[str, list[float]] = {k: [] for k in KEYS}
+    rows: dict[str, list[list[float]]] = {}
+    times: dict[str, list[float]] = {}
     for step, values, seconds in samples:
         for node in step.calls():
             if node.name in seconds:
                 flops, nbytes = (float(sympy.sympify(e).xreplace(values)) for e in node_features(node))
-                rows[fit_key(node)].append([1.0, flops, nbytes])
-                times[fit_key(node)].append(seconds[node.name])
-    everything = [r for k in KEYS for r in rows[k]]
-    if not everything:
+                rows.setdefault(fit_key(node), []).append([1.0, flops, nbytes])
+                times.setdefault(fit_key(node), []).append(seconds[node.name])
+    if not rows:
         raise SymcxError("no measured node to calibrate on")
-    measured = [x for k in KEYS for x in times[k]]
-    pooled = _fit(everything, measured)
-    fits: dict[str, ClassFit] = {}
-    for c in CLASSES:
-        group = [c] + ([f"{c}_backward"] if c in _SPLIT else [])
-        both = [r for k in group for r in rows[k]]
-        fits[c] = (_floor(rows[c], times[c]) or _fit(both, [x for k in group for x in times[k]])
-                   if _enough(both) or _floor(rows[c], times[c]) else pooled)
-        for k in group[1:]:
-            fits[k] = _fit(rows[k], times[k]) if _enough(rows[k]) else fits[c]
-        if c in _SPLIT and _enough(rows[c]):
-            fits[c] = _fit(rows[c], times[c])
-    predicted = [fits[k].seconds(r[1], r[2]) for k in KEYS for r in rows[k]]
+    measured = [x for k in rows for x in times[k]]
+    fits = _class_fits(rows, times, _fit([r for k in rows for r in rows[k]], measured))
+    predicted = [fits.get(k, fits[class_of_key(k)]).seconds(r[1], r[2]) for k in rows for r in rows[k]]
     mean = sum(measured) / len(measured)
     ss_res = sum((m - p) ** 2 for m, p in zip(measured, predicted))
     ss_tot = sum((m - mean) ** 2 for m in measured) or 1.0
@@ -232,7 +254,7 @@ def predict_step_seconds(step: Step, calibration: Calibration) -> sympy.Expr:
         nbytes.setdefault(c, []).append(b)
     total = []
     for c, k in count.items():
-        fit = calibration.classes.get(c) or calibration.classes.get(c.removesuffix("_backward"), ClassFit())
+        fit = calibration.classes.get(c) or calibration.classes.get(class_of_key(c), ClassFit())
         total.append(sympy.Float(fit.launch) * k + sympy.Float(fit.s_per_flop) * sympy.Add(*flops[c])
                      + sympy.Float(fit.s_per_byte) * sympy.Add(*nbytes[c]))
     return sympy.Add(*total)
