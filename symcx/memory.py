@@ -26,7 +26,7 @@ from .cost import TensorInfo
 from .errors import SymcxError
 from .opsets import GRAD_SEEDS, UNMODELLED_MEMORY
 from .budget import max_batch_size, parse_bytes
-from .peak import max_of, peak_points
+from .peak import Sum, max_of, peak_points
 from .step import Step, storage_keys
 
 __all__ = [
@@ -237,24 +237,53 @@ def _lives(step: Step, dtype: str | None) -> dict[str, _Life]:
 
 
 # --- the walk -----------------------------------------------------------------------------
-def _walk(lives: Mapping[str, _Life], phases: tuple[str, ...], last: str) -> list[tuple[str, sympy.Expr]]:
-    """(node, live bytes while it runs) at every op that allocates, in program order."""
+def _walk(lives: Mapping[str, _Life], phases: tuple[str, ...], last: str,
+          upper_only: bool = False) -> list[tuple[str, Sum]]:
+    """(node, live bytes while it runs) at every op that allocates, in program order.
+
+    The running sum is kept as {term: coefficient} (what ``sympy.Add`` collects), each point a
+    :class:`~symcx.peak.Sum` whose expression is made only when asked: sympy's additions one by
+    one, and the expressions of points the peak search drops, are what a long walk costs. With
+    ``upper_only``, a point is left out when the next one exceeds it by positive terms alone
+    (nothing died between them): it can never be the peak, and the peak search is spared it."""
     born: dict[int, list[_Life]] = {}
     dies: dict[float, list[_Life]] = {}
     for s in lives.values():
-        if s.phase not in phases:
-            continue
-        end = max(getattr(s, last), s.born)
-        born.setdefault(s.born, []).append(s)
-        dies.setdefault(end, []).append(s)
-    points = []
-    live = ZERO
+        if s.phase in phases:
+            born.setdefault(s.born, []).append(s)
+            dies.setdefault(max(getattr(s, last), s.born), []).append(s)
+    terms: dict[sympy.Expr, dict[sympy.Expr, sympy.Expr]] = {}
+
+    def add(into: dict, group: list[_Life], sign: int) -> None:
+        for s in group:
+            if s.nbytes not in terms:
+                terms[s.nbytes] = sympy.sympify(s.nbytes).as_coefficients_dict()
+            for term, coeff in terms[s.nbytes].items():
+                into[term] = into.get(term, 0) + sign * coeff
+
+    points: list[tuple[str, dict]] = []
+    live: dict[sympy.Expr, sympy.Expr] = {}
+    grew = False  # only positive terms added since the last point
     for order in sorted(set(born) | {k for k in dies if k != _END}):
-        new = sympy.Add(*[s.nbytes for s in born.get(order, ())])
-        if new != 0:
-            points.append((born[order][0].node, live + new))
-        live = live + new - sympy.Add(*[s.nbytes for s in dies.get(order, ())])
-    return points
+        new: dict[sympy.Expr, sympy.Expr] = {}
+        add(new, born.get(order, []), 1)
+        if any(c != 0 for c in new.values()):
+            if upper_only and grew and points and _positive(new):
+                points.pop()
+            add(live, born[order], 1)
+            points.append((born[order][0].node, dict(live)))
+            grew = True
+        dead = dies.get(order, [])
+        add(live, dead, -1)
+        grew = grew and not dead
+    return [(node, Sum(at)) for node, at in points]
+
+
+def _positive(combination: Mapping[sympy.Expr, sympy.Expr]) -> bool:
+    """Whether a {term: coefficient} sum is > 0 for all sizes: no negative coefficient, every
+    term (a product of sizes) positive, one coefficient above 0."""
+    return any(c > 0 for c in combination.values()) and all(
+        c >= 0 and (k == 1 or k.is_positive) for k, c in combination.items())
 
 
 # --- the public model ---------------------------------------------------------------------
@@ -290,30 +319,31 @@ class _Iteration:
     """The training iteration's walk: resident bytes, (node, phase, live bytes) points, gradients, state."""
 
     resident: sympy.Expr
-    points: list[tuple[str, str, sympy.Expr]]
+    points: list[tuple[str, str, "sympy.Expr | Sum"]]
     grads: sympy.Expr
     state: sympy.Expr
     made: sympy.Expr = ZERO
     held: sympy.Expr = ZERO
 
 
-def _iteration(step: Step, lives: Mapping[str, _Life], optimizer: str) -> _Iteration:
+def _iteration(step: Step, lives: Mapping[str, _Life], optimizer: str, upper_only: bool = False) -> _Iteration:
     """The walk of forward, loss, backward and the optimizer's step: traced when the step holds it
-    (its state a placeholder or made in the step), else modelled (:data:`OPTIMIZER_COPIES`)."""
+    (its state a placeholder or made in the step), else modelled (:data:`OPTIMIZER_COPIES`).
+    ``upper_only``: leave out points the next one exceeds (see :func:`_walk`)."""
     trainable = [s for s in lives.values() if step.node(s.node).param in step.trainable and s.phase == "param"]
     grads = sympy.Add(*[s.nbytes for s in trainable])
     base = sum((_total(lives, p) for p in ("param", "buffer", "input")), ZERO)
     if step.optimizer is not None:
         phases = ("forward", "loss", "backward", "optimizer")
         made = sympy.Add(*[s.nbytes for s in lives.values() if s.phase == "optimizer" and s.last == _END])
-        points = [(v, step.node(v).phase, e) for v, e in _walk(lives, phases, "last")]
+        points = [(v, step.node(v).phase, e) for v, e in _walk(lives, phases, "last", upper_only)]
         held = _total(lives, "grad")
         return _Iteration(base + _total(lives, "state") + held, points, grads, _total(lives, "state") + made, made,
                           held)
     state = OPTIMIZER_COPIES[optimizer] * grads + _STEP_SCALAR_BYTES.get(optimizer, 0) * len(trainable)
     phases = ("forward", "loss", "backward")
     kept_to_end = sympy.Add(*[s.nbytes for s in lives.values() if s.last == _END and s.phase in phases])
-    points = [(v, step.node(v).phase, e) for v, e in _walk(lives, phases, "last")]
+    points = [(v, step.node(v).phase, e) for v, e in _walk(lives, phases, "last", upper_only)]
     points.append((STEP_NODE, "optimizer", kept_to_end + STEP_TEMPORARY_COPIES[optimizer] * grads))
     return _Iteration(base + state, points, grads, state)
 
@@ -377,10 +407,10 @@ def step_memory(
         return sympy.sympify(e).subs(values) if values else sympy.sympify(e)
 
     params, buffers, inputs = (_total(lives, p) for p in ("param", "buffer", "input"))
-    it = _iteration(step, lives, optimizer) if training else None
+    it = _iteration(step, lives, optimizer, upper_only=True) if training else None
     saved = [s for s in lives.values() if s.saved and s.phase in ("forward", "loss")]
     hints = {**step.hints, **{k: v for k, v in values.items() if isinstance(k, sympy.Symbol)}}
-    inf_kept, inf_node = peak_points(_walk(lives, ("forward",), "fwd_last"), hints)
+    inf_kept, inf_node = peak_points(_walk(lives, ("forward",), "fwd_last", upper_only=True), hints)
     inference_peak = ev(params + buffers + inputs + max_of(e for _, e in inf_kept))
     if it is not None:
         kept, peak_node = peak_points([(v, e) for v, _, e in it.points], hints)
@@ -468,7 +498,8 @@ def memory_timeline(
     lives = _lives(step, _dtype_name(dtype))
     it = _iteration(step, lives, _optimizer_name(step, optimizer))
     subs = dict(values or {})
-    return [(v, phase, sympy.sympify(it.resident + e).subs(subs)) for v, phase, e in it.points]
+    return [(v, phase, sympy.sympify(it.resident + (e.expr() if isinstance(e, Sum) else e)).subs(subs))
+            for v, phase, e in it.points]
 
 def _by_layer(
     step: Step, lives: Mapping[str, _Life], saved: list[_Life], training: bool, ev: Callable[[sympy.Expr], sympy.Expr]

@@ -10,12 +10,13 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable, Mapping
+from typing import Any
 from fractions import Fraction
 
 import sympy
 from sympy.solvers.simplex import InfeasibleLPError, linprog
 
-__all__ = ["peak_points", "max_of", "dominates"]
+__all__ = ["peak_points", "max_of", "dominates", "Sum"]
 
 
 def _dominates(a: sympy.Expr, b: sympy.Expr, symbols: list[sympy.Symbol]) -> bool:
@@ -51,7 +52,7 @@ def _probes(symbols: list[sympy.Symbol], hints: Mapping[sympy.Symbol, int]) -> l
     return probes
 
 
-Monomials = dict[tuple[int, ...], Fraction]
+Monomials = dict[tuple[int, ...], int | Fraction]  # ints where whole: much faster than Fraction
 
 
 def _monomials(expr: sympy.Expr, symbols: list[sympy.Symbol]) -> Monomials | None:
@@ -75,14 +76,14 @@ def _monomials(expr: sympy.Expr, symbols: list[sympy.Symbol]) -> Monomials | Non
             if term != 1:
                 break  # a factor that is not a plain symbol: try the expanded form
             key = tuple(exps)
-            out[key] = out.get(key, 0) + Fraction(int(coeff.p), int(coeff.q))
+            out[key] = out.get(key, 0) + (int(coeff.p) if coeff.q == 1 else Fraction(int(coeff.p), int(coeff.q)))
         else:
             return out
     return None
 
 
-def _evaluate(mono: Monomials, point: tuple[int, ...]) -> Fraction:
-    return sum((c * math.prod(v**e for v, e in zip(point, exps)) for exps, c in mono.items()), Fraction(0))
+def _evaluate(mono: Monomials, point: tuple[int, ...]) -> int | Fraction:
+    return sum(c * math.prod(v**e for v, e in zip(point, exps)) for exps, c in mono.items())
 
 
 def _shift(mono: Monomials) -> Monomials:
@@ -94,37 +95,93 @@ def _shift(mono: Monomials) -> Monomials:
     return out
 
 
+class Sum:
+    """A sum kept as {term: coefficient} (sympy's own split, ``as_coefficients_dict``), its
+    expression made only when asked: building sympy expressions is what a long walk spends on."""
+
+    __slots__ = ("terms", "_expr")
+
+    def __init__(self, terms: Mapping[sympy.Expr, sympy.Expr]) -> None:
+        self.terms = {k: c for k, c in terms.items() if c != 0}
+        self._expr: sympy.Expr | None = None
+
+    def expr(self) -> sympy.Expr:
+        if self._expr is None:
+            self._expr = sympy.Add(*[c * k for k, c in self.terms.items()])
+        return self._expr
+
+
+def _term_monomial(term: sympy.Expr, index: Mapping[sympy.Symbol, int]) -> tuple[int, ...] | None:
+    """The exponents of a product of symbols (``t*L**2`` → (2, 1) over (L, t)), else None."""
+    exps = [0] * len(index)
+    if term != 1:
+        for base, e in term.as_powers_dict().items():
+            if base not in index or not (e.is_Integer and e >= 0):
+                return None
+            exps[index[base]] += int(e)
+    return tuple(exps)
+
+
+def _sum_monomials(point: Sum, symbols: list[sympy.Symbol]) -> Monomials | None:
+    """A :class:`Sum` as monomials without making its expression, else None (then the expression's route)."""
+    index = {s: k for k, s in enumerate(symbols)}
+    out: Monomials = {}
+    for term, coeff in point.terms.items():
+        key = _term_monomial(term, index)
+        if key is None or not coeff.is_Rational:
+            return None
+        out[key] = out.get(key, 0) + (int(coeff.p) if coeff.q == 1 else Fraction(int(coeff.p), int(coeff.q)))
+    return out
+
+
+def _as_points(points: list[tuple[str, "sympy.Expr | Sum"]]) -> tuple[list, list[str]]:
+    """The distinct points (the first node of each kept) as :class:`Sum` or expressions."""
+    unique: dict[Any, tuple[str, Any]] = {}
+    for node, p in points:
+        p = p if isinstance(p, Sum) else sympy.sympify(p)
+        unique.setdefault(frozenset(p.terms.items()) if isinstance(p, Sum) else p, (node, p))
+    return [p for _, p in unique.values()], [n for n, _ in unique.values()]
+
+
 def peak_points(
-    points: list[tuple[str, sympy.Expr]], hints: Mapping[sympy.Symbol, int]
+    points: list[tuple[str, "sympy.Expr | Sum"]], hints: Mapping[sympy.Symbol, int]
 ) -> tuple[list[tuple[str, sympy.Expr]], str]:
     """Points no other point dominates (largest at ``hints`` first), and the node largest at ``hints``.
 
     A point is dropped when another is at least as large at every probe and :func:`_dominates`
     proves it for all sizes; the probes only spare the proof where it would fail anyway.
-    Polynomial points (the usual case) are compared on their coefficients, in plain Python.
+    Polynomial points (the usual case) are compared on their coefficients, in plain Python;
+    a :class:`Sum` is made an expression only if it is kept or is no polynomial.
     """
     if not points:
         return [("", sympy.S.Zero)], ""
-    unique: dict[sympy.Expr, str] = {}
-    for node, expr in points:
-        unique.setdefault(sympy.sympify(expr), node)
-    exprs = list(unique)
-    symbols = sorted(set().union(*(e.free_symbols for e in exprs)), key=str)
+    raw, nodes = _as_points(points)
+    free = [set().union(*(k.free_symbols for k in p.terms)) if isinstance(p, Sum) else p.free_symbols for p in raw]
+    symbols = sorted(set().union(*free), key=str)
     probes = _probes(symbols, hints)
-    monos = [_monomials(e, symbols) for e in exprs]
+    monos: list[Monomials | None] = []
+    exprs: list[Any] = []  # a polynomial Sum stays one; any other point is its expression
+    for p in raw:
+        m = _sum_monomials(p, symbols) if isinstance(p, Sum) else None
+        exprs.append(p if m is not None else p.expr() if isinstance(p, Sum) else p)
+        monos.append(m if m is not None else _monomials(exprs[-1], symbols))
     values = [
         tuple(_evaluate(m, tuple(int(p[s]) for s in symbols)) for p in probes) if m is not None
         else tuple(e.xreplace(p) for p in probes)
         for e, m in zip(exprs, monos)
     ]
     ranked = sorted(range(len(exprs)), key=lambda i: -values[i][0])
+
+    def expr(i: int) -> sympy.Expr:
+        return exprs[i].expr() if isinstance(exprs[i], Sum) else exprs[i]
+
     shifted = {i: _shift(m) for i, m in enumerate(monos) if m is not None}
 
     def dominates(j: int, i: int) -> bool:
         if i in shifted and j in shifted:
             a, b = shifted[j], shifted[i]
             return all(a.get(k, 0) - b.get(k, 0) >= 0 for k in a.keys() | b.keys())
-        return _dominates(exprs[j], exprs[i], symbols)
+        return _dominates(expr(j), expr(i), symbols)
 
     kept: list[int] = []
     for i in ranked:
@@ -133,7 +190,7 @@ def peak_points(
         kept.append(i)
     if len(kept) > 2 and all(i in shifted for i in kept):
         kept = _envelope(_inner_points_dropped(kept, shifted), shifted, values)
-    return [(unique[exprs[i]], exprs[i]) for i in kept], unique[exprs[ranked[0]]]
+    return [(nodes[i], expr(i)) for i in kept], nodes[ranked[0]]
 
 
 def _direction(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
@@ -172,9 +229,9 @@ def _between(a: Monomials, b: Monomials, c: Monomials) -> bool:
             if need > 0:
                 return False
         elif slope > 0:
-            lo = max(lo, need / slope)
+            lo = max(lo, Fraction(need) / slope)
         else:
-            hi = min(hi, need / slope)
+            hi = min(hi, Fraction(need) / slope)
         if lo > hi:
             return False
     return True

@@ -491,3 +491,20 @@ def test_peak_compares_polynomials_on_their_coefficients(coeffs, point):
     shifted = sympy.Poly(sympy.expand(expr.subs({a: a + 1, b: b + 1}) * 4), a, b).as_dict()
     assert {k: v for k, v in _shift(mono).items() if v} == {k: Fraction(str(v)) for k, v in shifted.items()}
     assert _monomials(sympy.floor(a / 2) + b, [a, b]) is None
+
+
+def test_peak_of_sums_equals_peak_of_their_expressions():
+    """A walk's points kept as {term: coefficient} (``peak.Sum``) give the same peak points, node
+    and expressions as the same points written as sympy expressions, polynomial or not."""
+    from symcx.peak import Sum, peak_points
+
+    L, t = sympy.symbols("L t", positive=True, integer=True)
+    exprs = [4 * t * L + 100, 8 * t * L + 4 * t, 4 * t * (L + 1), 2 * L**2 * t, 4 * sympy.floor(L / 2) * t + 7, 3 * t + 1]
+    points = [(f"n{k}", e) for k, e in enumerate(exprs)]
+    sums = [(n, Sum(sympy.sympify(e).as_coefficients_dict())) for n, e in points]
+    for hints in ({t: 8, L: 4}, {t: 1, L: 64}):
+        assert peak_points(sums, hints) == peak_points(points, hints)
+    kept, node = peak_points(sums, {t: 8, L: 4})
+    # by hand at t = 8, L = 4: 228, 288, 160, 256, 71, 25, so n1 (8tL + 4t) is largest; 2L²t passes
+    # it once L² - 4L - 2 > 0 (L >= 5), so both are kept
+    assert node == "n1" and {n for n, _ in kept} >= {"n1", "n3"}
