@@ -38,6 +38,7 @@ __all__ = [
     "OPTIMIZER_COPIES",
     "STEP_TEMPORARY_COPIES",
     "step_memory",
+    "step_layers",
     "memory_timeline",
     "max_batch_size",
     "parse_bytes",
@@ -531,6 +532,14 @@ def _by_layer(
     )
 
 
+def step_layers(step: Step) -> tuple[LayerMemory, ...]:
+    """Parameter, gradient and saved bytes per layer of a training step, traced dtypes: what
+    ``step_memory(step).by_layer`` holds, without the walks for the peak."""
+    lives = _lives(step, None)
+    saved = [s for s in lives.values() if s.saved and s.phase in ("forward", "loss")]
+    return _by_layer(step, lives, saved, True, sympy.sympify)
+
+
 class MemoryModel(Protocol):
     """What a route hands the analysis for memory: the step's memory, and the per-layer part."""
 
@@ -579,4 +588,4 @@ class TracedMemory:
 
     def layers(self) -> tuple[LayerMemory, ...]:
         """Parameter, gradient and saved bytes per layer (SGD, traced dtypes)."""
-        return step_memory(self.step).by_layer
+        return step_layers(self.step)

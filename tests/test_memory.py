@@ -508,3 +508,14 @@ def test_peak_of_sums_equals_peak_of_their_expressions():
     # by hand at t = 8, L = 4: 228, 288, 160, 256, 71, 25, so n1 (8tL + 4t) is largest; 2L²t passes
     # it once L² - 4L - 2 > 0 (L >= 5), so both are kept
     assert node == "n1" and {n for n, _ in kept} >= {"n1", "n3"}
+
+
+def test_layers_without_the_peak_walk_equal_step_memory_by_layer():
+    """``step_layers`` (what ``Analysis.layers`` reads) is ``step_memory(...).by_layer`` without the walks."""
+    from symcx.memory import step_layers
+
+    a = symcx.analyze(nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2)), torch.randn(3, 6))
+    assert step_layers(a.step) == step_memory(a.step).by_layer
+    # by hand: layer 0 holds W 5×6 + b 5 = 35 floats = 140 B, gradients the same; ReLU saves its output 5t·4 B
+    rows = {r.name: r for r in step_layers(a.step)}
+    assert rows["0"].param_bytes == 140 and rows["0"].grad_bytes == 140 and rows["1"].saved_bytes == 20 * t
