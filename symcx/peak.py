@@ -7,8 +7,10 @@ case) are compared on their coefficients in plain Python; others go through symp
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+import operator
 from collections.abc import Iterable, Mapping
 from typing import Any
 from fractions import Fraction
@@ -86,12 +88,19 @@ def _evaluate(mono: Monomials, point: tuple[int, ...]) -> int | Fraction:
     return sum(c * math.prod(v**e for v, e in zip(point, exps)) for exps, c in mono.items())
 
 
+@functools.lru_cache(maxsize=4096)
+def _shifted_monomial(exps: tuple[int, ...]) -> tuple[tuple[tuple[int, ...], int], ...]:
+    """The monomial with exponents ``exps`` at every symbol ``s + 1``: (exponents, coefficient) pairs."""
+    return tuple((ks, math.prod(math.comb(e, k) for e, k in zip(exps, ks)))
+                 for ks in itertools.product(*(range(e + 1) for e in exps)))
+
+
 def _shift(mono: Monomials) -> Monomials:
     """The polynomial with every symbol ``s`` replaced by ``s + 1`` (binomial expansion)."""
     out: Monomials = {}
     for exps, c in mono.items():
-        for ks in itertools.product(*(range(e + 1) for e in exps)):
-            out[ks] = out.get(ks, 0) + c * math.prod(math.comb(e, k) for e, k in zip(exps, ks))
+        for ks, binomial in _shifted_monomial(exps):
+            out[ks] = out.get(ks, 0) + c * binomial
     return out
 
 
@@ -185,7 +194,7 @@ def peak_points(
 
     kept: list[int] = []
     for i in ranked:
-        if any(all(a >= b for a, b in zip(values[j], values[i])) and dominates(j, i) for j in kept):
+        if any(all(map(operator.ge, values[j], values[i])) and dominates(j, i) for j in kept):
             continue
         kept.append(i)
     if len(kept) > 2 and all(i in shifted for i in kept):
@@ -210,9 +219,9 @@ def _inner_points_dropped(kept: list[int], shifted: Mapping[int, Monomials]) -> 
     vec = {i: tuple(int(shifted[i].get(k, 0) * scale) for k in keys) for i in kept}
     out = list(kept)
     for c in reversed(kept):  # the smallest at the hints first
-        others = [i for i in out if i != c]
-        incoming = {_direction(vec[a], vec[c]) for a in others}
-        if any(_direction(vec[c], vec[b]) in incoming for b in others):
+        # c is inside a segment a-b when the directions from c to a and to b are opposite
+        away = {_direction(vec[c], vec[a]) for a in out if a != c}
+        if any(tuple(-v for v in d) in away for d in away):
             out.remove(c)
     return out
 
