@@ -22,6 +22,19 @@ from symcx.validation.timing import (
 )
 
 
+def _synthetic(step, cost, sizes=(1, 2, 4, 8, 16, 32, 64, 128)):
+    """Calibration samples whose node times are made from known costs: ``cost(node)`` a ClassFit."""
+    samples = []
+    for batch in sizes:
+        at = {t: batch}
+        seconds = {}
+        for v in step.calls():
+            f, b = (float(sympy.sympify(e).xreplace(at)) for e in node_features(v))
+            seconds[v.name] = cost(v).seconds(f, b)
+        samples.append((step, at, seconds))
+    return samples
+
+
 @pytest.fixture(scope="module")
 def mlp():
     return symcx.analyze(nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8)), torch.randn(2, 64))
@@ -90,15 +103,7 @@ def test_views_are_a_floor_in_place_fills_move_data_and_backward_gemms_are_apart
 def test_forward_and_backward_gemms_are_fitted_apart(mlp):
     """Known costs: forward GEMMs 1e-11 s/FLOP, backward ones 3e-11, views 2 µs; fitted back per key."""
     truth = {"gemm": ClassFit(0.0, 1e-11), "gemm_backward": ClassFit(0.0, 3e-11), "free": ClassFit(2e-6)}
-    samples = []
-    for batch in (1, 2, 4, 8, 16, 32, 64, 128):
-        at = {t: batch}
-        seconds = {}
-        for v in mlp.step.calls():
-            f, b = (float(sympy.sympify(e).xreplace(at)) for e in node_features(v))
-            seconds[v.name] = truth.get(fit_key(v), ClassFit(1e-6)).seconds(f, b)
-        samples.append((mlp.step, at, seconds))
-    cal = calibrate(samples, "synthetic")
+    cal = calibrate(_synthetic(mlp.step, lambda v: truth.get(fit_key(v), ClassFit(1e-6))), "synthetic")
     assert cal.classes["gemm"].s_per_flop == pytest.approx(1e-11, rel=1e-6)
     assert cal.classes["gemm_backward"].s_per_flop == pytest.approx(3e-11, rel=1e-6)
     assert cal.classes["free"] == ClassFit(2e-6)  # the median view time, nothing per FLOP or byte
@@ -110,16 +115,8 @@ def test_elementwise_op_families_are_fitted_apart():
     a = symcx.analyze(nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2)),
                       torch.randn(2, 16))
     relu_grad = ClassFit(1e-6, 0.0, 1e-10)
-    samples = []
-    for batch in (1, 2, 4, 8, 16, 32, 64, 128):
-        at = {t: batch}
-        seconds = {}
-        for v in a.step.calls():
-            f, b = (float(sympy.sympify(e).xreplace(at)) for e in node_features(v))
-            fit = relu_grad if v.packet == "aten.threshold_backward" else ClassFit(1e-6, 0.0, 1e-11)
-            seconds[v.name] = fit.seconds(f, b)
-        samples.append((a.step, at, seconds))
-    cal = calibrate(samples, "synthetic")
+    cost = lambda v: relu_grad if v.packet == "aten.threshold_backward" else ClassFit(1e-6, 0.0, 1e-11)  # noqa: E731
+    cal = calibrate(_synthetic(a.step, cost), "synthetic")
     grad = next(v for v in a.step.calls() if v.packet == "aten.threshold_backward")
     assert fit_key(grad) == "compute:aten.threshold_backward"
     # its FLOPs (16·t) and bytes (192·t) are proportional, so only the node's time is determined:
