@@ -10,6 +10,7 @@ repeats the whole measurement, to see how much a shared machine moves it.
 
     python benchmarks/step_time.py                                 # calibrate on the calibration net
     python benchmarks/step_time.py --calibrate-on all --rounds 3 --json out.json
+    python benchmarks/step_time.py --in-sample     # also: the best the model's form can do on these models
 
 Exits 1 when, for the calibration named by ``--floor-on`` (default: the calibration net), the
 median |error| over the seed net, ResNet-18 and the GPT exceeds 10% or the worst 25% in any round.
@@ -29,6 +30,7 @@ from symcx.capture import trace_training_step
 from symcx.rules import annotate_costs
 from symcx.step import build_step
 from symcx.validation import calibrate_device, predict_time
+from symcx.validation.timing import calibrate
 from symcx.validation.execute import run_traced_step
 from symcx.validation.workload import CalibrationNet
 from symcx.zoo import MLP, MnistCNN
@@ -50,6 +52,38 @@ def _graph_seconds(trace, model, x, batch, repeats):
     run_traced_step(trace, model, x, {"t": batch})
     runs = [run_traced_step(trace, model, x, {"t": batch}).node_seconds for _ in range(repeats)]
     return sum(min(r[name] for r in runs) for name in runs[0])
+
+
+def _node_seconds(trace, model, x, batch, repeats):
+    """Each node's fastest time in ``repeats`` runs of the traced graph at ``batch``, after one warm-up."""
+    run_traced_step(trace, model, x, {"t": batch})
+    runs = [run_traced_step(trace, model, x, {"t": batch}).node_seconds for _ in range(repeats)]
+    return {name: min(r[name] for r in runs) for name in runs[0]}
+
+
+def _in_sample(built, args):
+    """The model form's ceiling: one fit on the three models' own node times at --batches (pooled),
+    predicting each of them back. No calibration on another model can beat this."""
+    batches = [int(b) for b in args.batches.split(",")]
+    samples, measured = [], {}
+    for name in TARGETS:
+        model, trace, step = built[name]
+        for b in batches:
+            seconds = _node_seconds(trace, model, MODELS[name][1](b), b, args.repeats)
+            samples.append((step, {step.user_symbols["t"]: b}, seconds))
+            measured[name, b] = sum(seconds.values())
+    cal = calibrate(samples, "in-sample")
+    rows = []
+    for name in TARGETS:
+        formula = predict_time(built[name][2], cal)
+        for b in batches:
+            pred = float(formula.subs(t, b))
+            rows.append({"model": name, "t": b, "predicted_s": pred, "graph_s": measured[name, b],
+                         "error": (pred - measured[name, b]) / measured[name, b]})
+    errors = [abs(r["error"]) for r in rows]
+    return {"in-sample (seed + resnet18 + gpt)": {
+        "r2": cal.r2, "median_abs_error": statistics.median(errors), "worst_abs_error": max(errors), "rows": rows,
+        "calibration": json.loads(cal.to_json())}}
 
 
 def _round(built, names, args):
@@ -86,6 +120,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--calibrate-on", default="calibration-net", help="a model name, or 'all' (each in turn)")
     p.add_argument("--floor-on", default="calibration-net")
+    p.add_argument("--in-sample", action="store_true",
+                   help="also fit on the three predicted models' own node times and predict them back (the ceiling)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -101,6 +137,8 @@ def main(argv=None) -> int:
     rounds, status = [], 0
     for k in range(args.rounds):
         result = _round(built, names, args)
+        if args.in_sample:
+            result.update(_in_sample(built, args))
         rounds.append(result)
         for cal_on, r in result.items():
             print(f"round {k + 1}: calibrated on {cal_on} (R² {r['r2']:.3f}): median |error| "
