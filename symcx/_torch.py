@@ -49,8 +49,10 @@ __all__ = [
     "packet_name",
     "sequence_nr",
     "current_sequence_nr",
+    "module_attributes",
     "eager_lstm_kernels",
     "eager_dropout_kernels",
+    "conv_layout_unguarded",
     "make_fx",
     "ProfilerEventType",
     "fake_process_group",
@@ -67,11 +69,13 @@ PRIVATE_APIS = (
     "torch.utils._python_dispatch.TorchDispatchMode (the recorder; validation.live_bytes)",
     "torch.utils.weak.WeakTensorKeyDictionary",
     "torch.autograd.graph.Node._sequence_nr / torch.autograd._get_sequence_nr",
+    "torch.nn.modules.module.Module (its per-instance _forward_hooks, _backward_hooks… dicts: block reuse's key)",
     "torch.utils._pytree (tree_leaves, tree_map, tree_flatten, tree_unflatten)",
     "torch.utils._sympy.functions (translated in symbols.py)",
     "torch._ops.OpOverload / OpOverloadPacket: _opname, _overloadname, _schema, _qualified_op_name",
     "torch._decomp.decompositions.select_one_layer_lstm_function / mkldnn_one_layer_lstm",
     "torch._C._get_mkldnn_enabled",
+    "torch._C._select_conv_backend / _conv_determine_backend_memory_format / _ConvBackend (fake conv's layout choice)",
     "torch._ops.OpOverload (its py_kernels and _dispatch_cache: aten.dropout's Python decomposition set aside)",
     "torch.fx.experimental.proxy_tensor.make_fx (the reference the recorder is tested against)",
     "torch._C._profiler._EventType (the allocator-peak oracle of tests/test_memory.py)",
@@ -122,6 +126,19 @@ def current_sequence_nr() -> int:
     return torch.autograd._get_sequence_nr() - 1
 
 
+#: ``nn.Module``'s own per-instance bookkeeping (parameters, submodules, hook dicts), not a module's state.
+_MODULE_INTERNALS = frozenset(vars(torch.nn.Module())) - {"training"}
+_INSTANCE_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def module_attributes(mod: torch.nn.Module) -> dict[str, Any] | None:
+    """A module's own instance attributes (``training`` and what its ``__init__`` set, not
+    ``nn.Module``'s bookkeeping), or None when it has forward or backward hooks of its own."""
+    if any(getattr(mod, key, None) for key in _INSTANCE_HOOKS):
+        return None
+    return {k: v for k, v in vars(mod).items() if k not in _MODULE_INTERNALS}
+
+
 @contextlib.contextmanager
 def eager_dropout_kernels() -> Iterator[None]:
     """Trace ``F.dropout`` to the kernels eager mode runs, not torch's Python decomposition.
@@ -143,6 +160,45 @@ def eager_dropout_kernels() -> Iterator[None]:
     finally:
         op.py_kernels.update(saved)
         op._dispatch_cache.clear()
+
+
+_CONV_BACKENDS = tuple(getattr(torch._C._ConvBackend, name) for name in dir(torch._C._ConvBackend)
+                       if not name.startswith("_") and name not in ("name", "value"))
+
+
+@contextlib.contextmanager
+def conv_layout_unguarded() -> Iterator[None]:
+    """Let a fake convolution pick its backend at the size hints without guarding on the sizes,
+    where every backend gives its output the same memory format.
+
+    Torch's fake ``conv`` (``torch._subclasses.fake_impls.conv``) asks
+    ``torch._C._select_conv_backend`` only to choose the output's layout
+    (``_conv_determine_backend_memory_format``); the choice reads sizes (oneDNN when
+    ``input.size(0) >= 16``), which guards a symbolic batch (``t <= 15``). When the layout is
+    the same whichever backend is chosen, the guard constrains nothing the trace records. Only
+    where the batch is the one symbolic size: other sizes' guards (channels equal) must be kept.
+    """
+    original = torch._C._select_conv_backend
+
+    def select(input: torch.Tensor, weight: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        env = getattr(getattr(input, "fake_mode", None), "shape_env", None)
+        # only a symbolic batch: a symbolic channel or image size has shape checks whose guards count
+        static = all(isinstance(d, int) for d in (*input.shape[1:], *weight.shape))
+        if env is None or not static:
+            return original(input, weight, *args, **kwargs)
+        try:
+            with env.suppress_guards():
+                backend = original(input, weight, *args, **kwargs)
+                formats = {torch._C._conv_determine_backend_memory_format(input, weight, b) for b in _CONV_BACKENDS}
+        except RuntimeError:
+            formats = set()
+        return backend if len(formats) == 1 else original(input, weight, *args, **kwargs)
+
+    torch._C._select_conv_backend = select
+    try:
+        yield
+    finally:
+        torch._C._select_conv_backend = original
 
 
 @contextlib.contextmanager

@@ -22,7 +22,8 @@ from .complexity import big_o
 from .errors import SymcxError
 from .layer_table import LayerTable
 from .memory import Memory, MemoryModel, not_modelled
-from .parallel import Communication, ParallelMemory, check_fsdp_shards, communication, fsdp_units, parallel_memory
+from .parallel import (Communication, ParallelMemory, check_fsdp_shards, check_fsdp_trace, communication, fsdp_units,
+                       parallel_memory)
 from .printing import render
 from .rows import LayerRow, layer_rows
 from .step import FORWARD_PHASES, Node, Step
@@ -82,9 +83,11 @@ class Analysis:
         memory_model: MemoryModel,
         values: Mapping[sympy.Symbol, Any] | None = None,
         shards: Callable[[int, Sequence[str]], Mapping[str, int]] | None = None,
+        fsdp_trace: Callable[..., Any] | None = None,
     ) -> None:
         self.step = step
         self._shards = shards  # FSDP2's shard sizes at a concrete g, from fully_shard (routes.py)
+        self._fsdp_trace = fsdp_trace  # rank 0's step traced through fully_shard at a concrete g (routes.py)
         self.unsupported = unsupported
         self._memory_model = memory_model
         self._values = dict(values or {})
@@ -325,6 +328,23 @@ class Analysis:
         out = fn(self.step, gpus, strategy, reshard_after_forward=reshard, precision=precision, units=units)
         return out.subs(self._values) if self._values else out
 
+    def check_fsdp(self, batch: int = 2, *, reshard_after_forward: bool = True, units: Sequence[str] | None = None,
+                   fit: Sequence[int] = (2, 3, 4), check: int = 8) -> list[dict[str, Any]]:
+        """The FSDP2 formula in g checked, exactly, against rank 0's step traced through ``fully_shard``
+        on torch's fake process group at each ``fit`` g and at ``check``; see
+        :func:`symcx.parallel.check_fsdp_trace` (one row per g; :class:`SymcxError` on a mismatch).
+
+        >>> import torch, symcx
+        >>> a = symcx.analyze(torch.nn.Linear(8, 6), torch.randn(2, 8), optimizer="adam")
+        >>> [r["traced_peak_bytes"] == r["predicted_peak_bytes"] for r in a.check_fsdp(batch=4)]
+        [True, True, True, True]
+        """
+        if self._fsdp_trace is None:
+            raise SymcxError("check_fsdp needs the model: an analysis of the symbolic route (symcx.analyze)")
+        found = fsdp_units(self.step, units)
+        return check_fsdp_trace(self.step, lambda k: self._fsdp_trace(k, batch, found, reshard_after_forward), batch,
+                                reshard_after_forward=reshard_after_forward, units=units, fit=fit, check=check)
+
     def communication(self, gpus: Any, strategy: str, *, reshard_after_forward: bool = True,
                       precision: str | None = None, units: Sequence[str] | None = None) -> Communication:
         """Bytes each GPU sends per step under ``strategy`` on ``gpus`` GPUs, ring algorithm, by collective;
@@ -441,7 +461,7 @@ class Analysis:
                     f"(e.g. symcx.symbol('b')), not {value!r} ({type(value).__name__})"
                 )
             merged[sym] = sympy.Integer(value)
-        return Analysis(self.step, self.unsupported, self._memory_model, merged, self._shards)
+        return Analysis(self.step, self.unsupported, self._memory_model, merged, self._shards, self._fsdp_trace)
 
     def __repr__(self) -> str:
         syms = ", ".join(self.symbols) or "none"

@@ -224,6 +224,9 @@ def _add_analyze(sub: Any) -> None:
                    help="per-GPU memory and communication data-parallel on G GPUs (g: a formula in g), t per GPU")
     a.add_argument("--strategy", choices=("ddp", "zero1", "zero2", "fsdp"), default="ddp",
                    help="with --gpus: ddp, zero1, zero2 or fsdp (FSDP2 fully_shard; default: ddp)")
+    a.add_argument("--check-trace", action="store_true",
+                   help="with --gpus and --strategy fsdp: check the formula against fully_shard itself, traced on "
+                        "torch's fake process group at g = 2, 3, 4 and 8 (per-GPU batch --batch, default 2)")
 
 
 
@@ -243,8 +246,9 @@ def _add_validate(sub: Any) -> None:
     v.add_argument("--backward", action="store_true", help="time and measure full training steps, not forward only")
     v.add_argument("--gpus", type=_arg(_positive_int), default=None, metavar="G",
                    help="with --backward: run G gloo processes on this CPU and compare each rank's peak")
-    v.add_argument("--strategy", choices=("ddp", "fsdp"), default="ddp",
-                   help="with --gpus: DistributedDataParallel or FSDP2 fully_shard (default: ddp)")
+    v.add_argument("--strategy", choices=("ddp", "zero1", "zero2", "fsdp"), default="ddp",
+                   help="with --gpus: DistributedDataParallel, ZeRO-1 (DDP with ZeroRedundancyOptimizer) or FSDP2 "
+                        "fully_shard; zero2 has no torch implementation and is refused (default: ddp)")
     v.add_argument("--repeats", type=_arg(_positive_int), default=20, help="timed runs per batch size (default: 20)")
     v.add_argument("--warmup", type=_arg(_count), default=3, help="untimed runs first (default: 3)")
     v.add_argument("--force", action="store_true",
@@ -408,6 +412,8 @@ def _analyze(args: argparse.Namespace) -> int:
     from .export.table import to_renderables
 
     _check_analyze_options(args)
+    if args.check_trace and (args.gpus is None or args.strategy != "fsdp"):
+        raise SymcxError("--check-trace traces FSDP2's fully_shard: give --gpus and --strategy fsdp")
     model = load_model(args.model, args.model_args)
     x = example_input(model, args.input)
     dims = parse_symbolic(args.symbolic, x) if args.symbolic else None
@@ -424,6 +430,8 @@ def _analyze(args: argparse.Namespace) -> int:
                            precision=args.precision, accumulate=args.accumulate)
     if args.gpus is not None:
         _emit(parallel_report(analysis, args.gpus, args.strategy, args.batch, args.format), args.output)
+        if args.check_trace:
+            _check_trace(analysis, args)
         return 0
     timeline = _plot_memory(analysis, args)
     at = {"t": args.batch} if args.batch is not None else None
@@ -544,6 +552,14 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_trace(analysis: Any, args: argparse.Namespace) -> None:
+    """``analyze --gpus G --strategy fsdp --check-trace``: the formula against ``fully_shard`` traced at
+    g = 2, 3, 4, 8, one line per g on stderr (a mismatch raises: exit 2)."""
+    for row in analysis.check_fsdp(batch=args.batch or 2):
+        print(f"fully_shard traced at g={row['gpus']}: resident {row['traced_resident_bytes']} B, peak "
+              f"{row['traced_peak_bytes']} B above it (at {row['peak_op']}) = the formula", file=sys.stderr)
+
+
 def _validate_ranks(model: Any, x: Any, args: argparse.Namespace) -> int:
     """``validate --gpus G --strategy S``: one gloo process per rank, each rank's peak against the formula."""
     from .validation.distributed import validate_distributed
@@ -559,8 +575,11 @@ def _validate_ranks(model: Any, x: Any, args: argparse.Namespace) -> int:
         text = json.dumps(report, indent=2) + "\n"
     else:
         text = "".join(f"t={run['batch']} rank {r['rank']}: predicted {r['predicted_peak_bytes']:,} B, measured "
-                       f"{r['measured_peak_bytes']:,} B ({r['error']:+.1%})\n" for run in report["runs"]
-                       for r in run["ranks"])
+                       f"{r['measured_peak_bytes']:,} B ({r['error']:+.1%}); live tensors "
+                       f"{r['live_tensor_peak_bytes']:,} B\n" for run in report["runs"] for r in run["ranks"])
+        text += ("measured: the CPU allocator's peak (it also sees kernels' scratch copies, e.g. a matmul's "
+                 "of an expanded gradient); live tensors: the bytes of tensors aten ops return (blind to FSDP2's "
+                 "storage resizes)\n")
     _emit(text, args.output)
     return 0
 

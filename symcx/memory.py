@@ -24,7 +24,7 @@ import sympy
 
 from .cost import TensorInfo
 from .errors import SymcxError
-from .opsets import GRAD_SEEDS, UNMODELLED_MEMORY
+from .opsets import ALIAS_OPS, GRAD_SEEDS, UNMODELLED_MEMORY
 from .budget import max_batch_size, parse_bytes
 from .peak import Sum, max_of, peak_points
 from .step import Step, storage_keys
@@ -39,6 +39,7 @@ __all__ = [
     "STEP_TEMPORARY_COPIES",
     "step_memory",
     "step_layers",
+    "kernel_copies",
     "memory_timeline",
     "max_batch_size",
     "parse_bytes",
@@ -457,6 +458,40 @@ def not_modelled(step: Step) -> tuple[str, ...]:
         if node.packet in UNMODELLED_MEMORY and node.packet not in seen:
             seen[node.packet] = f"{node.packet} ({node.layer}): {UNMODELLED_MEMORY[node.packet]}"
     return tuple(seen.values())
+
+
+#: Matrix products whose kernels (CPU BLAS, cuBLAS) copy an operand with a zero stride into a
+#: contiguous temporary while they run, and the index of the first matrix among the op's inputs
+#: (``addmm``'s bias is broadcast into the output, not copied).
+_BLAS_MATRICES = {"aten.mm": 0, "aten.addmm": 1}
+
+
+def _broadcast(step: Step, name: str) -> bool:
+    """Whether node ``name`` is a view of an ``expand`` that broadcast a size-1 dim (a zero stride)."""
+    v = step.node(name)
+    while v.packet in ALIAS_OPS and v.packet != "aten.expand" and v.inputs:
+        v = step.node(v.inputs[0])
+    return (v.packet == "aten.expand" and v.call is not None and bool(v.call.tensors)
+            and sympy.simplify(v.out.numel - v.call.tensors[0].numel) != 0)
+
+
+def kernel_copies(step: Step) -> list[tuple[str, sympy.Expr]]:
+    """(node, bytes) of each copy a matrix kernel makes of a broadcast operand, held while it runs.
+
+    An expanded tensor (the gradient of ``loss = out.sum()`` is one) has a zero stride, which BLAS
+    cannot read, so ``mm``/``addmm`` clone it first (aten's ``addmm_impl_cpu_``, and cuBLAS's
+    ``prepare_matrix_for_cublas``). The copy is the kernel's, not an aten output: torch's
+    allocator holds it, the live-tensor tracker does not see it.
+    """
+    out = []
+    for v in step.calls():
+        first = _BLAS_MATRICES.get(v.packet)
+        if first is None:
+            continue
+        for name in v.inputs[first:]:
+            if _broadcast(step, name):
+                out.append((v.name, step.node(name).out.nbytes))
+    return out
 
 
 def memory_timeline(

@@ -8,7 +8,8 @@ parameter on dim 0, ``ceiling(dim0/g)`` rows per rank (:func:`fsdp_shard_numel`,
 against ``fully_shard`` itself under torch's fake process group, see
 :func:`check_fsdp_shards`); ZeRO-1/2 shard each tensor flat, ``ceiling(numel/g)``
 elements. FSDP2 also holds its units' unsharded parameters and the all-gather and
-reduce-scatter buffers (see docs/parallel.md for the model and its limits).
+reduce-scatter buffers, their lifetimes checked byte for byte against one rank's step traced
+through ``fully_shard`` (:func:`check_fsdp_trace`; see docs/parallel.md for the model and its limits).
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ import sympy
 
 from .budget import max_batch_size
 from .errors import SymcxError
-from .memory import _END, _Life, _lives
+from .memory import _END, _Life, _lives, kernel_copies
 from .peak import max_of, peak_points
 from .step import Step
 from .symbols import g as G_SYMBOL
+from .zero_partition import owned_params, state_owners
 
 __all__ = ["STRATEGIES", "ParallelMemory", "Communication", "parallel_memory", "communication",
-           "fsdp_shard_numel", "check_fsdp_shards", "check_gpus", "fsdp_units", "parallel_report"]
+           "fsdp_shard_numel", "check_fsdp_shards", "check_fsdp_trace", "check_gpus", "fsdp_units", "parallel_report"]
 
 #: The data-parallel strategies: what each shards (params, gradients, optimizer state).
 STRATEGIES = {"ddp": (False, False, False), "zero1": (False, False, True), "zero2": (False, True, True),
@@ -87,6 +89,36 @@ def check_fsdp_shards(probe: Callable[[int], Mapping[str, int]], shapes: Mapping
             if name in seen and seen[name] != want:
                 raise SymcxError(f"fully_shard gives {name} a shard of {seen[name]} elements at g={gpus}, not "
                                  f"ceiling(dim0/g)*rest = {want}; symcx's FSDP2 padding rule does not hold here")
+
+
+def check_fsdp_trace(step: Step, probe: Callable[[int], Any], batch: int, *, reshard_after_forward: bool = True,
+                     units: Sequence[str] | None = None, fit: Sequence[int] = (2, 3, 4),
+                     check: int = 8) -> list[dict[str, Any]]:
+    """Check the FSDP2 formula in g against one rank's step traced through ``fully_shard`` itself.
+
+    ``probe(g)`` traces rank 0's Adam step at per-GPU batch ``batch`` on ``g`` fake ranks
+    (:func:`symcx.capture.sharded.trace_fsdp_step`). The formula of :func:`parallel_memory`,
+    built once with the symbol g, is evaluated at each ``fit`` g and at ``check``; its resident
+    bytes and its peak above them must equal the traced ones exactly, else :class:`SymcxError`
+    says where. Returns one row per g: ``gpus``, ``traced_*`` and ``predicted_*`` bytes, ``peak_op``.
+    """
+    mem = parallel_memory(step, G_SYMBOL, "fsdp", reshard_after_forward=reshard_after_forward, units=units)
+    sizes = {s: batch if s.name == "t" else step.hints.get(s, s) for s in mem.peak.free_symbols - {G_SYMBOL}}
+    rows = []
+    for gpus in (*fit, check):
+        traced, values = probe(gpus), {**sizes, G_SYMBOL: gpus}
+        resident = sympy.sympify(mem.resident).subs(values)
+        rows.append({"gpus": gpus, "traced_resident_bytes": traced.resident_bytes, "predicted_resident_bytes": int(resident),
+                     "traced_peak_bytes": traced.peak_bytes, "predicted_peak_bytes": int(mem.peak.subs(values) - resident),
+                     "peak_op": traced.peak_op})
+        row = rows[-1]
+        if (row["traced_resident_bytes"], row["traced_peak_bytes"]) != (row["predicted_resident_bytes"],
+                                                                        row["predicted_peak_bytes"]):
+            raise SymcxError(f"FSDP2 traced through fully_shard at g={gpus}, t={batch} holds {traced.resident_bytes} B "
+                             f"at the step's start and peaks {traced.peak_bytes} B above it (at {traced.peak_op}); "
+                             f"the formula in g gives {row['predicted_resident_bytes']} and "
+                             f"{row['predicted_peak_bytes']}")
+    return rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,6 +230,9 @@ class _Plan:
     mixed: bool
     units: tuple[str, ...]
     reshard: bool
+    gloo: bool = False  # count gloo's own copies in its all-gather and reduce-scatter
+    owned: frozenset[str] | None = None  # torch's ZeRO-1: the parameters whose state this rank keeps
+    owners: Mapping[str, str] = dataclasses.field(default_factory=dict)  # state/optimizer node → parameter
 
     def shard(self, info: Any, itemsize: int, sharded: bool) -> sympy.Expr:
         """Bytes of one storage on one GPU: whole, or its shard under this strategy's padding."""
@@ -206,6 +241,13 @@ class _Plan:
         if self.strategy == "fsdp":
             return fsdp_shard_numel(info.shape, self.gpus) * itemsize
         return _flat_shard(info.numel, self.gpus) * itemsize
+
+    def state_bytes(self, info: Any, itemsize: int, owner: str | None) -> sympy.Expr:
+        """Bytes of optimizer state (or a step temporary) of parameter ``owner`` on this rank: as the
+        strategy shards it, or under torch's ZeRO-1 whole if this rank owns the parameter, else none."""
+        if self.owned is None:
+            return self.shard(info, itemsize, STRATEGIES[self.strategy][2])
+        return info.numel * itemsize if owner is None or owner in self.owned else ZERO
 
 
 def _item(plan: _Plan, info: Any, half: bool) -> int:
@@ -253,7 +295,8 @@ def _unit_spans(step: Step, units: Sequence[str]) -> dict[str, dict[str, list[in
 
 
 def _unit_sizes(step: Step, plan: _Plan, lives: Mapping[str, _Life]) -> tuple[dict, dict]:
-    """Each unit's full parameter bytes (what an all-gather rebuilds) and its padded shard bytes."""
+    """Each unit's unsharded parameter bytes and its padded shard bytes. FSDP2's unsharded parameters
+    are views into its all-gather outputs, g padded shards each (the storage it resizes)."""
     full: dict[str, sympy.Expr] = {u: ZERO for u in plan.units}
     shard: dict[str, sympy.Expr] = {u: ZERO for u in plan.units}
     for life in lives.values():
@@ -261,8 +304,8 @@ def _unit_sizes(step: Step, plan: _Plan, lives: Mapping[str, _Life]) -> tuple[di
             info = step.storages[life.key].info
             u = _unit_of(step.node(life.node).param, plan.units)
             size = _item(plan, info, True)
-            full[u] += info.numel * size
             shard[u] += fsdp_shard_numel(info.shape, plan.gpus) * size
+            full[u] += plan.gpus * fsdp_shard_numel(info.shape, plan.gpus) * size
     return full, shard
 
 
@@ -300,7 +343,11 @@ def _fsdp_gathers(step: Step, plan: _Plan, walk: _Walk, lives: Mapping[str, _Lif
         walk.hold(label, full[u], first - 0.5, last + 0.125)  # from the unit's wait (copy-out) to its reshard
         later = [i for i, p, *_ in gathers[k + 1:] if p == phase]
         freed = max(later[0], first) - 0.5 if later else (forward_end if phase == "forward" else first - 0.5)
-        walk.hold(label, plan.gpus * shard[u], issue - 0.5, freed)
+        # a backward prefetch is issued once the previous unit's copy-out has freed its output
+        born = issue - (0.375 if issue < first else 0.5)
+        walk.hold(label, plan.gpus * shard[u], born, freed)
+        if plan.gloo and issue < first:  # gloo's copy of the output; elsewhere no larger than the copy-out
+            walk.hold(label, plan.gpus * shard[u], born, born)
         gathered += shard[u]
         largest.append(full[u] + plan.gpus * shard[u])
     return (sympy.Max(*largest) if largest else ZERO), gathered
@@ -327,9 +374,9 @@ class _Totals:
     param_shards: sympy.Expr = ZERO
 
 
-def _place_grad(plan: _Plan, walk: _Walk, tot: _Totals, life: _Life, info: Any, unit: str,
-                post: Mapping[str, float]) -> None:
-    """A gradient: whole to the end (DDP, ZeRO-1), or whole until reduce-scattered, then its shard."""
+def _place_grad(plan: _Plan, walk: _Walk, tot: _Totals, life: _Life, info: Any, freed: float) -> None:
+    """A gradient: whole to the end (DDP, ZeRO-1), or whole until reduce-scattered (FSDP2: until
+    ``freed``), then its shard."""
     whole = info.numel * _item(plan, info, True)
     tot.grads_full += whole
     if plan.strategy in ("ddp", "zero1"):
@@ -342,13 +389,24 @@ def _place_grad(plan: _Plan, walk: _Walk, tot: _Totals, life: _Life, info: Any, 
         walk.hold(life.node, piece, life.born + 0.5, _END)
         tot.grads += piece
     else:  # FSDP2: the unit's unsharded gradients live until its post-backward reduce-scatter
-        walk.hold(life.node, whole, life.born, post[unit])
+        walk.hold(life.node, whole, life.born, freed)
+
+
+def _grad_frees(step: Step, plan: _Plan, lives: Mapping[str, _Life]) -> dict[str, float]:
+    """When FSDP2 frees each unsharded gradient: at its unit's reduce-scatter copy-in, but the unit's
+    last-made one after the reduce-scatter (autograd still holds it then; traced, see capture.sharded)."""
+    if plan.strategy != "fsdp":
+        return {}
+    post = _post_backward(step, plan)
+    units = {k: _unit_of(step.node(s.node).module, plan.units) for k, s in lives.items() if _is_grad(s)}
+    last = {u: max((lives[k].born, k) for k, v in units.items() if v == u)[1] for u in set(units.values())}
+    return {k: post[u] + (0.0625 if last[u] == k else 0.0) for k, u in units.items()}
 
 
 def _place(step: Step, plan: _Plan, walk: _Walk, tot: _Totals, lives: Mapping[str, _Life]) -> None:
     """Size every storage of the step for one GPU and put it on the walk (resident ones in ``tot``)."""
-    shard_params, _, shard_state = STRATEGIES[plan.strategy]
-    post = _post_backward(step, plan) if plan.strategy == "fsdp" else {}
+    shard_params = STRATEGIES[plan.strategy][0]
+    frees = _grad_frees(step, plan, lives)
     for life in lives.values():
         info, v = step.storages[life.key].info, step.node(life.node)
         if life.phase == "param":
@@ -359,19 +417,20 @@ def _place(step: Step, plan: _Plan, walk: _Walk, tot: _Totals, lives: Mapping[st
                 tot.grad_shards[unit] = tot.grad_shards.get(unit, ZERO) + size
                 tot.grads += size
             if plan.mixed and v.param in step.trainable:  # the fp32 master copy, sharded as the state
-                tot.state += plan.shard(info, _MASTER, shard_state)
+                tot.state += plan.state_bytes(info, _MASTER, v.param)
         elif life.phase in ("buffer", "input"):
             tot.fixed += info.numel * info.itemsize
         elif life.phase == "state":
-            tot.state += plan.shard(info, info.itemsize, shard_state)
+            tot.state += plan.state_bytes(info, info.itemsize, plan.owners.get(life.node))
         elif _is_grad(life):
-            _place_grad(plan, walk, tot, life, info, _unit_of(v.module, plan.units), post)
+            _place_grad(plan, walk, tot, life, info, frees.get(life.key, _END))
         else:
-            size = plan.shard(info, info.itemsize, shard_state and life.phase == "optimizer")
+            size = (plan.state_bytes(info, info.itemsize, plan.owners.get(life.node)) if life.phase == "optimizer"
+                    else info.numel * info.itemsize)
             walk.hold(life.node, size, life.born, life.last)
             if life.saved and life.phase in ("forward", "loss"):
                 tot.activations += size
-    _reduce_scatters(step, plan, walk, tot, post)
+    _reduce_scatters(step, plan, walk, tot, _post_backward(step, plan) if plan.strategy == "fsdp" else {})
 
 
 def _reduce_scatters(step: Step, plan: _Plan, walk: _Walk, tot: _Totals, post: Mapping[str, float]) -> None:
@@ -384,13 +443,18 @@ def _reduce_scatters(step: Step, plan: _Plan, walk: _Walk, tot: _Totals, post: M
         walk.phases[label] = "backward"
         freed = done[k + 1][0] - 0.125 if k + 1 < len(done) else end  # freed as the next one starts
         walk.hold(label, plan.gpus * tot.grad_shards[unit], when, freed)
-        walk.hold(label, tot.grad_shards[unit], when, _END)
+        walk.hold(label, tot.grad_shards[unit], when + 0.0625, _END)  # made once the unsharded gradients are freed
+        if plan.gloo:  # gloo's copy of the input, held while the collective runs
+            walk.hold(label, plan.gpus * tot.grad_shards[unit], when + 0.0625, when + 0.0625)
 
 
 def _plan(step: Step, gpus: Any, strategy: str, reshard_after_forward: bool, precision: str | None,
-          units: Sequence[str] | None) -> _Plan:
+          units: Sequence[str] | None, backend: str | None = None, partition: str = "flat", rank: int = 0) -> _Plan:
     """The checked options of a data-parallel walk."""
     count = check_gpus(gpus, strategy)
+    owned = _torch_partition(step, count, strategy, partition, rank)
+    if backend not in (None, "gloo"):
+        raise SymcxError(f"backend must be None (FSDP2's own buffers) or 'gloo' (with gloo's copies), not {backend!r}")
     if precision not in (None, "mixed"):
         raise SymcxError(f"precision must be None (as traced) or 'mixed' (16-bit params and grads, fp32 master "
                          f"copy and optimizer state), not {precision!r}")
@@ -401,11 +465,28 @@ def _plan(step: Step, gpus: Any, strategy: str, reshard_after_forward: bool, pre
     unknown = [u for u in units or () if u and u not in step.module_types]
     if unknown:
         raise SymcxError(f"FSDP units {unknown} are not modules of the traced model")
-    return _Plan(strategy, count, precision == "mixed", fsdp_units(step, units), bool(reshard_after_forward))
+    return _Plan(strategy, count, precision == "mixed", fsdp_units(step, units), bool(reshard_after_forward),
+                 backend == "gloo", owned, state_owners(step) if owned is not None else {})
+
+
+def _torch_partition(step: Step, gpus: sympy.Expr, strategy: str, partition: str, rank: Any) -> frozenset[str] | None:
+    """The parameters whose state ``rank`` keeps under ``partition="params"`` (torch's ZeRO-1); None for "flat"."""
+    if partition not in ("flat", "params"):
+        raise SymcxError(f"partition must be 'flat' (each tensor split in g) or 'params' (torch's "
+                         f"ZeroRedundancyOptimizer: whole parameters per rank), not {partition!r}")
+    if partition == "flat":
+        return None
+    if strategy != "zero1" or not gpus.is_Integer:
+        raise SymcxError("partition='params' is torch's ZeRO-1 (ZeroRedundancyOptimizer): strategy='zero1' and a "
+                         f"number of GPUs, not strategy={strategy!r}, gpus={gpus}")
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < int(gpus):
+        raise SymcxError(f"rank must be one of 0..{int(gpus) - 1}, not {rank!r}")
+    return owned_params(step, int(gpus), rank)
 
 
 def parallel_memory(step: Step, gpus: Any, strategy: str, *, reshard_after_forward: bool = True,
-                    precision: str | None = None, units: Sequence[str] | None = None) -> ParallelMemory:
+                    precision: str | None = None, units: Sequence[str] | None = None,
+                    backend: str | None = None, partition: str = "flat", rank: int = 0) -> ParallelMemory:
     """Per-GPU memory of ``step`` (the single-GPU trace, t per GPU) data-parallel on ``gpus`` GPUs.
 
     Parameters
@@ -425,6 +506,20 @@ def parallel_memory(step: Step, gpus: Any, strategy: str, *, reshard_after_forwa
         fp32 master copy with the optimizer state (trace in fp32: Adam's K = 12 bytes per parameter).
     units : sequence of str, optional
         The modules ``fully_shard`` wraps (default: each direct child of the root holding parameters).
+    backend : {None, "gloo"}
+        None counts the tensors torch.distributed itself allocates (as traced through
+        ``fully_shard`` on the fake backend, :func:`check_fsdp_trace`); "gloo" adds the copies
+        gloo's CPU collectives make through torch's allocator: a full copy of a reduce-scatter's
+        input, and one of an all-gather's output (measured; it adds to the peak only for a
+        backward prefetch); and, as the CPU allocator holds it too, each copy a matrix kernel
+        makes of a broadcast operand while it runs (:func:`symcx.memory.kernel_copies`).
+    partition : {"flat", "params"}
+        How ZeRO-1 splits the optimizer state: "flat" cuts each tensor in g (``ceiling(numel/g)``,
+        as DeepSpeed does); "params" is torch's ``ZeroRedundancyOptimizer`` on DDP: whole
+        parameters per rank, largest first to the least-loaded rank, DDP's gradient buckets
+        resident; needs ``gpus`` a number, and gives the memory of ``rank``.
+    rank : int
+        With ``partition="params"``, the rank whose memory is wanted (0 … gpus-1).
 
     Returns
     -------
@@ -438,14 +533,18 @@ def parallel_memory(step: Step, gpus: Any, strategy: str, *, reshard_after_forwa
     >>> m.optimizer  # exp_avg, exp_avg_sq of weight (12) and bias (3), 4 B each, sharded; 2 step scalars
     8*ceiling(3/g) + 8*ceiling(12/g) + 8
     """
-    plan = _plan(step, gpus, strategy, reshard_after_forward, precision, units)
+    plan = _plan(step, gpus, strategy, reshard_after_forward, precision, units, backend, partition, rank)
     lives = _lives(step, None)
     walk, tot = _Walk(), _Totals()
     _place(step, plan, walk, tot, lives)
+    if plan.gloo:  # what the CPU allocator also holds: a matrix kernel's copy of a broadcast operand
+        for node, nbytes in kernel_copies(step):
+            walk.hold(node, nbytes, step.node(node).order, step.node(node).order)
     largest = ZERO
     if strategy == "fsdp":
         largest, _ = _fsdp_gathers(step, plan, walk, lives)
-    buckets = tot.grads_full if strategy == "ddp" else ZERO  # DDP's Reducer: a flat copy of every gradient
+    # DDP's Reducer (under torch's ZeRO-1 too): a flat copy of every gradient
+    buckets = tot.grads_full if strategy == "ddp" or plan.owned is not None else ZERO
     points, end = walk.points()
     if step.optimizer is None:  # as symcx.memory: the untraced optimizer's step holds what is kept to the end
         walk.phases["optimizer.step"] = "optimizer"
@@ -455,7 +554,7 @@ def parallel_memory(step: Step, gpus: Any, strategy: str, *, reshard_after_forwa
     resident = tot.params + tot.fixed + tot.state + buckets
     return ParallelMemory(
         strategy=strategy, gpus=plan.gpus, params=tot.params, grads=tot.grads, optimizer=tot.state,
-        activations=tot.activations, buffers=buckets if strategy == "ddp" else largest, resident=resident,
+        activations=tot.activations, buffers=largest if strategy == "fsdp" else buckets, resident=resident,
         peak=resident + max_of(e for _, e in kept), peak_node=node,
         peak_phase=step.node(node).phase if node in step else walk.phases.get(node, ""),
         candidates=tuple((v, resident + e) for v, e in kept), reshard_after_forward=plan.reshard,

@@ -19,6 +19,8 @@ import torch
 from .analysis import Analysis
 from .capture import DimSpec, Iteration, optimizer_factory, precision_of, trace_training_step
 from .capture.distributed import fsdp_shard_numels
+from .capture.precision import AS_GIVEN
+from .capture.sharded import trace_fsdp_step
 from .errors import ShapeError, SymcxError, TraceError
 from .interpolate import interpolated
 from .memory import MemoryModel, TracedMemory
@@ -31,17 +33,18 @@ __all__ = ["analyze"]
 def _symbolic(
     model: torch.nn.Module, example_input: Any, batch_dim: int | None, dims: Sequence[DimSpec], widths: str | None,
     loss: Callable[[Any], torch.Tensor] | None, options: Mapping[str, Any], strict: bool,
-    iteration: Iteration | None = None,
+    iteration: Iteration | None = None, reuse: bool = False,
 ) -> tuple[Step, Counter, MemoryModel]:
     """The symbolic route: one trace with symbolic sizes, costed node by node.
 
-    Where the tracer departed from the request (``Trace.notes``: a batch the model pins), it warns.
+    Where the tracer departed from the request (``Trace.notes``: a batch the model pins), it warns;
+    block reuse's notes (``reuse``) are kept in the step, not warned.
     With an optimizer, the first iteration of a fresh one is traced when its memory is asked for.
     """
     def traced(it: Iteration | None) -> tuple[Step, Counter]:
         trace = trace_training_step(model, example_input, batch_dim=batch_dim, dims=dims, widths=widths, loss=loss,
-                                    iteration=it)
-        for note in trace.notes:
+                                    iteration=it, reuse=reuse)
+        for note in (n for n in trace.notes if not n.startswith("block reuse")):
             warnings.warn(f"symcx: {type(model).__name__}: {note}", UserWarning, stacklevel=4)
         step = build_step(trace)
         return step, annotate_costs(step.nodes, strict=strict, options=options)
@@ -120,6 +123,7 @@ def analyze(
     precision: Any = None,
     accumulate: int = 1,
     set_to_none: bool = True,
+    reuse: bool = False,
 ) -> Analysis:
     """Trace one training step of ``model`` and return its symbolic cost.
 
@@ -171,6 +175,11 @@ def analyze(
     set_to_none : bool
         ``zero_grad``'s argument (needs ``optimizer`` when False): with False the gradients stay
         allocated between iterations and each backward adds into them.
+    reuse : bool
+        Trace each distinct block once: a repeated module (same class, state, parameter layout and
+        argument shapes) is copied from its first call, checked by running the model on the meta
+        device, and traced normally where that check or its backward's shape fails
+        (``Analysis.route_note`` names the replayed and the refused blocks).
 
     Returns
     -------
@@ -206,7 +215,7 @@ def analyze(
     try:
         try:
             step, unsupported, memory = _symbolic(model, example_input, batch_dim, specs, style, loss, options, strict,
-                                                  iteration)
+                                                  iteration, reuse)
         except TraceError as err:
             if style is not None or "data-dependent" in str(err):
                 raise
@@ -228,4 +237,11 @@ def analyze(
     def shards(gpus: int, units: Sequence[str]) -> dict[str, int]:  # fully_shard on a meta copy, fake group
         return fsdp_shard_numels(model, gpus, units)
 
-    return Analysis(step, unsupported, memory, shards=shards)
+    def fsdp_trace(gpus: int, batch: int, units: Sequence[str], reshard: bool) -> Any:  # fully_shard, fake tensors
+        if iteration is None or iteration.optimizer is None or iteration.micro_steps != 1 or loss is not None \
+                or batch_dim != 0 or iteration.precision != AS_GIVEN or not iteration.set_to_none:
+            raise SymcxError("the FSDP2 trace runs the plain step: analyze(..., optimizer=...) with the default "
+                             "loss, batch_dim=0, no precision, accumulate=1 and set_to_none=True")
+        return trace_fsdp_step(model, example_input, gpus, batch, units, reshard, iteration.optimizer.make)
+
+    return Analysis(step, unsupported, memory, shards=shards, fsdp_trace=fsdp_trace)

@@ -42,6 +42,29 @@ def test_seed_cnn_fsdp_two_ranks():
     _check(report, 2, [2, 8])
 
 
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_small_gpt_two_ranks(strategy):
+    # the sum loss's gradient reaches the LM head's backward expanded (zero strides): its two mm
+    # kernels copy it (t·L·vocab·4 B each), which the allocator measured here holds and
+    # parallel_memory's backend="gloo" counts (symcx.memory.kernel_copies); the live tensors do not
+    from symcx.zoo.models import GPT
+
+    torch.manual_seed(0)
+    report = validate_distributed(GPT(), torch.randint(0, 64, (2, 16)), gpus=2, strategy=strategy,
+                                  batch_sizes=[2, 8], timeout=300)
+    _check(report, 2, [2, 8])
+
+
+def test_seed_cnn_zero1_two_ranks():
+    # torch's ZeroRedundancyOptimizer gives fc1.weight (1179648 of 1199882 elements) to rank 0 and
+    # the rest to rank 1: the ranks differ, and each is predicted with its own share
+    report = validate_distributed(MnistCNN(), torch.randn(2, 1, 28, 28), gpus=2, strategy="zero1",
+                                  batch_sizes=[2, 8], timeout=300)
+    _check(report, 2, [2, 8])
+    first = report["runs"][0]["ranks"]
+    assert first[0]["predicted_peak_bytes"] > 2 * first[1]["predicted_peak_bytes"]
+
+
 def test_cli_validate_gpus(tmp_path):
     out = tmp_path / "ranks.json"
     assert main(["validate", "mlp", "--backward", "--gpus", "2", "--strategy", "ddp", "--batch-sizes", "4",
@@ -49,10 +72,13 @@ def test_cli_validate_gpus(tmp_path):
     report = json.loads(out.read_text())
     assert report["strategy"] == "ddp" and len(report["runs"][0]["ranks"]) == 2
     assert main(["validate", "mlp", "--gpus", "2"]) == 2  # no --backward
+    assert main(["validate", "mlp", "--backward", "--gpus", "2", "--strategy", "zero2"]) == 2  # torch has none
 
 
 def test_bad_input():
-    with pytest.raises(SymcxError, match="ddp or fsdp"):
+    with pytest.raises(SymcxError, match="torch has no ZeRO-2"):
         validate_distributed(_mlp(), torch.randn(2, 64), gpus=2, strategy="zero2")
+    with pytest.raises(SymcxError, match="strategies are"):
+        validate_distributed(_mlp(), torch.randn(2, 64), gpus=2, strategy="zero9")
     with pytest.raises(SymcxError, match="positive number"):
         validate_distributed(_mlp(), torch.randn(2, 64), gpus=0, strategy="ddp")

@@ -31,7 +31,9 @@ from symcx._torch import (
     TorchDispatchMode,
     WeakTensorKeyDictionary,
     autograd_would_have_decomposed,
+    conv_layout_unguarded,
     current_sequence_nr,
+    module_attributes,
     eager_dropout_kernels,
     eager_lstm_kernels,
     enable_python_dispatcher,
@@ -78,8 +80,10 @@ PINS = {
     "packet_name": "test_op_names",
     "sequence_nr": "test_sequence_numbers_tie_backward_nodes_to_forward_ops",
     "current_sequence_nr": "test_sequence_numbers_tie_backward_nodes_to_forward_ops",
+    "module_attributes": "test_module_attributes_are_a_modules_own_state_and_none_with_hooks",
     "eager_lstm_kernels": "test_eager_lstm_kernels_picks_onednn_and_restores",
     "eager_dropout_kernels": "test_eager_dropout_kernels_draw_a_float_mask_on_the_cpu_and_restore",
+    "conv_layout_unguarded": "test_conv_layout_unguarded_drops_only_the_backend_guard_and_restores",
     "make_fx": "test_make_fx_traces_aten_calls_with_symbolic_sizes",
     "ProfilerEventType": "test_profiler_event_type_tags_allocations",
     "fake_process_group": "test_fake_process_group_shards_with_fully_shard",
@@ -218,6 +222,37 @@ def test_eager_dropout_kernels_draw_a_float_mask_on_the_cpu_and_restore():
     assert "aten.native_dropout" in _dropout_ops(eager=False)
 
 
+def _conv_guards(*, unguarded: bool, channels_last: bool = False) -> list[str]:
+    """Guards a 1×1 convolution's fake kernel leaves on a symbolic batch of 4 (torch's backend choice
+    reads ``input.size(0) >= 16`` there), and the output's strides."""
+    mode = _fake_mode()
+    conv = torch.nn.Conv2d(8, 16, 1)
+    if channels_last:
+        conv = conv.to(memory_format=torch.channels_last)
+    x = _symbolic(mode, (4, 8, 8, 8), {0})
+    with contextlib.ExitStack() as stack:
+        if unguarded:
+            stack.enter_context(conv_layout_unguarded())
+        params = {k: mode.from_tensor(v, static_shapes=True) for k, v in conv.named_parameters()}
+        stack.enter_context(reparametrize_module(conv, params))
+        stack.enter_context(mode)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = conv(x)
+    return sorted(str(g.expr) for g in mode.shape_env.guards), out.is_contiguous()
+
+
+def test_conv_layout_unguarded_drops_only_the_backend_guard_and_restores():
+    guards, contiguous = _conv_guards(unguarded=False)
+    assert any("16" in g for g in guards) and contiguous  # torch alone: the batch is bounded (s0 < 16)
+    guards, contiguous = _conv_guards(unguarded=True)
+    assert not any("16" in g for g in guards) and contiguous  # every backend: a contiguous output
+    assert any("16" in g for g in _conv_guards(unguarded=False)[0])  # restored on exit: torch's choice guards again
+    # a channels-last input: oneDNN keeps channels-last, the slow kernel would not, so the guard stays
+    guards, _ = _conv_guards(unguarded=True, channels_last=True)
+    assert guards == _conv_guards(unguarded=False, channels_last=True)[0]
+
+
 def test_reparametrize_module_swaps_tied_tensors_and_restores():
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
     model[1].weight = model[0].weight
@@ -302,6 +337,17 @@ def test_op_schema_names_arguments_and_aliasing():
     assert add_.arguments[0].alias_info.is_write is True
     assert add_.returns[0].alias_info.before_set == add_.arguments[0].alias_info.before_set
     assert op_schema(operator.getitem) is None and op_schema(aten.mm) is None
+
+
+def test_module_attributes_are_a_modules_own_state_and_none_with_hooks():
+    lin = torch.nn.Linear(3, 2)
+    lin.layer_idx = 4
+    assert module_attributes(lin) == {"training": True, "in_features": 3, "out_features": 2, "layer_idx": 4}
+    handle = lin.register_forward_pre_hook(lambda mod, args: None)
+    assert module_attributes(lin) is None
+    handle.remove()
+    lin.register_full_backward_hook(lambda mod, gin, gout: None)
+    assert module_attributes(lin) is None
 
 
 def test_sequence_numbers_tie_backward_nodes_to_forward_ops():

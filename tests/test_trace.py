@@ -38,11 +38,18 @@ def test_batch_equal_to_a_width_does_not_merge():
     assert a.forward_flops == 2 * 16 * 16 * t
 
 
-def test_kernel_selection_guard_is_dropped_not_printed():
-    # CPU convolution adds the guard t < 16 (t <= 15); the same graph holds at t = 16: no assumption
+def test_kernel_selection_guard_is_not_made_or_is_dropped():
+    # torch's CPU convolution picks oneDNN at t >= 16, which would guard t <= 15; the choice only
+    # sets the output's layout, contiguous with either kernel here, so no guard is made at all
     a = symcx.analyze(MnistCNN(), torch.randn(2, 1, 28, 28))
-    assert a.assumptions == []
-    assert [str(g) for g in a.dropped_guards] == ["t <= 15"]
+    assert a.assumptions == [] and a.dropped_guards == []
+    assert a.forward_flops == 23984896 * t  # 2·(26·26·9·32 + 24·24·9·32·64 + 9216·128 + 128·10)
+    # channels-last: oneDNN keeps that layout and the slow kernel would not, so the guard is made;
+    # the re-trace at t = 16 runs the same ops, and the guard is dropped, not printed
+    cl = MnistCNN().to(memory_format=torch.channels_last)
+    b = symcx.analyze(cl, torch.randn(2, 1, 28, 28).contiguous(memory_format=torch.channels_last))
+    assert b.assumptions == [] and [str(g) for g in b.dropped_guards] == ["t <= 15"]
+    assert b.forward_flops == a.forward_flops
 
 
 def test_no_shape_env_symbol_reaches_the_user():

@@ -172,6 +172,7 @@ class Recorder(TorchDispatchMode):
         self._paused = False
         self.deaths: dict[str, str] = {}  # node → the last node recorded when its storage died
         self._watched: set[int] = set()
+        self._owners: dict[int, torch.fx.Node] = {}  # watched storage -> the node its death counts for
         self._watching = False
         self._last = ""
 
@@ -179,11 +180,11 @@ class Recorder(TorchDispatchMode):
     def paused(self) -> Iterator[None]:
         """Run ops without recording them (an optimizer's warm-up step, whose state the recorded
         step then reads as placeholders)."""
-        self._paused = True
+        was, self._paused = self._paused, True
         try:
             yield
         finally:
-            self._paused = False
+            self._paused = was
 
     def set_tag(self, **tag: Any) -> None:
         """Tag every node created from now on (``phase``, ``module``, ``seq_nr``)."""
@@ -199,6 +200,29 @@ class Recorder(TorchDispatchMode):
     def node_of(self, value: torch.Tensor) -> torch.fx.Node:
         """The node that made ``value`` (or last wrote it in place)."""
         return self._nodes[value]
+
+    def knows(self, value: torch.Tensor) -> bool:
+        """Whether ``value`` has a node (an input, a parameter, or a recorded op's output)."""
+        return value in self._nodes
+
+    def bind(self, value: torch.Tensor, node: torch.fx.Node, *, watch: torch.fx.Node | None = None) -> None:
+        """Make ``node`` the node of ``value`` (a stand-in tensor made unrecorded, as block reuse does);
+        ``value``'s storage death counts as ``watch``'s (the node owning the storage ``value`` stands in for)."""
+        self._nodes[value] = node
+        if watch is not None:
+            self._watch(watch, value)
+
+    def storage_owner(self, value: torch.Tensor) -> torch.fx.Node | None:
+        """The node whose storage death ``value``'s storage counts as (None: not watched)."""
+        return self._owners.get(id(value.untyped_storage())) if value.layout == torch.strided else None
+
+    def last_node(self) -> torch.fx.Node | None:
+        """The node recorded last (the graph's tail), or None in an empty graph."""
+        return next(iter(reversed(self.graph.nodes)), None)
+
+    def mark_last(self, node: torch.fx.Node) -> None:
+        """Count ``node`` as the last recorded (what a storage death is noted against)."""
+        self._last = node.name
 
     def output(self, result: Any) -> None:
         """The step's results (model outputs and gradients) as the graph's output node."""
@@ -241,13 +265,15 @@ class Recorder(TorchDispatchMode):
         if id(storage) in self._watched:
             return
         self._watched.add(id(storage))
+        self._owners[id(storage)] = node
         fin = weakref.finalize(storage, self._died, node.name, id(storage))
         fin.atexit = False
 
     def _died(self, name: str, key: int) -> None:
         self._watched.discard(key)
-        if self._watching and _eager_frame():
-            self.deaths.setdefault(name, self._last)
+        self._owners.pop(key, None)
+        if self._watching and _eager_frame():  # a node's second storage (a reuse stand-in) dies later
+            self.deaths[name] = self._last
 
     @contextlib.contextmanager
     def watching(self) -> Iterator[None]:

@@ -27,6 +27,7 @@ from .._torch import (
     FakeTensorMode,
     ShapeEnv,
     StatelessSymbolicContext,
+    conv_layout_unguarded,
     eager_dropout_kernels,
     eager_lstm_kernels,
     enable_python_dispatcher,
@@ -44,6 +45,8 @@ from .records import DimSpec, Trace
 from .caches import isolated_caches
 from .kernels import EagerKernels, eager_experts_hint
 from .recorder import Recorder, grad_leaves, module_tags, outside_torch, tag_backward
+from .replay_check import replay_mismatch
+from .reuse import BlockReuse, ReuseFallback, op_multiset
 
 __all__ = ["Trace", "DimSpec", "trace_training_step", "trace_at", "default_loss", "BATCH_HINT"]
 
@@ -381,7 +384,7 @@ def _record(model: torch.nn.Module, mode: FakeTensorMode, recorder: Recorder, st
             # the fake parameters stay in the model through the backward too: a checkpointed
             # region (torch.utils.checkpoint) runs its forward again there
             for ctx in (_quiet_fake_tensor_log(), isolated_caches(model), eager_lstm_kernels(), eager_dropout_kernels(),
-                        reparametrize_module(model, dict(tensors)),
+                        conv_layout_unguarded(), reparametrize_module(model, dict(tensors)),
                         mode, enable_python_dispatcher(), EagerKernels(), recorder, _no_autocast_cache()):
                 stack.enter_context(ctx)
             return step()
@@ -399,9 +402,11 @@ def _record(model: torch.nn.Module, mode: FakeTensorMode, recorder: Recorder, st
 def _trace_once(
     model: torch.nn.Module, example: Any, *, batch_dim: int | None, dims: Sequence[DimSpec],
     widths: str | None, hints: Mapping[str, int], loss: Callable[[Any], torch.Tensor] | None,
-    static: bool = False, iteration: Iteration | None = None,
+    static: bool = False, iteration: Iteration | None = None, reuse: bool = False, banned: frozenset = frozenset(),
+    reusers: list | None = None,
 ) -> Trace:
-    """One traced step: fake inputs and parameters, the recorded joint graph, symbols named."""
+    """One traced step: fake inputs and parameters, the recorded joint graph, symbols named; with
+    ``reuse``, repeated blocks replayed from their first call (``capture/reuse.py``)."""
     shape_env = ShapeEnv(duck_shape=False)
     mode = FakeTensorMode(shape_env=shape_env, allow_non_fake_inputs=False)
     cast = iteration.precision.params if iteration else None
@@ -417,24 +422,31 @@ def _trace_once(
 
     state_nodes: dict[str, str] = {}
     grad_nodes: dict[str, str] = {}
+    reuser = BlockReuse(model, recorder, banned) if reuse else None
+    if reuser is not None and reusers is not None:
+        reusers.append(reuser)
 
     def step() -> Any:
-        with recorder.watching():
+        with recorder.watching(), (reuser.installed() if reuser else contextlib.nullcontext()):
             return _joint_step(model, recorder, params, trainable, fargs, fkwargs, loss or default_loss,
                                iteration, state_nodes, grad_nodes)
 
     recorder.output(_record(model, mode, recorder, step, input_syms, {**params, **buffers}))
+    graph, deaths = recorder.graph, dict(recorder.deaths)
+    if reuser is not None:
+        graph, deaths = reuser.finish(graph, deaths)
     rename, user_symbols, hint_values = name_symbols(shape_env, input_syms, width_syms, widths)
     return Trace(
-        graph=recorder.graph, rename=rename, shape_env=shape_env, user_symbols=user_symbols, hints=hint_values,
+        graph=graph, rename=rename, shape_env=shape_env, user_symbols=user_symbols, hints=hint_values,
         param_nodes=param_nodes, buffer_nodes=buffer_nodes, input_nodes=input_nodes, trainable=trainable,
-        state_nodes=state_nodes, grad_nodes=grad_nodes, deaths=dict(recorder.deaths),
+        state_nodes=state_nodes, grad_nodes=grad_nodes, deaths=deaths,
         optimizer=iteration.optimizer.name if iteration and iteration.optimizer else None,
         precision=iteration.precision.name if iteration else AS_GIVEN.name,
         micro_steps=iteration.micro_steps if iteration else 1,
-        assumptions=assumptions_of(shape_env, rename, user_symbols, recorder.graph), dropped_guards=[],
+        assumptions=assumptions_of(shape_env, rename, user_symbols, graph), dropped_guards=[],
         module_types={name: type(mod).__name__ for name, mod in model.named_modules()},
         leaf_modules=frozenset(name for name, mod in model.named_modules() if not any(True for _ in mod.children())),
+        notes=reuser.notes() if reuser else [],
     )
 
 
@@ -447,6 +459,7 @@ def trace_training_step(
     widths: str | None = None,
     loss: Callable[[Any], torch.Tensor] | None = None,
     iteration: Iteration | None = None,
+    reuse: bool = False,
 ) -> Trace:
     """Trace one training step (forward, loss, backward and, with ``iteration``, the optimizer's
     step) of ``model`` with symbolic sizes.
@@ -454,11 +467,13 @@ def trace_training_step(
     Guards that bound a symbol (``t < 16``) are tested by a concrete (cheaper) re-trace past
     the bound: a guard whose re-trace runs the same ops with the shapes the formulas predict is
     dropped (kept in ``dropped_guards``); one that changes the graph stays in ``assumptions``.
+    With ``reuse``, each distinct block is traced once and copied for its repeats (see
+    :func:`_reused`); ``notes`` say which.
     """
     hints = {"t": BATCH_HINT} if batch_dim is not None else {}
     try:
-        trace = _trace_once(model, example_input, hints=hints, batch_dim=batch_dim, dims=dims, widths=widths,
-                            loss=loss, iteration=iteration)
+        trace = _reused(model, example_input, reuse, hints=hints, batch_dim=batch_dim, dims=dims, widths=widths,
+                        loss=loss, iteration=iteration)
     except ShapeError as err:
         if batch_dim is None:
             raise
@@ -471,6 +486,71 @@ def trace_training_step(
 
     drop_guards(trace, retrace)
     return trace
+
+
+def _reused(model: torch.nn.Module, example: Any, reuse: bool, **kw: Any) -> Trace:
+    """``_trace_once``; with ``reuse``, repeated blocks replayed and checked (:func:`_replays_differ`); a
+    block that fails is traced normally in a new trace, and after three tries the step in full."""
+    it = kw["iteration"]
+    if not reuse or (it is not None and (it.micro_steps > 1 or it.held_grads or it.precision.autocast)):
+        trace = _trace_once(model, example, **kw)
+        if reuse:
+            trace.notes.append("block reuse is off for gradient accumulation, held gradients and autocast")
+        return trace
+    banned: set = set()
+    reasons: list[str] = []
+    for _ in range(3):
+        reusers: list[BlockReuse] = []
+        try:
+            trace = _trace_once(model, example, reuse=True, banned=frozenset(banned), reusers=reusers, **kw)
+            _replays_differ(model, example, trace, reusers[0], {**kw, "banned": frozenset(banned)})
+            trace.notes += [f"block reuse refused after the step: {why}" for why in reasons]
+            return trace
+        except ReuseFallback as err:
+            banned |= err.keys
+            reasons.append(str(err))
+    trace = _trace_once(model, example, **kw)
+    trace.notes.append(f"block reuse fell back to a full trace: {reasons[-1]}")
+    return trace
+
+
+def _replays_differ(model: torch.nn.Module, example: Any, trace: Trace, reuser: BlockReuse, kw: Mapping) -> None:
+    """Raise :class:`ReuseFallback` unless every replayed call runs its template's ops at the example sizes.
+
+    The model runs on the meta device, each call's ops logged (``replay_check.py``); where it cannot
+    (a kernel meta lacks), concrete traces with and without reuse must record the same ops instead.
+    """
+    if not reuser.calls:
+        return
+    values = {name: trace.hints[sym] for name, sym in trace.user_symbols.items() if sym in trace.hints}
+    cast = kw["iteration"].precision.params if kw["iteration"] else None
+    args, kwargs, _ = _fake_inputs(_ON_META, model, example, batch_dim=kw["batch_dim"], dims=kw["dims"], widths=None,
+                                   hints=values, static=True, cast=cast)
+    templates = {c.path: c.template for c in reuser.calls}
+    try:
+        wrong = replay_mismatch(model, args, kwargs, [(c.path, c.template.path) for c in reuser.calls], cast)
+    except (RuntimeError, NotImplementedError, TypeError, ValueError, IndexError):  # the model does not run on
+        # meta tensors (a kernel meta lacks, a value read): compare concrete traces instead (like with like)
+        at = {**kw, "hints": values, "widths": None, "static": True}
+        full = {k: v for k, v in at.items() if k != "banned"}
+        reused = op_multiset(_trace_once(model, example, reuse=True, **at))
+        if reused != op_multiset(_trace_once(model, example, **full)):
+            raise ReuseFallback("the replayed graph's ops and shapes differ from a full trace's at the example sizes",
+                                *{t.static for t in templates.values()}) from None
+        return
+    if wrong is not None:
+        raise ReuseFallback(f"{wrong[0]} runs other ops than {wrong[1]}", templates[wrong[0]].static)
+
+
+class _OnMeta:
+    """Stands in for a fake mode in :func:`_fake_inputs`: the example's tensors on the meta device."""
+
+    @staticmethod
+    def from_tensor(real: torch.Tensor, symbolic_context: Any = None) -> torch.Tensor:
+        return torch.empty(real.shape, dtype=real.dtype, device="meta")
+
+
+_ON_META = _OnMeta()
 
 
 def _pinned_batch(

@@ -1,0 +1,99 @@
+"""The check behind block reuse: every replayed call, run for real, runs its template's ops.
+
+Block reuse copies a template's recorded nodes for each later call with the same key; the key
+sees the module's state and its arguments, not what its code may read besides (a global, a
+counter, a config list indexed by a call count). So after the symbolic trace the model's
+forward runs once more on the ``meta`` device at the example sizes (no fake tensors, no
+symbolic sizes: a small fraction of a trace), each candidate call logging its aten calls (op,
+non-tensor arguments, output shapes and dtypes); a replayed call's log must equal its
+template's. The backward is autograd's formulas over the forward's ops, on the same shapes and
+``requires_grad``, so a forward that matches gives the same backward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from .._torch import TorchDispatchMode, reparametrize_module, tree_leaves
+from .caches import isolated_caches
+
+__all__ = ["replay_mismatch"]
+
+_PLAIN = (type(None), bool, int, float, str, torch.dtype, torch.device, torch.layout, torch.memory_format)
+
+
+def _entry(func: Any, args: tuple, kwargs: dict, out: Any) -> tuple:
+    """What a call's log keeps of one op: the op, its non-tensor arguments, its outputs' shapes and dtypes."""
+    plain = tuple(a for a in tree_leaves((args, kwargs)) if isinstance(a, _PLAIN))
+    outs = tuple((tuple(o.shape), o.dtype) for o in tree_leaves(out) if isinstance(o, torch.Tensor))
+    return (str(func), plain, outs)
+
+
+class _OpLog(TorchDispatchMode):
+    """Appends each aten call to every open call's log (a call's log holds its submodules' ops too)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open: list[list[tuple]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.open:
+            entry = _entry(func, args, kwargs, out)
+            for log in self.open:
+                log.append(entry)
+        return out
+
+
+@contextlib.contextmanager
+def _logged(model: torch.nn.Module, paths: set[str], oplog: _OpLog) -> Iterator[dict[str, list[tuple]]]:
+    """Each module of ``paths``, while called, keeps a log of its ops (by path)."""
+    logs: dict[str, list[tuple]] = {}
+    mods = {path: model.get_submodule(path) for path in paths}
+
+    def wrap(path: str, forward: Any) -> Any:
+        def logged(*args: Any, **kwargs: Any) -> Any:
+            log = logs.setdefault(path, [])
+            oplog.open.append(log)
+            try:
+                return forward(*args, **kwargs)
+            finally:
+                oplog.open.remove(log)
+        return logged
+
+    for path, mod in mods.items():
+        mod.forward = wrap(path, mod.forward)
+    try:
+        yield logs
+    finally:
+        for mod in mods.values():
+            del mod.forward
+
+
+def _meta(value: torch.Tensor, cast: torch.dtype | None) -> torch.Tensor:
+    """``value`` on the meta device (floats as ``cast``, as the trace's ``model.to(dtype)``)."""
+    dtype = cast if cast is not None and value.is_floating_point() else value.dtype
+    return torch.empty(value.shape, dtype=dtype, device="meta").requires_grad_(value.requires_grad)
+
+
+def replay_mismatch(model: torch.nn.Module, args: tuple, kwargs: dict, pairs: Sequence[tuple[str, str]],
+                    cast: torch.dtype | None = None) -> tuple[str, str] | None:
+    """The first (replayed call, template) of ``pairs`` whose ops differ when ``model`` runs on ``args``,
+    ``kwargs`` (meta tensors at the example sizes) with its parameters and buffers on the meta
+    device; None when every replay runs its template's ops. Raises what the model raises on the
+    meta device (a kernel it lacks, a value it reads)."""
+    oplog = _OpLog()
+    swapped = {k: _meta(v, cast) for k, v in [*model.named_parameters(), *model.named_buffers()]}
+    paths = {p for pair in pairs for p in pair}
+    with isolated_caches(model), reparametrize_module(model, swapped), _logged(model, paths, oplog) as logs:
+        with oplog:
+            model(*args, **kwargs)
+    for replay, template in pairs:
+        if logs.get(replay) != logs.get(template):
+            return replay, template
+    return None

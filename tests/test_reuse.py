@@ -1,0 +1,295 @@
+"""Block reuse (``analyze(..., reuse=True)``, ``symcx/capture/reuse.py``): every figure equals the full trace's.
+
+The oracle is the full trace of the same model (``reuse=False``), an independent recording of every
+block; one model also gets its FLOPs by hand. A reuse that cannot be shown right must fall back
+(to tracing the block, or the step, in full) and say so in the notes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import sympy
+import torch
+from torch import nn
+
+import symcx
+from symcx.capture import Iteration, optimizer_factory, trace_training_step
+from symcx.capture.reuse import op_multiset
+
+t = sympy.Symbol("t", positive=True, integer=True)
+
+
+class MLPBlock(nn.Module):
+    def __init__(self, d: int = 32) -> None:
+        super().__init__()
+        self.up, self.down = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.down(torch.relu(self.up(x)))
+
+
+def mlp(depth: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(16, 32), *[MLPBlock() for _ in range(depth)])
+
+
+def _figures(model: nn.Module, x, reuse: bool, **kw) -> dict:
+    a = symcx.analyze(model, x, reuse=reuse, **kw)
+    m = a.memory()
+    return {
+        "forward": a.forward_flops, "backward": a.backward_flops, "step": a.step_flops,
+        "peak": m.peak, "peak_node": m.peak_node, "peak_layer": m.peak_layer, "activations": m.activations,
+        "layers": list(a.layers),
+        "nodes": [(v.name, v.op, v.phase, v.module, v.layer, v.seq_nr is None, str(v.out)) for v in a.step.nodes],
+        "notes": a.step.notes, "route_note": a.route_note,
+    }
+
+
+def _pair(model: nn.Module, x, **kw) -> tuple[dict, dict]:
+    return _figures(model, x, False, **kw), _figures(model, x, True, **kw)
+
+
+def _assert_same(full: dict, reused: dict) -> None:
+    for key in ("forward", "backward", "step", "peak", "peak_node", "peak_layer", "activations", "layers"):
+        assert reused[key] == full[key], key
+    assert len(reused["nodes"]) == len(full["nodes"])
+    assert Counter((n[1], n[6]) for n in reused["nodes"]) == Counter((n[1], n[6]) for n in full["nodes"])
+    assert reused["nodes"] == full["nodes"]  # names, order, phase, module and layer of every node
+
+
+def _replayed(notes) -> int:
+    return sum(int(n.split(" calls replayed")[0].rsplit(" ", 1)[1]) for n in notes if " calls replayed from " in n)
+
+
+@pytest.fixture(scope="module")
+def mlp8():
+    torch.manual_seed(0)
+    model = mlp(8)
+    return _pair(model, torch.randn(4, 16))
+
+
+def test_mlp_of_identical_blocks_is_the_full_trace(mlp8):
+    full, reused = mlp8
+    _assert_same(full, reused)
+    # module "1" (the first block) gets the stem's output; "2".."8" replay it
+    assert any(n.startswith("block reuse: 7 calls replayed from 1 (MLPBlock): 2, 3") for n in reused["notes"])
+    assert "block reuse: 7 calls replayed from 1" in reused["route_note"]
+    assert not any("block reuse" in n for n in full["notes"])
+
+
+def test_mlp_flops_by_hand(mlp8):
+    _, reused = mlp8
+    # a Linear(i, o) on t rows: 2*t*i*o forward (the matmul); backward: 2*t*i*o for the weight's gradient,
+    # and 2*t*i*o for the input's except on the first layer, whose input needs none
+    linears = [(16, 32)] + [(32, 128), (128, 32)] * 8
+    assert reused["forward"] == sum(2 * t * i * o for i, o in linears)
+    assert reused["backward"] == sum(4 * t * i * o for i, o in linears) - 2 * t * 16 * 32
+
+
+@pytest.fixture(scope="module")
+def zoo_gpt():
+    from symcx.zoo.models import GPT
+    torch.manual_seed(0)
+    model = GPT(n_layer=3)
+    return _pair(model, model.example_input(), dims={"L": 1})
+
+
+def test_zoo_gpt_is_the_full_trace(zoo_gpt):
+    full, reused = zoo_gpt
+    _assert_same(full, reused)
+    assert _replayed(reused["notes"]) == 2  # blocks.1 and blocks.2 from blocks.0
+
+
+class Counted(nn.Module):
+    """Blocks whose ops depend on a counter the key cannot see: every other call doubles its input."""
+
+    def __init__(self, calls: list[int]) -> None:
+        super().__init__()
+        self.lin, self.calls = nn.Linear(8, 8), calls
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls[0] += 1
+        y = self.lin(x)
+        return y * 2 if self.calls[0] % 2 == 0 else torch.relu(y)
+
+
+class CountedNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        calls = [0]
+        self.calls = calls
+        self.stem = nn.Linear(4, 8)
+        self.blocks = nn.ModuleList(Counted(calls) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls[0] = 0
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def test_a_hidden_code_path_fails_the_check_and_is_traced_normally():
+    model = CountedNet()
+    reused = trace_training_step(model, torch.randn(3, 4), reuse=True)
+    full = trace_training_step(model, torch.randn(3, 4))
+    assert "block reuse refused after the step: blocks.1 runs other ops than blocks.0" in reused.notes
+    assert _replayed(reused.notes) == 0
+    assert op_multiset(reused) == op_multiset(full)
+    assert [n.name for n in reused.graph.nodes] == [n.name for n in full.graph.nodes]
+
+
+class WithState(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor, cfg: object) -> torch.Tensor:
+        return torch.tanh(self.lin(torch.relu(self.lin(x)))) * 2
+
+
+class ObjectArgs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(WithState() for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x, object())
+        return x
+
+
+def test_an_object_argument_is_refused_and_said():
+    trace = trace_training_step(ObjectArgs(), torch.randn(3, 8), reuse=True)
+    refused = [n for n in trace.notes if n.startswith("block reuse refused for blocks.0, blocks.1, blocks.2")]
+    assert refused and "an argument of type object" in refused[0]
+    assert _replayed(trace.notes) == 0
+
+
+class Norm(nn.Module):
+    """An RMS norm: reads its input twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * self.weight
+
+
+class PreNorm(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Linear(4, 8)
+        self.norms = nn.ModuleList(Norm() for _ in range(3))
+        self.lins = nn.ModuleList(nn.Linear(8, 8) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for norm, lin in zip(self.norms, self.lins):
+            x = x + lin(norm(x))  # the residual reads the norm's input too
+        return x
+
+
+def test_an_input_read_inside_twice_and_outside_is_refused_after_the_backward():
+    model = PreNorm()
+    reused = trace_training_step(model, torch.randn(3, 4), reuse=True)
+    full = trace_training_step(model, torch.randn(3, 4))
+    why = "block reuse refused after the step: norms.0 reads an input twice"
+    assert any(n.startswith(why) for n in reused.notes)
+    assert [(n.name, n.meta.get("custom", {}).get("module")) for n in reused.graph.nodes] == [
+        (n.name, n.meta.get("custom", {}).get("module")) for n in full.graph.nodes]
+
+
+def test_reuse_is_off_by_default_and_for_accumulation():
+    model = mlp(2)
+    assert not any("block reuse" in n for n in trace_training_step(model, torch.randn(3, 16)).notes)
+    two = Iteration(optimizer_factory("sgd"), micro_steps=2)
+    trace = trace_training_step(model, torch.randn(3, 16), reuse=True, iteration=two)
+    assert "block reuse is off for gradient accumulation, held gradients and autocast" in trace.notes
+
+
+@pytest.mark.slow
+def test_resnet18_is_the_full_trace():
+    from symcx.zoo.models import ResNet18
+    torch.manual_seed(0)
+    model = ResNet18(num_classes=10)
+    full, reused = _pair(model, model.example_input(32))
+    _assert_same(full, reused)
+    basic = "block reuse: 1 calls replayed from layer1.0 (BasicBlock): layer1.1"
+    assert any(n.startswith(basic) for n in reused["notes"])
+
+
+@pytest.mark.slow
+def test_gpt2_small_is_the_full_trace():
+    from symcx.zoo.models import gpt2_small
+    torch.manual_seed(0)
+    model = gpt2_small()
+    full, reused = _pair(model, model.example_input(), dims={"L": 1})
+    _assert_same(full, reused)
+    assert _replayed(reused["notes"]) == 11
+
+
+@pytest.mark.slow
+def test_gemma2_blocks_differ_by_layer_index_and_stay_apart():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.Gemma2Config(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, sliding_window=4, max_position_embeddings=64,
+        attn_implementation="eager", use_cache=False)
+    assert cfg.layer_types[:2] == ["sliding_attention", "full_attention"]  # sliding and global alternate
+    torch.manual_seed(0)
+    model = transformers.Gemma2ForCausalLM(cfg)
+    full, reused = _pair(model, {"input_ids": torch.randint(0, 128, (2, 8))}, dims={"L": 1})
+    _assert_same(full, reused)
+    # the decoder layers' state differs (layer_idx, sliding window): never twins, never replayed
+    assert not any("(Gemma2DecoderLayer)" in n or "(Gemma2Attention)" in n for n in reused["notes"])
+    assert _replayed(reused["notes"]) > 0  # their identical Linear/MLP parts are
+
+
+@pytest.mark.slow
+def test_hf_gpt2_is_the_full_trace():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(vocab_size=128, n_positions=64, n_embd=32, n_layer=4, n_head=2,
+                                  bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(cfg)
+    full, reused = _pair(model, {"input_ids": torch.randint(0, 128, (2, 8))}, dims={"L": 1})
+    _assert_same(full, reused)
+    assert not any("(GPT2Block)" in n for n in reused["notes"])  # each block's attention has its layer_idx
+
+
+class Twice(nn.Module):
+    """Identical blocks, one of them run twice (its weight's gradient sums both calls)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(MLPBlock(8) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for k in (0, 1, 0, 2):
+            x = self.blocks[k](x)
+        return x
+
+
+def test_a_module_called_twice_is_not_replayed():
+    model = Twice()
+    reused = trace_training_step(model, torch.randn(3, 8, requires_grad=True), reuse=True)
+    full = trace_training_step(model, torch.randn(3, 8, requires_grad=True))
+    assert any("blocks.0 is called more than once" in n for n in reused.notes)
+    assert [n.name for n in reused.graph.nodes] == [n.name for n in full.graph.nodes]
+
+
+def test_where_meta_cannot_run_the_model_concrete_traces_check(monkeypatch):
+    import symcx.capture.trace as trace_module
+
+    def no_meta(*args, **kwargs):
+        raise NotImplementedError("no meta kernel")
+
+    monkeypatch.setattr(trace_module, "replay_mismatch", no_meta)
+    model = CountedNet()
+    reused = trace_training_step(model, torch.randn(3, 4), reuse=True)
+    assert any("differ from a full trace's at the example sizes" in n for n in reused.notes)
+    ok = trace_training_step(mlp(3), torch.randn(3, 16), reuse=True)
+    assert _replayed(ok.notes) == 2 and not any("refused" in n for n in ok.notes)
