@@ -260,7 +260,7 @@ def _envelope(kept: list[int], shifted: Mapping[int, Monomials], values: list[tu
         ends = [i for i in out if i != c and i in corners]
         if any(_between(shifted[a], shifted[b], shifted[c]) for a, b in itertools.combinations(ends, 2)):
             out.remove(c)
-    if len(out) <= _HULL_POINTS:
+    if len(out) <= _HULL_POINTS and len(set().union(*(shifted[i] for i in out))) <= _HULL_MONOMIALS:
         for c in reversed(list(out)):
             if _below_hull(shifted[c], [shifted[i] for i in out if i != c]):
                 out.remove(c)
@@ -282,8 +282,11 @@ def _below_hull(c: Monomials, others: list[Monomials]) -> bool:
     return True
 
 
-#: Up to this many points, each is tested against the convex hull of the others.
+#: Up to this many points, each is tested against the convex hull of the others, when the points
+#: have at most this many monomials between them (t and L: 6 for a Llama): with every layer width a
+#: symbol, sympy's exact simplex pivots for seconds per program, and the test only shortens the Max.
 _HULL_POINTS = 24
+_HULL_MONOMIALS = 10
 
 
 def max_of(exprs: Iterable[sympy.Expr]) -> sympy.Expr:

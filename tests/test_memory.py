@@ -542,3 +542,18 @@ def test_kernel_copies_are_the_allocations_blas_makes():
     dense = symcx.analyze(nn.Linear(4, 3), torch.randn(2, 4), loss=lambda out: nn.functional.cross_entropy(
         out, torch.zeros(out.shape[0], dtype=torch.long)))
     assert kernel_copies(dense.step) == []
+
+
+def test_every_width_symbolic_keeps_the_peak_search_fast_and_exact():
+    """Seven layer widths and t as symbols: the hull test (an exact LP per point) is skipped for
+    points with many monomials (it pivoted for minutes), and the peak still equals the walk's top."""
+    from symcx.memory import memory_timeline
+    from symcx.zoo import MLP
+
+    a = symcx.analyze(MLP((64, 48, 40, 32, 24, 16, 8)), torch.randn(2, 64), widths=True)
+    mem = a.memory()
+    syms = sorted(a.symbols.values(), key=str)
+    for k, batch in enumerate((1, 7, 300)):
+        values = {s: (batch if s == t else 3 + 5 * ((i + k) % 4)) for i, s in enumerate(syms)}
+        top = max(b for _, _, b in memory_timeline(a.step, values=values))
+        assert mem.peak.subs(values) == top
