@@ -29,7 +29,7 @@ from .._torch import FakeTensorMode, TorchDispatchMode, fake_process_group, op_n
 from ..errors import SymcxError
 from .trace import default_loss
 
-__all__ = ["RankTrace", "trace_fsdp_step"]
+__all__ = ["RankTrace", "trace_fsdp_step", "rank_step"]
 
 #: Untraced steps before the recorded one: Adam's state is made in the first.
 WARMUP = 2
@@ -110,6 +110,22 @@ class _LiveBytes(TorchDispatchMode):
         """Stop watching: the storages may outlive the tracker."""
         for fin in self._finalizers:
             fin.detach()
+
+
+def rank_step(model: torch.nn.Module, x: Any, opt: Any, updated: list, params: list) -> None:
+    """One training step as a rank runs it: the output kept to the step's end (as a training loop
+    keeps it), the sum loss's backward, each FSDP2 shard in ``updated`` handed its ``DTensor``
+    gradient's local part (``updated is params``: DDP's own parameters, nothing to hand), the
+    optimizer's step, then every gradient set to None."""
+    out = model(*(x if isinstance(x, tuple) else (x,)))
+    default_loss(out).backward()
+    if updated is not params:
+        with torch.no_grad():
+            for local, p in zip(updated, params):
+                local.grad = None if p.grad is None else p.grad.to_local()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    model.zero_grad(set_to_none=True)
 
 
 def _plain(x: Any) -> bool:
@@ -198,14 +214,7 @@ def _run(model: torch.nn.Module, x: Any, gpus: int, batch: int, make: Callable[[
     opt = make(local)
 
     def step() -> None:
-        out = model(*(x if isinstance(x, tuple) else (x,)))  # kept to the end, as a training loop does
-        default_loss(out).backward()
-        with torch.no_grad():
-            for shard, p in zip(local, params):
-                shard.grad = None if p.grad is None else p.grad.to_local()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        model.zero_grad(set_to_none=True)
+        rank_step(model, x, opt, local, params)
 
     for _ in range(WARMUP):
         step()

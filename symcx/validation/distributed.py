@@ -16,6 +16,7 @@ run is bounded by ``timeout`` seconds; every rank is terminated on the way out.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import queue
 import socket
@@ -28,7 +29,7 @@ import sympy
 import torch
 
 from .._torch import allocation_events
-from ..capture import default_loss
+from ..capture.sharded import rank_step
 from ..errors import SymcxError
 from ..parallel import STRATEGIES, fsdp_units, parallel_memory
 from ..routes import analyze
@@ -131,17 +132,7 @@ def _rank_main(rank: int, world: int, port: int, model: torch.nn.Module, example
         for batch in batches:
             x = make_batch(example, batch, torch.device("cpu"))
 
-            def step() -> None:
-                out = wrapped(*(x if isinstance(x, tuple) else (x,)))  # kept to the end, as a training loop does
-                default_loss(out).backward()
-                if updated is not params:  # FSDP2: the local shard's gradient, no copy
-                    with torch.no_grad():
-                        for local, p in zip(updated, params):
-                            local.grad = None if p.grad is None else p.grad.to_local()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                wrapped.zero_grad(set_to_none=True)
-
+            step = functools.partial(rank_step, wrapped, x, opt, updated, params)
             for _ in range(WARMUP):
                 step()
             allocator = min(_allocator_peak(step) for _ in range(REPEATS))
