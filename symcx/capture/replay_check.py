@@ -20,15 +20,13 @@ import torch
 
 from .._torch import TorchDispatchMode, reparametrize_module, tree_leaves
 from .caches import isolated_caches
+from .reuse import PLAIN
 
 __all__ = ["replay_mismatch"]
 
-_PLAIN = (type(None), bool, int, float, str, torch.dtype, torch.device, torch.layout, torch.memory_format)
-
-
 def _entry(func: Any, args: tuple, kwargs: dict, out: Any) -> tuple:
     """What a call's log keeps of one op: the op, its non-tensor arguments, its outputs' shapes and dtypes."""
-    plain = tuple(a for a in tree_leaves((args, kwargs)) if isinstance(a, _PLAIN))
+    plain = tuple(a for a in tree_leaves((args, kwargs)) if isinstance(a, PLAIN))
     outs = tuple((tuple(o.shape), o.dtype) for o in tree_leaves(out) if isinstance(o, torch.Tensor))
     return (str(func), plain, outs)
 

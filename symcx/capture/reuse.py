@@ -29,10 +29,10 @@ from .._torch import current_sequence_nr, is_op, module_attributes, tree_flatten
 from ..errors import SymcxError
 from .recorder import Recorder, TensorMeta
 
-__all__ = ["BlockReuse", "ReuseFallback", "op_multiset"]
+__all__ = ["BlockReuse", "ReuseFallback", "op_multiset", "PLAIN"]
 
 #: Non-tensor values compared by value in keys (anything else by identity).
-_PLAIN = (type(None), bool, int, float, str, torch.dtype, torch.device, torch.layout, torch.memory_format)
+PLAIN = (type(None), bool, int, float, str, torch.dtype, torch.device, torch.layout, torch.memory_format)
 _CHECKPOINT = os.path.join("utils", "checkpoint.py")
 #: Fewer forward ops than this: tracing the block again costs less than replaying it.
 MIN_OPS = 4
@@ -50,7 +50,7 @@ class ReuseFallback(SymcxError):
 
 def _frozen(value: Any, depth: int = 0) -> Any:
     """A hashable stand-in for ``value``: plain values and their containers by value, others by identity."""
-    if isinstance(value, _PLAIN):
+    if isinstance(value, PLAIN):
         return (type(value).__name__, value)
     if depth < 4 and isinstance(value, (tuple, list, set, frozenset)):
         items = tuple(_frozen(v, depth + 1) for v in value)
@@ -330,7 +330,7 @@ class BlockReuse:
                 sig.append(("T", _layout(x), _size(x.storage_offset()), x.requires_grad, first))
             elif isinstance(x, (torch.SymInt, torch.SymFloat, torch.SymBool)):
                 sig.append(("S", _size(x)))
-            elif isinstance(x, _PLAIN):
+            elif isinstance(x, PLAIN):
                 sig.append(("V", type(x).__name__, x))
             else:
                 return f"an argument of type {type(x).__name__} (its methods may act where a replay would not)"
@@ -430,7 +430,7 @@ class BlockReuse:
         storages: set[int] = set()
         for x in leaves:
             if not isinstance(x, torch.Tensor):
-                if not isinstance(x, _PLAIN):
+                if not isinstance(x, PLAIN):
                     return f"it returns a {type(x).__name__}"
                 t.out_leaves.append(x)
                 continue
