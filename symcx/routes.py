@@ -123,7 +123,7 @@ def analyze(
     precision: Any = None,
     accumulate: int = 1,
     set_to_none: bool = True,
-    reuse: bool = False,
+    reuse: bool = True,
 ) -> Analysis:
     """Trace one training step of ``model`` and return its symbolic cost.
 
@@ -176,10 +176,12 @@ def analyze(
         ``zero_grad``'s argument (needs ``optimizer`` when False): with False the gradients stay
         allocated between iterations and each backward adds into them.
     reuse : bool
-        Trace each distinct block once: a repeated module (same class, state, parameter layout and
-        argument shapes) is copied from its first call, checked by running the model on the meta
-        device, and traced normally where that check or its backward's shape fails
-        (``Analysis.route_note`` names the replayed and the refused blocks).
+        Trace each distinct block once (the default): a repeated module (same class, parameter
+        layout and argument shapes, and the same values of the state its code reads: HF's
+        ``layer_idx`` may differ where only a cache reads it) is copied from its first call,
+        checked by running the model's forward on the meta device (or on static fake tensors),
+        and traced normally where that check or its backward's shape fails. The figures are
+        the full trace's; ``Analysis.route_note`` names the replayed and the refused blocks.
 
     Returns
     -------

@@ -202,8 +202,10 @@ def test_an_input_read_inside_twice_and_outside_is_refused_after_the_backward():
         (n.name, n.meta.get("custom", {}).get("module")) for n in full.graph.nodes]
 
 
-def test_reuse_is_off_by_default_and_for_accumulation():
-    model = mlp(2)
+def test_analyze_reuses_by_default_the_tracer_does_not_and_accumulation_never():
+    model = mlp(3)
+    assert _replayed(symcx.analyze(model, torch.randn(3, 16)).step.notes) == 2
+    assert not any("block reuse" in n for n in symcx.analyze(model, torch.randn(3, 16), reuse=False).step.notes)
     assert not any("block reuse" in n for n in trace_training_step(model, torch.randn(3, 16)).notes)
     two = Iteration(optimizer_factory("sgd"), micro_steps=2)
     trace = trace_training_step(model, torch.randn(3, 16), reuse=True, iteration=two)
@@ -231,8 +233,18 @@ def test_gpt2_small_is_the_full_trace():
     assert _replayed(reused["notes"]) == 11
 
 
+def _replays(notes) -> dict[str, set[str]]:
+    """Template path -> the paths replayed from it, read off the notes."""
+    out = {}
+    for n in notes:
+        if " calls replayed from " in n:
+            template = n.split(" calls replayed from ")[1].split(" (")[0]
+            out[template] = set(n.split("): ", 1)[1].split(" (they differ")[0].split(", "))
+    return out
+
+
 @pytest.mark.slow
-def test_gemma2_blocks_differ_by_layer_index_and_stay_apart():
+def test_gemma2_layers_are_replayed_from_a_layer_of_their_own_attention_kind():
     transformers = pytest.importorskip("transformers")
     cfg = transformers.Gemma2Config(
         vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2,
@@ -243,9 +255,11 @@ def test_gemma2_blocks_differ_by_layer_index_and_stay_apart():
     model = transformers.Gemma2ForCausalLM(cfg)
     full, reused = _pair(model, {"input_ids": torch.randint(0, 128, (2, 8))}, dims={"L": 1})
     _assert_same(full, reused)
-    # the decoder layers' state differs (layer_idx, sliding window): never twins, never replayed
-    assert not any("(Gemma2DecoderLayer)" in n or "(Gemma2Attention)" in n for n in reused["notes"])
-    assert _replayed(reused["notes"]) > 0  # their identical Linear/MLP parts are
+    # sliding layers (0, 2) differ from global ones (1, 3) in their window: never copied across kinds;
+    # within a kind they differ only in layer_idx, which Gemma-2's code reads only to update a cache
+    replays = _replays(reused["notes"])
+    assert replays["model.layers.0"] == {"model.layers.2"} and replays["model.layers.1"] == {"model.layers.3"}
+    assert any("differ in self_attn.layer_idx, which its code does not read" in n for n in reused["notes"])
 
 
 @pytest.mark.slow
@@ -257,7 +271,48 @@ def test_hf_gpt2_is_the_full_trace():
     model = transformers.GPT2LMHeadModel(cfg)
     full, reused = _pair(model, {"input_ids": torch.randint(0, 128, (2, 8))}, dims={"L": 1})
     _assert_same(full, reused)
-    assert not any("(GPT2Block)" in n for n in reused["notes"])  # each block's attention has its layer_idx
+    # with the config's use_cache the blocks get a DynamicCache, whose update a replay would miss
+    assert not any("(GPT2Block)" in n for n in reused["notes"])
+    assert any("DynamicCache" in n for n in reused["notes"])
+    model.config.use_cache = False
+    full, reused = _pair(model, {"input_ids": torch.randint(0, 128, (2, 8))}, dims={"L": 1})
+    _assert_same(full, reused)
+    assert _replays(reused["notes"])["transformer.h.0"] == {f"transformer.h.{k}" for k in (1, 2, 3)}
+
+
+class Scaled(nn.Module):
+    """A block whose code path reads a flag (``gate``) and whose index it never reads (``index``)."""
+
+    def __init__(self, index: int, gate: bool, d: int = 8) -> None:
+        super().__init__()
+        self.index, self.gate = index, gate
+        self.lin = nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.lin(x)
+        return x + (torch.sigmoid(y) * y if self.gate else torch.tanh(y).exp())
+
+
+class ByVars(Scaled):
+    """The same, reading its state through ``vars(self)`` (every attribute counts as read)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.lin(x)
+        return x + (y.exp().exp() if vars(self)["index"] % 2 else y.sin().cos())
+
+
+@pytest.mark.parametrize("cls", [Scaled, ByVars])
+def test_differing_attributes_are_replayed_only_where_their_code_does_not_read_them(cls):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), *[cls(k, gate=k % 2 == 0) for k in range(6)])
+    full, reused = _pair(model, torch.randn(3, 8))
+    _assert_same(full, reused)
+    replays = _replays(reused["notes"])
+    if cls is Scaled:  # gate is read: a template per value of it; index is not
+        assert replays == {"1": {"3", "5"}, "2": {"4", "6"}}
+        assert any("differ in index, which its code does not read" in n for n in reused["notes"])
+    else:  # vars(self) reads everything: each block is its own template
+        assert replays == {}
 
 
 class Twice(nn.Module):

@@ -6,7 +6,8 @@ counter, a config list indexed by a call count). So after the symbolic trace the
 forward runs once more on the ``meta`` device at the example sizes (no fake tensors, no
 symbolic sizes: a small fraction of a trace), each candidate call logging its aten calls (op,
 non-tensor arguments, output shapes and dtypes); a replayed call's log must equal its
-template's. The backward is autograd's formulas over the forward's ops, on the same shapes and
+template's. A model that cannot run on meta (Hugging Face's masks read ``.item()`` unless
+they see a fake tensor) runs on fake tensors with static sizes instead (no ``ShapeEnv``). The backward is autograd's formulas over the forward's ops, on the same shapes and
 ``requires_grad``, so a forward that matches gives the same backward.
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .._torch import TorchDispatchMode, reparametrize_module, tree_leaves
+from .._torch import FakeTensorMode, TorchDispatchMode, reparametrize_module, tree_leaves
 from .caches import isolated_caches
 from .reuse import PLAIN
 
@@ -73,23 +74,27 @@ def _logged(model: torch.nn.Module, paths: set[str], oplog: _OpLog) -> Iterator[
             del mod.forward
 
 
-def _meta(value: torch.Tensor, cast: torch.dtype | None) -> torch.Tensor:
-    """``value`` on the meta device (floats as ``cast``, as the trace's ``model.to(dtype)``)."""
+def _stand_in(value: torch.Tensor, cast: torch.dtype | None, fake: FakeTensorMode | None) -> torch.Tensor:
+    """``value`` on the meta device, or as a fake tensor of ``fake`` (floats as ``cast``, as the
+    trace's ``model.to(dtype)``)."""
     dtype = cast if cast is not None and value.is_floating_point() else value.dtype
-    return torch.empty(value.shape, dtype=dtype, device="meta").requires_grad_(value.requires_grad)
+    if fake is None:
+        return torch.empty(value.shape, dtype=dtype, device="meta").requires_grad_(value.requires_grad)
+    with fake:
+        return torch.empty(value.shape, dtype=dtype, device=value.device).requires_grad_(value.requires_grad)
 
 
 def replay_mismatch(model: torch.nn.Module, args: tuple, kwargs: dict, pairs: Sequence[tuple[str, str]],
-                    cast: torch.dtype | None = None) -> tuple[str, str] | None:
+                    cast: torch.dtype | None = None, fake: FakeTensorMode | None = None) -> tuple[str, str] | None:
     """The first (replayed call, template) of ``pairs`` whose ops differ when ``model`` runs on ``args``,
-    ``kwargs`` (meta tensors at the example sizes) with its parameters and buffers on the meta
-    device; None when every replay runs its template's ops. Raises what the model raises on the
-    meta device (a kernel it lacks, a value it reads)."""
+    ``kwargs`` (tensors at the example sizes: meta ones, or fake ones of ``fake``) with its
+    parameters and buffers on the meta device (or fake); None when every replay runs its
+    template's ops. Raises what the model raises there (a kernel meta lacks, a value it reads)."""
     oplog = _OpLog()
-    swapped = {k: _meta(v, cast) for k, v in [*model.named_parameters(), *model.named_buffers()]}
+    swapped = {k: _stand_in(v, cast, fake) for k, v in [*model.named_parameters(), *model.named_buffers()]}
     paths = {p for pair in pairs for p in pair}
     with isolated_caches(model), reparametrize_module(model, swapped), _logged(model, paths, oplog) as logs:
-        with oplog:
+        with fake if fake is not None else contextlib.nullcontext(), oplog:
             model(*args, **kwargs)
     for replay, template in pairs:
         if logs.get(replay) != logs.get(template):

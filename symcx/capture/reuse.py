@@ -27,6 +27,7 @@ import torch
 
 from .._torch import current_sequence_nr, is_op, module_attributes, tree_flatten, tree_unflatten
 from ..errors import SymcxError
+from .attr_reads import reads_logged
 from .recorder import Recorder, TensorMeta
 
 __all__ = ["BlockReuse", "ReuseFallback", "op_multiset", "PLAIN"]
@@ -57,27 +58,39 @@ def _frozen(value: Any, depth: int = 0) -> Any:
         return (type(value).__name__, tuple(sorted(items, key=repr)) if isinstance(value, (set, frozenset)) else items)
     if depth < 4 and isinstance(value, dict):
         return ("dict", tuple(sorted(((repr(k), _frozen(v, depth + 1)) for k, v in value.items()), key=repr)))
+    if depth < 4 and type(value) is functools.partial:  # HF activations: partial(F.gelu, approximate=...)
+        return ("partial", id(value.func), _frozen(value.args, depth + 1), _frozen(value.keywords, depth + 1))
     return ("id", id(value))
 
 
-def _module_state(mod: torch.nn.Module) -> tuple | None:
-    """Class, non-tensor attributes (by value) and tensor layouts of ``mod`` and every submodule, by
-    relative name; None when a module has hooks of its own (they may differ by call)."""
-    out = []
+def _scalar(value: Any) -> bool:
+    return isinstance(value, PLAIN) and not isinstance(value, (torch.dtype, torch.device, torch.layout,
+                                                                 torch.memory_format))
+
+
+def _module_state(mod: torch.nn.Module) -> tuple[tuple, dict[tuple[str, str], Any]] | None:
+    """Class, non-tensor attributes and tensor layouts of ``mod`` and every submodule, by relative
+    name, with each plain scalar attribute (an int, a float, a str, a bool, None) by its type only;
+    and those scalars' values by (submodule, name). None when a module has hooks of its own (they
+    may differ by call)."""
+    out, scalars = [], {}
     for name, sub in mod.named_modules(remove_duplicate=False):
         attrs = module_attributes(sub)
         if attrs is None:
             return None
         tensors = [(k, tuple(v.shape), v.dtype, v.requires_grad) for k, v in sub.named_parameters(recurse=False)]
         tensors += [(k, tuple(v.shape), v.dtype) for k, v in sub.named_buffers(recurse=False)]
-        frozen = tuple(sorted(((k, _frozen(v)) for k, v in attrs.items()), key=repr))
+        scalars.update({(name, k): _frozen(v) for k, v in attrs.items() if _scalar(v)})
+        frozen = tuple(sorted(((k, ("scalar", type(v).__name__) if _scalar(v) else _frozen(v))
+                               for k, v in attrs.items()), key=repr))
         out.append((name, type(sub), frozen, tuple(tensors)))
-    return tuple(out)
+    return tuple(out), scalars
 
 
-def _candidates(model: torch.nn.Module) -> tuple[dict[int, str], dict[int, tuple]]:
-    """Module paths by id, and the static key of every module that has a twin (another object with
-    an equal key) and no parameter held outside it (a tied weight's gradient is a sum across blocks)."""
+def _candidates(model: torch.nn.Module) -> tuple[dict[int, str], dict[int, tuple], dict[int, dict]]:
+    """Module paths by id; the static key of every module that has a twin (another object with an
+    equal key) and no parameter held outside it (a tied weight's gradient is a sum across blocks);
+    and per such module its scalar attributes that differ among its twins (submodule -> names)."""
     paths: dict[int, str] = {}
     for name, mod in model.named_modules(remove_duplicate=False):
         paths.setdefault(id(mod), name)
@@ -85,6 +98,7 @@ def _candidates(model: torch.nn.Module) -> tuple[dict[int, str], dict[int, tuple
     for name, p in model.named_parameters(remove_duplicate=False):
         holders.setdefault(id(p), []).append(name)
     keys: dict[int, tuple] = {}
+    scalars: dict[int, dict] = {}
     for mod in {id(m): m for m in model.modules()}.values():
         path = paths[id(mod)]
         if mod is model or "forward" in vars(mod):
@@ -94,9 +108,18 @@ def _candidates(model: torch.nn.Module) -> tuple[dict[int, str], dict[int, tuple
             continue
         state = _module_state(mod)
         if state is not None:
-            keys[id(mod)] = state
-    twins = Counter(keys.values())
-    return paths, {k: v for k, v in keys.items() if twins[v] > 1}
+            keys[id(mod)], scalars[id(mod)] = state
+    groups: dict[tuple, list[int]] = {}
+    for k, v in keys.items():
+        groups.setdefault(v, []).append(k)
+    differ: dict[int, dict] = {}
+    for members in (m for m in groups.values() if len(m) > 1):
+        names = {key for key in scalars[members[0]] if len({scalars[m][key] for m in members}) > 1}
+        watched: dict[str, frozenset[str]] = {}
+        for sub, attr in names:
+            watched[sub] = watched.get(sub, frozenset()) | {attr}
+        differ.update({m: watched for m in members})
+    return paths, {k: keys[k] for k in differ}, differ
 
 
 def _size(value: Any) -> Any:
@@ -200,6 +223,8 @@ class _Template:
         self.engine_adds: list[tuple[torch.fx.Node, torch.fx.Node]] = []  # (the engine's add, the share it adds)
         self.grad_owners: dict[tuple[str, Any], torch.fx.Node] = {}  # ("param", name) -> its storage's node
         self.uses = 0
+        self.reads: dict[tuple[str, str], Any] = {}  # attributes differing among twins that its code read
+        self.differ: dict[str, frozenset[str]] = {}  # those that differ (submodule -> names)
 
     def param_hook(self, name: str, recorder: Recorder, grad: torch.Tensor) -> None:
         if recorder.knows(grad):
@@ -267,9 +292,9 @@ class BlockReuse:
 
     def __init__(self, model: torch.nn.Module, recorder: Recorder, banned: frozenset = frozenset()) -> None:
         self.model, self.recorder = model, recorder
-        self.paths, self.static = _candidates(model)
+        self.paths, self.static, self.watched = _candidates(model)
         self.static = {k: v for k, v in self.static.items() if v not in banned}
-        self.templates: dict[tuple, _Template] = {}
+        self.templates: dict[tuple, list[_Template]] = {}  # a key's templates, one per value of what they read
         self.calls: list[_Call] = []
         self.refusals: dict[str, str] = {}  # module path -> why it traced normally
         self.busy = False  # inside a template or a replay: nested blocks trace normally
@@ -306,7 +331,7 @@ class BlockReuse:
         if isinstance(key, str):
             self.refusals.setdefault(self.paths[id(mod)], key)
             return forward(*args, **kwargs)
-        template = self.templates.get(key)
+        template = _matching(self.templates.get(key, ()), mod)
         if template is None:
             return self._template(mod, forward, key, leaves, spec)
         if template.refused is not None:
@@ -349,7 +374,8 @@ class BlockReuse:
     def _template(self, mod: torch.nn.Module, forward: Any, key: tuple, leaves: list[Any], spec: Any) -> Any:
         """Run the first call of ``key`` normally between identity boundaries, and learn its nodes."""
         rec = self.recorder
-        t = self.templates[key] = _Template(self.paths[id(mod)], self)
+        t = _Template(self.paths[id(mod)], self)
+        self.templates.setdefault(key, []).append(t)
         plain_args, plain_kwargs = tree_unflatten(leaves, spec)
         outside = self._externals(mod, leaves)
         for what, x in outside.items():
@@ -368,9 +394,13 @@ class BlockReuse:
         first = current_sequence_nr() + 1
         self.busy = True
         try:
-            out = forward(*args, **kwargs)
+            with reads_logged(mod, self.watched[id(mod)]) as read:
+                out = forward(*args, **kwargs)
         finally:
             self.busy = False
+        values = _module_state(mod)[1]
+        t.reads = {(sub, name): values[(sub, name)] for sub, names in read.items() for name in names}
+        t.differ = self.watched[id(mod)]
         t.seqs = (first, current_sequence_nr() + 1)
         t.fwd = _after(rec.graph, tail)
         for node in t.fwd:
@@ -489,11 +519,11 @@ class BlockReuse:
         if not self.calls:
             return graph, deaths
         order = {node: k for k, node in enumerate(graph.nodes)}
-        stretches = {id(t): _stretch(t, graph, order, deaths) for t in self.templates.values() if t.uses}
+        stretches = {id(t): _stretch(t, graph, order, deaths) for t in self._all() if t.uses}
         positions = {node.name: k for node, k in order.items()}
         ends: dict[int, int] = {}
         replaced: dict[torch.fx.Node, torch.fx.Node] = {}  # a replay's gradient item -> the copy now standing for it
-        adds = [pair for t in self.templates.values() if t.uses for pair in t.engine_adds]
+        adds = [pair for t in self._all() if t.uses for pair in t.engine_adds]
         for call in self.calls:
             stretch, end_seq = stretches[id(call.template)]
             ends[call.end_seq] = call.seq(end_seq, call.seq_base)
@@ -509,18 +539,40 @@ class BlockReuse:
     def notes(self) -> list[str]:
         """``Trace.notes`` lines: which blocks were replayed from which, and which were refused and why."""
         out = []
-        for t in self.templates.values():
+        for t in self._all():
             paths = [c.path for c in self.calls if c.template is t]
             if paths:
                 out.append(f"block reuse: {len(paths)} calls replayed from {t.path} "
-                           f"({type(self._module(t.path)).__name__}): {', '.join(paths)}")
+                           f"({type(self._module(t.path)).__name__}): {', '.join(paths)}{_unread(t)}")
         for why in sorted(set(self.refusals.values()) - {_SMALL}):
             paths = [p for p, w in self.refusals.items() if w == why]
             out.append(f"block reuse refused for {', '.join(paths[:6])}{' …' if len(paths) > 6 else ''}: {why}")
         return out
 
+    def _all(self) -> list[_Template]:
+        return [t for ts in self.templates.values() for t in ts]
+
     def _module(self, path: str) -> torch.nn.Module:
         return self.model.get_submodule(path)
+
+
+def _matching(templates: Any, mod: torch.nn.Module) -> _Template | None:
+    """The template whose module read, of the attributes that differ among twins, the values ``mod`` has."""
+    values = None
+    for t in templates:
+        if not t.reads:
+            return t
+        values = values or _module_state(mod)[1]
+        if all(values.get(k) == v for k, v in t.reads.items()):
+            return t
+    return None
+
+
+def _unread(t: _Template) -> str:
+    """What the note says of the attributes the copies may differ in that the template's code did not read."""
+    names = sorted({f"{sub + '.' if sub else ''}{name}" for sub, ns in t.differ.items() for name in ns
+                    if (sub, name) not in t.reads})
+    return f" (they differ in {', '.join(names)}, which its code does not read)" if names else ""
 
 
 def _after(graph: torch.fx.Graph, tail: torch.fx.Node | None) -> list[torch.fx.Node]:

@@ -517,29 +517,35 @@ def _reused(model: torch.nn.Module, example: Any, reuse: bool, **kw: Any) -> Tra
 def _replays_differ(model: torch.nn.Module, example: Any, trace: Trace, reuser: BlockReuse, kw: Mapping) -> None:
     """Raise :class:`ReuseFallback` unless every replayed call runs its template's ops at the example sizes.
 
-    The model runs on the meta device, each call's ops logged (``replay_check.py``); where it cannot
-    (a kernel meta lacks), concrete traces with and without reuse must record the same ops instead.
+    The model's forward runs on the meta device, each call's ops logged (``replay_check.py``); where
+    it cannot, on fake tensors with static sizes; where neither runs, concrete traces with and
+    without reuse must record the same ops instead.
     """
     if not reuser.calls:
         return
     values = {name: trace.hints[sym] for name, sym in trace.user_symbols.items() if sym in trace.hints}
     cast = kw["iteration"].precision.params if kw["iteration"] else None
-    args, kwargs, _ = _fake_inputs(_ON_META, model, example, batch_dim=kw["batch_dim"], dims=kw["dims"], widths=None,
-                                   hints=values, static=True, cast=cast)
     templates = {c.path: c.template for c in reuser.calls}
-    try:
-        wrong = replay_mismatch(model, args, kwargs, [(c.path, c.template.path) for c in reuser.calls], cast)
-    except (RuntimeError, NotImplementedError, TypeError, ValueError, IndexError):  # the model does not run on
-        # meta tensors (a kernel meta lacks, a value read): compare concrete traces instead (like with like)
-        at = {**kw, "hints": values, "widths": None, "static": True}
-        full = {k: v for k, v in at.items() if k != "banned"}
-        reused = op_multiset(_trace_once(model, example, reuse=True, **at))
-        if reused != op_multiset(_trace_once(model, example, **full)):
-            raise ReuseFallback("the replayed graph's ops and shapes differ from a full trace's at the example sizes",
-                                *{t.static for t in templates.values()}) from None
+    pairs = [(c.path, c.template.path) for c in reuser.calls]
+    for mode in (_ON_META, _Static(FakeTensorMode(allow_non_fake_inputs=False))):
+        args, kwargs, _ = _fake_inputs(mode, model, example, batch_dim=kw["batch_dim"], dims=kw["dims"],
+                                       widths=None, hints=values, static=True, cast=cast)
+        try:
+            wrong = replay_mismatch(model, args, kwargs, pairs, cast, getattr(mode, "mode", None))
+        except _NOT_ON_META:  # a kernel meta lacks, a value read (HF masks read .item() on meta)
+            continue
+        if wrong is not None:
+            raise ReuseFallback(f"{wrong[0]} runs other ops than {wrong[1]}", templates[wrong[0]].static)
         return
-    if wrong is not None:
-        raise ReuseFallback(f"{wrong[0]} runs other ops than {wrong[1]}", templates[wrong[0]].static)
+    at = {**kw, "hints": values, "widths": None, "static": True}  # like with like: concrete traces
+    full = {k: v for k, v in at.items() if k != "banned"}
+    if op_multiset(_trace_once(model, example, reuse=True, **at)) != op_multiset(_trace_once(model, example, **full)):
+        raise ReuseFallback("the replayed graph's ops and shapes differ from a full trace's at the example sizes",
+                            *{t.static for t in templates.values()})
+
+
+#: What a model's forward raises where the meta check cannot run it.
+_NOT_ON_META = (RuntimeError, NotImplementedError, TypeError, ValueError, IndexError)
 
 
 class _OnMeta:
@@ -551,6 +557,17 @@ class _OnMeta:
 
 
 _ON_META = _OnMeta()
+
+
+class _Static:
+    """Stands in for a fake mode in :func:`_fake_inputs`: the example's tensors as fake tensors of
+    ``mode`` (no ``ShapeEnv``), every size static."""
+
+    def __init__(self, mode: FakeTensorMode) -> None:
+        self.mode = mode
+
+    def from_tensor(self, real: torch.Tensor, symbolic_context: Any = None) -> torch.Tensor:
+        return self.mode.from_tensor(real)
 
 
 def _pinned_batch(
