@@ -38,6 +38,7 @@ _CHECKPOINT = os.path.join("utils", "checkpoint.py")
 #: Fewer forward ops than this: tracing the block again costs less than replaying it.
 MIN_OPS = 4
 _SMALL = "too small to gain"
+_TWICE = "a module of its kind is called more than once"
 
 
 class ReuseFallback(SymcxError):
@@ -299,6 +300,7 @@ class BlockReuse:
         self.refusals: dict[str, str] = {}  # module path -> why it traced normally
         self.busy = False  # inside a template or a replay: nested blocks trace normally
         self.called: set[int] = set()  # candidate modules called so far (outside templates and replays)
+        self.twice: set[tuple] = set()  # static keys of a module called twice before any was replayed
         self.restamp: dict[int, int] = {}  # a boundary's or replay's sequence number -> the one a full trace has
         self._seq = -(1 << 40)
 
@@ -323,8 +325,13 @@ class BlockReuse:
         if self.busy or self.recorder.tag.get("phase") != "forward":
             return forward(*args, **kwargs)
         if id(mod) in self.called:  # a module run twice: its parameters' gradients are sums over its calls
-            inner = [self.static[id(m)] for m in mod.modules() if id(m) in self.static]
-            raise ReuseFallback(f"{self.paths[id(mod)]} is called more than once", *inner)
+            inner = {self.static[id(m)] for m in mod.modules() if id(m) in self.static}
+            if any(t.refused is None and t.static in inner for t in self._all()):
+                raise ReuseFallback(f"{self.paths[id(mod)]} is called more than once", *inner)
+            self.twice |= inner  # nothing of their kinds replayed yet: traced normally from here on, no new trace
+        if self.static[id(mod)] in self.twice:
+            self.refusals.setdefault(self.paths[id(mod)], _TWICE)
+            return forward(*args, **kwargs)
         self.called.add(id(mod))
         leaves, spec = tree_flatten((args, kwargs))
         key = self._key(mod, leaves, spec)
