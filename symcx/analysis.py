@@ -286,7 +286,7 @@ class Analysis:
     def memory(self, optimizer: str | None = None, dtype: Any = None, training: bool = True,
                step: str = "steady", *, gpus: Any = None, strategy: str = "ddp",
                reshard_after_forward: bool = True, precision: str | None = None,
-               units: Sequence[str] | None = None) -> Memory | ParallelMemory:
+               units: Sequence[str] | None = None, mp_policy: Any = None) -> Memory | ParallelMemory:
         """Bytes one training step holds: parameters, gradients, optimizer state, saved
         activations and the peak, with the node where it occurs; see :func:`symcx.memory.step_memory`.
 
@@ -296,6 +296,9 @@ class Analysis:
         With ``gpus`` (a number or ``symcx.g``), the per-GPU memory under ``strategy``
         (``"ddp"``, ``"zero1"``, ``"zero2"``, ``"fsdp"``), t per GPU: a
         :class:`~symcx.parallel.ParallelMemory`; see :func:`symcx.parallel.parallel_memory`.
+        ``mp_policy`` (``"bf16"``, ``"bf16-reduce-bf16"``, … or torch's ``MixedPrecisionPolicy``)
+        is FSDP2's mixed precision on the float32 model: analyse with ``precision="bf16"`` (the
+        compute FSDP2 runs) and the sharded parameters, gradients and Adam state are float32.
 
         >>> import torch, symcx
         >>> mlp = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
@@ -305,7 +308,7 @@ class Analysis:
         """
         if gpus is not None:
             return self._parallel(parallel_memory, optimizer, dtype, training, step, gpus, strategy,
-                                  reshard_after_forward, precision, units)
+                                  reshard_after_forward, precision, units, mp_policy)
         key = (optimizer, str(dtype), training, step)
         if key not in self._memories:
             self._memories[key] = self._memory_model.memory(
@@ -313,7 +316,8 @@ class Analysis:
         return self._memories[key]
 
     def _parallel(self, fn: Callable, optimizer: Any, dtype: Any, training: bool, step: str, gpus: Any,
-                  strategy: str, reshard: bool, precision: str | None, units: Sequence[str] | None) -> Any:
+                  strategy: str, reshard: bool, precision: str | None, units: Sequence[str] | None,
+                  mp_policy: Any = None) -> Any:
         """:func:`parallel_memory` or :func:`communication` of the step, FSDP2's padding checked once
         against ``fully_shard`` where the route gave a way to run it."""
         if (optimizer, dtype, training, step) != (None, None, True, "steady"):
@@ -325,14 +329,17 @@ class Analysis:
                       if v.phase == "param" and all(sympy.sympify(d).is_Integer for d in v.out.shape)}
             check_fsdp_shards(lambda k: self._shards(k, found), shapes)
             self._shards = None  # checked: the rule holds for this model
-        out = fn(self.step, gpus, strategy, reshard_after_forward=reshard, precision=precision, units=units)
+        out = fn(self.step, gpus, strategy, reshard_after_forward=reshard, precision=precision, units=units,
+                 mp_policy=mp_policy)
         return out.subs(self._values) if self._values else out
 
     def check_fsdp(self, batch: int = 2, *, reshard_after_forward: bool = True, units: Sequence[str] | None = None,
-                   fit: Sequence[int] = (2, 3, 4), check: int = 8) -> list[dict[str, Any]]:
+                   fit: Sequence[int] = (2, 3, 4), check: int = 8, mp_policy: Any = None) -> list[dict[str, Any]]:
         """The FSDP2 formula in g checked, exactly, against rank 0's step traced through ``fully_shard``
         on torch's fake process group at each ``fit`` g and at ``check``; see
         :func:`symcx.parallel.check_fsdp_trace` (one row per g; :class:`SymcxError` on a mismatch).
+        With ``mp_policy`` (an analysis traced at its param_dtype) the float32 model is wrapped with
+        ``fully_shard(..., mp_policy=...)``.
 
         >>> import torch, symcx
         >>> a = symcx.analyze(torch.nn.Linear(8, 6), torch.randn(2, 8), optimizer="adam")
@@ -342,11 +349,13 @@ class Analysis:
         if self._fsdp_trace is None:
             raise SymcxError("check_fsdp needs the model: an analysis of the symbolic route (symcx.analyze)")
         found = fsdp_units(self.step, units)
-        return check_fsdp_trace(self.step, lambda k: self._fsdp_trace(k, batch, found, reshard_after_forward), batch,
-                                reshard_after_forward=reshard_after_forward, units=units, fit=fit, check=check)
+        return check_fsdp_trace(self.step, lambda k: self._fsdp_trace(k, batch, found, reshard_after_forward, mp_policy),
+                                batch, reshard_after_forward=reshard_after_forward, units=units, fit=fit, check=check,
+                                mp_policy=mp_policy)
 
     def communication(self, gpus: Any, strategy: str, *, reshard_after_forward: bool = True,
-                      precision: str | None = None, units: Sequence[str] | None = None) -> Communication:
+                      precision: str | None = None, units: Sequence[str] | None = None,
+                      mp_policy: Any = None) -> Communication:
         """Bytes each GPU sends per step under ``strategy`` on ``gpus`` GPUs, ring algorithm, by collective;
         see :func:`symcx.parallel.communication`.
 
@@ -356,7 +365,7 @@ class Analysis:
         60*(2*g - 2)/g
         """
         return self._parallel(communication, None, None, True, "steady", gpus, strategy, reshard_after_forward,
-                              precision, units)
+                              precision, units, mp_policy)
 
     @property
     def optimizer_implementation(self) -> str | None:

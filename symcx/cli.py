@@ -33,7 +33,7 @@ from .capture import PRECISIONS, optimizer_factory
 from .checkpointing import checkpoint_blocks
 from .cli_specs import example_input, load_model, parse_input, parse_model_args, parse_symbolic
 from .symbols import N, g, n, symbol
-from .parallel import parallel_report
+from .parallel import MP_POLICIES, parallel_report
 from .memory import OPTIMIZER_COPIES
 from .zoo import BUNDLED
 
@@ -204,6 +204,9 @@ def _add_analyze(sub: Any) -> None:
     a.add_argument("--accumulate", type=_arg(_positive_int), default=1, metavar="K",
                    help="gradient accumulation: K micro-batches of t per optimizer step (memory of the whole "
                    "iteration; FLOPs per micro-batch)")
+    a.add_argument("--no-reuse", action="store_true",
+                   help="trace every block, not each distinct block once and copies of it for its repeats "
+                   "(the figures are the same; reuse is checked and falls back by itself)")
     a.add_argument("--inference", action="store_true",
                    help="serving cost instead of a training step: prefill (t, L), one decode step after P cached "
                    "tokens, KV-cache bytes, G generated tokens (a causal model with a KV cache; table, markdown, json)")
@@ -224,6 +227,10 @@ def _add_analyze(sub: Any) -> None:
                    help="per-GPU memory and communication data-parallel on G GPUs (g: a formula in g), t per GPU")
     a.add_argument("--strategy", choices=("ddp", "zero1", "zero2", "fsdp"), default="ddp",
                    help="with --gpus: ddp, zero1, zero2 or fsdp (FSDP2 fully_shard; default: ddp)")
+    a.add_argument("--mp-policy", choices=tuple(MP_POLICIES), default=None,
+                   help="with --gpus and --strategy fsdp: FSDP2's MixedPrecisionPolicy on the float32 model (bf16: "
+                        "param_dtype bf16, reduce_dtype fp32; bf16-reduce-bf16; fp16; fp16-reduce-fp16); the step "
+                        "is traced at that precision (--precision bf16 or fp16 implied)")
     a.add_argument("--check-trace", action="store_true",
                    help="with --gpus and --strategy fsdp: check the formula against fully_shard itself, traced on "
                         "torch's fake process group at g = 2, 3, 4 and 8 (per-GPU batch --batch, default 2)")
@@ -245,10 +252,14 @@ def _add_validate(sub: Any) -> None:
                    help="comma-separated batch sizes (default: 1,16,64,256)")
     v.add_argument("--backward", action="store_true", help="time and measure full training steps, not forward only")
     v.add_argument("--gpus", type=_arg(_positive_int), default=None, metavar="G",
-                   help="with --backward: run G gloo processes on this CPU and compare each rank's peak")
+                   help="with --backward: run G processes (gloo on this CPU; --device cuda: NCCL, rank r on "
+                        "cuda:r) and compare each rank's peak")
     v.add_argument("--strategy", choices=("ddp", "zero1", "zero2", "fsdp"), default="ddp",
                    help="with --gpus: DistributedDataParallel, ZeRO-1 (DDP with ZeroRedundancyOptimizer) or FSDP2 "
                         "fully_shard; zero2 has no torch implementation and is refused (default: ddp)")
+    v.add_argument("--mp-policy", choices=tuple(MP_POLICIES), default=None,
+                   help="with --gpus and --strategy fsdp: fully_shard(..., mp_policy=...) on every unit (bf16: "
+                        "param_dtype bf16, reduce_dtype fp32; bf16-reduce-bf16; fp16; fp16-reduce-fp16)")
     v.add_argument("--repeats", type=_arg(_positive_int), default=20, help="timed runs per batch size (default: 20)")
     v.add_argument("--warmup", type=_arg(_count), default=3, help="untimed runs first (default: 3)")
     v.add_argument("--force", action="store_true",
@@ -414,6 +425,7 @@ def _analyze(args: argparse.Namespace) -> int:
     _check_analyze_options(args)
     if args.check_trace and (args.gpus is None or args.strategy != "fsdp"):
         raise SymcxError("--check-trace traces FSDP2's fully_shard: give --gpus and --strategy fsdp")
+    _check_mp_policy(args)
     model = load_model(args.model, args.model_args)
     x = example_input(model, args.input)
     dims = parse_symbolic(args.symbolic, x) if args.symbolic else None
@@ -427,9 +439,10 @@ def _analyze(args: argparse.Namespace) -> int:
         print(f"checkpointing: {checkpoint_blocks(model)}", file=sys.stderr)
     with _input_hint(model, args.input):
         analysis = analyze(model, x, dims=dims, widths=widths, strict=args.strict, optimizer=traced,
-                           precision=args.precision, accumulate=args.accumulate)
+                           precision=args.precision, accumulate=args.accumulate, reuse=not args.no_reuse)
     if args.gpus is not None:
-        _emit(parallel_report(analysis, args.gpus, args.strategy, args.batch, args.format), args.output)
+        _emit(parallel_report(analysis, args.gpus, args.strategy, args.batch, args.format, args.mp_policy),
+              args.output)
         if args.check_trace:
             _check_trace(analysis, args)
         return 0
@@ -500,7 +513,7 @@ def _validate(args: argparse.Namespace) -> int:
         raise SymcxError(f"{args.model} builds its parameters on the meta device, which holds no data to run; "
                          f"validate runs the model for real: build it on cpu or cuda ('symcx analyze' works on meta)")
     x = example_input(model, args.input)
-    if args.gpus is not None:
+    if args.gpus is not None or args.mp_policy is not None:
         return _validate_ranks(model, x, args)
     from .validation import validate
 
@@ -552,10 +565,25 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_mp_policy(args: argparse.Namespace) -> None:
+    """``--mp-policy``: FSDP2 only; it implies ``--precision`` at its param_dtype (the compute FSDP2 runs)."""
+    if args.mp_policy is None:
+        return
+    if args.gpus is None or args.strategy != "fsdp":
+        raise SymcxError("--mp-policy is FSDP2's MixedPrecisionPolicy: give --gpus and --strategy fsdp")
+    want = MP_POLICIES[args.mp_policy].trace
+    if args.precision not in (None, want):
+        raise SymcxError(f"--mp-policy {args.mp_policy} runs the compute in {want}: --precision {want} (or none), "
+                         f"not {args.precision}")
+    args.precision = want
+
+
 def _check_trace(analysis: Any, args: argparse.Namespace) -> None:
     """``analyze --gpus G --strategy fsdp --check-trace``: the formula against ``fully_shard`` traced at
-    g = 2, 3, 4, 8, one line per g on stderr (a mismatch raises: exit 2)."""
-    for row in analysis.check_fsdp(batch=args.batch or 2):
+    g = 2, 3, 4, 8, one line per g on stderr (a mismatch raises: exit 2); with ``--mp-policy`` the
+    float32 model traced under that policy."""
+    rows = analysis.check_fsdp(batch=args.batch or 2, mp_policy=args.mp_policy)
+    for row in rows:
         print(f"fully_shard traced at g={row['gpus']}: resident {row['traced_resident_bytes']} B, peak "
               f"{row['traced_peak_bytes']} B above it (at {row['peak_op']}) = the formula", file=sys.stderr)
 
@@ -564,11 +592,14 @@ def _validate_ranks(model: Any, x: Any, args: argparse.Namespace) -> int:
     """``validate --gpus G --strategy S``: one gloo process per rank, each rank's peak against the formula."""
     from .validation.distributed import validate_distributed
 
-    if not args.backward or args.device != "cpu" or args.format == "latex":
-        raise SymcxError("--gpus validates training steps on gloo CPU processes: give --backward, --device cpu "
-                         "and --format table or json")
+    if args.gpus is None:
+        raise SymcxError("--mp-policy validates FSDP2 on processes: give --gpus G --strategy fsdp --backward")
+    if not args.backward or args.format == "latex":
+        raise SymcxError("--gpus validates training steps on processes (gloo on the CPU, NCCL with --device cuda): "
+                         "give --backward and --format table or json")
     with _input_hint(model, args.input):
-        report = validate_distributed(model, x, gpus=args.gpus, strategy=args.strategy, batch_sizes=args.batch_sizes)
+        report = validate_distributed(model, x, gpus=args.gpus, strategy=args.strategy, batch_sizes=args.batch_sizes,
+                                      device=args.device, mp_policy=args.mp_policy)
     if args.format == "json":
         import json
 

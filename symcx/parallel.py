@@ -21,15 +21,17 @@ from typing import Any
 import sympy
 
 from .budget import max_batch_size
+from .capture.fsdp_policy import MP_POLICIES, MixedPolicy, mp_policy_of
 from .errors import SymcxError
 from .memory import _END, _Life, _lives, kernel_copies
 from .peak import max_of, peak_points
-from .step import Step
+from .step import Step, storage_keys
 from .symbols import g as G_SYMBOL
 from .zero_partition import owned_params, state_owners
 
 __all__ = ["STRATEGIES", "ParallelMemory", "Communication", "parallel_memory", "communication",
-           "fsdp_shard_numel", "check_fsdp_shards", "check_fsdp_trace", "check_gpus", "fsdp_units", "parallel_report"]
+           "fsdp_shard_numel", "check_fsdp_shards", "check_fsdp_trace", "check_gpus", "fsdp_units", "parallel_report",
+           "MixedPolicy", "MP_POLICIES", "mp_policy_of", "BACKENDS"]
 
 #: The data-parallel strategies: what each shards (params, gradients, optimizer state).
 STRATEGIES = {"ddp": (False, False, False), "zero1": (False, False, True), "zero2": (False, True, True),
@@ -41,6 +43,8 @@ _MASTER = 4
 ZERO = sympy.Integer(0)
 #: Example number of GPUs at which a symbolic-g peak node is chosen.
 G_HINT = 8
+#: What ``backend`` takes: None (torch.distributed's own tensors), gloo's CPU copies, NCCL on CUDA.
+BACKENDS = (None, "gloo", "nccl")
 
 
 def check_gpus(gpus: Any, strategy: str) -> sympy.Expr:
@@ -93,7 +97,7 @@ def check_fsdp_shards(probe: Callable[[int], Mapping[str, int]], shapes: Mapping
 
 def check_fsdp_trace(step: Step, probe: Callable[[int], Any], batch: int, *, reshard_after_forward: bool = True,
                      units: Sequence[str] | None = None, fit: Sequence[int] = (2, 3, 4),
-                     check: int = 8) -> list[dict[str, Any]]:
+                     check: int = 8, mp_policy: Any = None) -> list[dict[str, Any]]:
     """Check the FSDP2 formula in g against one rank's step traced through ``fully_shard`` itself.
 
     ``probe(g)`` traces rank 0's Adam step at per-GPU batch ``batch`` on ``g`` fake ranks
@@ -101,8 +105,11 @@ def check_fsdp_trace(step: Step, probe: Callable[[int], Any], batch: int, *, res
     built once with the symbol g, is evaluated at each ``fit`` g and at ``check``; its resident
     bytes and its peak above them must equal the traced ones exactly, else :class:`SymcxError`
     says where. Returns one row per g: ``gpus``, ``traced_*`` and ``predicted_*`` bytes, ``peak_op``.
+    With ``mp_policy`` the formula is FSDP2's mixed precision (``step`` traced at its param_dtype)
+    and ``probe`` must wrap the float32 model with ``fully_shard(..., mp_policy=...)``.
     """
-    mem = parallel_memory(step, G_SYMBOL, "fsdp", reshard_after_forward=reshard_after_forward, units=units)
+    mem = parallel_memory(step, G_SYMBOL, "fsdp", reshard_after_forward=reshard_after_forward, units=units,
+                          mp_policy=mp_policy)
     sizes = {s: batch if s.name == "t" else step.hints.get(s, s) for s in mem.peak.free_symbols - {G_SYMBOL}}
     rows = []
     for gpus in (*fit, check):
@@ -145,6 +152,7 @@ class ParallelMemory:
     peak_phase: str
     candidates: tuple[tuple[str, sympy.Expr], ...]
     reshard_after_forward: bool = True
+    mp_policy: str | None = None  # the FSDP2 MixedPrecisionPolicy's name (MP_POLICIES), or None
 
     @property
     def model_states(self) -> sympy.Expr:
@@ -231,8 +239,10 @@ class _Plan:
     units: tuple[str, ...]
     reshard: bool
     gloo: bool = False  # count gloo's own copies in its all-gather and reduce-scatter
+    mp: MixedPolicy | None = None  # FSDP2's MixedPrecisionPolicy: the step traced at its param_dtype
     owned: frozenset[str] | None = None  # torch's ZeRO-1: the parameters whose state this rank keeps
     owners: Mapping[str, str] = dataclasses.field(default_factory=dict)  # state/optimizer node → parameter
+    kernels: bool = False  # count the copies a matrix kernel makes of a broadcast operand (the allocator's view)
 
     def shard(self, info: Any, itemsize: int, sharded: bool) -> sympy.Expr:
         """Bytes of one storage on one GPU: whole, or its shard under this strategy's padding."""
@@ -253,6 +263,12 @@ class _Plan:
 def _item(plan: _Plan, info: Any, half: bool) -> int:
     """Element size: 16-bit for parameters and gradients under mixed precision, else as traced."""
     return _HALF if half and plan.mixed and info.dtype in ("float32", "float64") else info.itemsize
+
+
+def _orig(plan: _Plan, info: Any) -> int:
+    """Element size of a tensor the model holds in its own dtype (a sharded parameter, its optimizer
+    state, a buffer, the batch): under ``mp`` float32 where the trace ran it in ``param_dtype``."""
+    return 4 if plan.mp is not None and info.dtype == plan.mp.param_dtype else info.itemsize
 
 
 def _is_grad(life: _Life) -> bool:
@@ -337,15 +353,21 @@ def _fsdp_gathers(step: Step, plan: _Plan, walk: _Walk, lives: Mapping[str, _Lif
                      for phase, issue, first, last in _gather_intervals(spans, u, plan.reshard, prefetch))
     forward_end = max((v.order for v in step.nodes if v.phase == "forward"), default=0) + 0.25
     largest, gathered = [], ZERO
+    # under mp_policy the cast shards are freed between the output's allocation and the copy-out, which
+    # then comes after it (traced): the copy-out, and the frees it precedes, a step later
+    after = 0.015625 if plan.mp is not None else 0.0
     for k, (issue, phase, first, last, u) in enumerate(gathers):
         label = f"{u or 'root'}.all_gather({phase})"
         walk.phases[label] = phase
-        walk.hold(label, full[u], first - 0.5, last + 0.125)  # from the unit's wait (copy-out) to its reshard
+        walk.hold(label, full[u], first - 0.5 + after, last + 0.125)  # from the unit's wait (copy-out) to its reshard
         later = [i for i, p, *_ in gathers[k + 1:] if p == phase]
-        freed = max(later[0], first) - 0.5 if later else (forward_end if phase == "forward" else first - 0.5)
+        freed = max(later[0], first) - 0.5 + after if later else (
+            forward_end if phase == "forward" else first - 0.5 + after)
         # a backward prefetch is issued once the previous unit's copy-out has freed its output
         born = issue - (0.375 if issue < first else 0.5)
         walk.hold(label, plan.gpus * shard[u], born, freed)
+        if plan.mp is not None:  # the shards cast to param_dtype, copied into the output and freed
+            walk.hold(label, shard[u], born, born)
         if plan.gloo and issue < first:  # gloo's copy of the output; elsewhere no larger than the copy-out
             walk.hold(label, plan.gpus * shard[u], born, born)
         gathered += shard[u]
@@ -370,7 +392,8 @@ class _Totals:
     grads: sympy.Expr = ZERO
     grads_full: sympy.Expr = ZERO
     activations: sympy.Expr = ZERO
-    grad_shards: dict[str, sympy.Expr] = dataclasses.field(default_factory=dict)
+    grad_shards: dict[str, sympy.Expr] = dataclasses.field(default_factory=dict)  # reduce-scatter output, per unit
+    grad_kept: dict[str, sympy.Expr] = dataclasses.field(default_factory=dict)  # the sharded gradient FSDP2 keeps
     param_shards: sympy.Expr = ZERO
 
 
@@ -392,42 +415,77 @@ def _place_grad(plan: _Plan, walk: _Walk, tot: _Totals, life: _Life, info: Any, 
         walk.hold(life.node, whole, life.born, freed)
 
 
+#: When, after a unit's post-backward starts, the reduce-scatter's output is cast to float32 (a
+#: reduce_dtype other than float32) and foreach_reduce returns, freeing the gradient it still holds:
+#: after the collective (and gloo's copy in it), before anything the next op makes.
+_RS_CAST = 0.0625 + 0.0078125
+
+
+def _grad_params(step: Step, lives: Mapping[str, _Life]) -> dict[str, str]:
+    """Gradient storage → its parameter: the step returns the gradients in the trainable parameters'
+    order (after the model's output); {} where that reading does not hold up."""
+    params = [v.param for v in step.nodes if v.phase == "param" and v.param in step.trainable]
+    out = next((v for v in step.nodes if v.kind == "output"), None)
+    grads = [k for name in (out.inputs if out else ()) if step.node(name).phase == "backward"
+             for k in storage_keys(step.node(name).value)][:len(params)]
+    if len(grads) != len(params) or len(set(grads)) != len(grads) or not all(_is_grad(lives[k]) for k in grads):
+        return {}
+    return dict(zip(grads, params))
+
+
 def _grad_frees(step: Step, plan: _Plan, lives: Mapping[str, _Life]) -> dict[str, float]:
-    """When FSDP2 frees each unsharded gradient: at its unit's reduce-scatter copy-in, but the unit's
-    last-made one after the reduce-scatter (autograd still holds it then; traced, see capture.sharded)."""
+    """When FSDP2 frees each unsharded gradient: at its unit's reduce-scatter copy-in, except the one of the
+    unit's last parameter, which ``foreach_reduce``'s loop variable holds until it returns (after the
+    reduce-scatter; traced, see capture.sharded). Without the parameter names, the unit's last-made one."""
     if plan.strategy != "fsdp":
         return {}
     post = _post_backward(step, plan)
     units = {k: _unit_of(step.node(s.node).module, plan.units) for k, s in lives.items() if _is_grad(s)}
-    last = {u: max((lives[k].born, k) for k, v in units.items() if v == u)[1] for u in set(units.values())}
-    return {k: post[u] + (0.0625 if last[u] == k else 0.0) for k, u in units.items()}
+    owner = _grad_params(step, lives)
+    if owner:  # a gradient belongs to its parameter's unit
+        units = {k: _unit_of(owner.get(k, step.node(lives[k].node).module), plan.units) for k in units}
+        order = {p: i for i, p in enumerate(owner.values())}
+        last = {u: max((order.get(owner.get(k), -1), k) for k, v in units.items() if v == u)[1]
+                for u in set(units.values())}
+    else:
+        last = {u: max((lives[k].born, k) for k, v in units.items() if v == u)[1] for u in set(units.values())}
+    return {k: post[u] + (_RS_CAST if last[u] == k else 0.0) for k, u in units.items()}
 
 
 def _place(step: Step, plan: _Plan, walk: _Walk, tot: _Totals, lives: Mapping[str, _Life]) -> None:
     """Size every storage of the step for one GPU and put it on the walk (resident ones in ``tot``)."""
     shard_params = STRATEGIES[plan.strategy][0]
     frees = _grad_frees(step, plan, lives)
+    # the loss and its seed die when backward() returns (traced through fully_shard); symcx.memory, and the
+    # other strategies with it (their g = 1 is the single-device figure), hold them through the optimizer
+    backward_end = max((v.order for v in step.nodes if v.phase == "backward"), default=0) + 0.75
     for life in lives.values():
         info, v = step.storages[life.key].info, step.node(life.node)
         if life.phase == "param":
-            size = plan.shard(info, _item(plan, info, True), shard_params)
+            size = plan.shard(info, _orig(plan, info) if plan.mp else _item(plan, info, True), shard_params)
             tot.params += size
             if plan.strategy == "fsdp" and v.param in step.trainable:  # its reduce-scatter output: FSDP2's shard
                 unit = _unit_of(v.param, plan.units)
-                tot.grad_shards[unit] = tot.grad_shards.get(unit, ZERO) + size
+                reduced = plan.shard(info, plan.mp.reduce_bytes, True) if plan.mp else size
+                tot.grad_shards[unit] = tot.grad_shards.get(unit, ZERO) + reduced
+                tot.grad_kept[unit] = tot.grad_kept.get(unit, ZERO) + size
                 tot.grads += size
             if plan.mixed and v.param in step.trainable:  # the fp32 master copy, sharded as the state
                 tot.state += plan.state_bytes(info, _MASTER, v.param)
         elif life.phase in ("buffer", "input"):
-            tot.fixed += info.numel * info.itemsize
+            tot.fixed += info.numel * _orig(plan, info)
+            if plan.mp is not None and life.phase == "input" and info.dtype == plan.mp.param_dtype:
+                # FSDP2's root casts the float batch to param_dtype before its forward: the copy the compute reads
+                walk.hold(life.node, info.numel * info.itemsize, -1, life.last)
         elif life.phase == "state":
-            tot.state += plan.state_bytes(info, info.itemsize, plan.owners.get(life.node))
+            tot.state += plan.state_bytes(info, _orig(plan, info), plan.owners.get(life.node))
         elif _is_grad(life):
             _place_grad(plan, walk, tot, life, info, frees.get(life.key, _END))
         else:
-            size = (plan.state_bytes(info, info.itemsize, plan.owners.get(life.node)) if life.phase == "optimizer"
+            size = (plan.state_bytes(info, _orig(plan, info), plan.owners.get(life.node)) if life.phase == "optimizer"
                     else info.numel * info.itemsize)
-            walk.hold(life.node, size, life.born, life.last)
+            loss_end = plan.strategy == "fsdp" and life.phase == "loss" and life.last == _END
+            walk.hold(life.node, size, life.born, backward_end if loss_end else life.last)
             if life.saved and life.phase in ("forward", "loss"):
                 tot.activations += size
     _reduce_scatters(step, plan, walk, tot, _post_backward(step, plan) if plan.strategy == "fsdp" else {})
@@ -443,18 +501,25 @@ def _reduce_scatters(step: Step, plan: _Plan, walk: _Walk, tot: _Totals, post: M
         walk.phases[label] = "backward"
         freed = done[k + 1][0] - 0.125 if k + 1 < len(done) else end  # freed as the next one starts
         walk.hold(label, plan.gpus * tot.grad_shards[unit], when, freed)
-        walk.hold(label, tot.grad_shards[unit], when + 0.0625, _END)  # made once the unsharded gradients are freed
+        if plan.mp is not None and plan.mp.reduce_bytes != 4:  # the output in reduce_dtype, cast to float32 after
+            walk.hold(label, tot.grad_shards[unit], when + 0.0625, when + _RS_CAST)
+            walk.hold(label, tot.grad_kept[unit], when + _RS_CAST, _END)
+        else:
+            walk.hold(label, tot.grad_shards[unit], when + 0.0625, _END)  # made once the unsharded grads are freed
         if plan.gloo:  # gloo's copy of the input, held while the collective runs
             walk.hold(label, plan.gpus * tot.grad_shards[unit], when + 0.0625, when + 0.0625)
 
 
 def _plan(step: Step, gpus: Any, strategy: str, reshard_after_forward: bool, precision: str | None,
-          units: Sequence[str] | None, backend: str | None = None, partition: str = "flat", rank: int = 0) -> _Plan:
+          units: Sequence[str] | None, backend: str | None = None, partition: str = "flat", rank: int = 0,
+          mp_policy: Any = None) -> _Plan:
     """The checked options of a data-parallel walk."""
     count = check_gpus(gpus, strategy)
     owned = _torch_partition(step, count, strategy, partition, rank)
-    if backend not in (None, "gloo"):
-        raise SymcxError(f"backend must be None (FSDP2's own buffers) or 'gloo' (with gloo's copies), not {backend!r}")
+    if backend not in BACKENDS:
+        raise SymcxError(f"backend must be None (torch.distributed's own buffers), 'gloo' (with gloo's CPU copies) "
+                         f"or 'nccl' (CUDA), not {backend!r}")
+    mp = _checked_policy(step, strategy, precision, mp_policy)
     if precision not in (None, "mixed"):
         raise SymcxError(f"precision must be None (as traced) or 'mixed' (16-bit params and grads, fp32 master "
                          f"copy and optimizer state), not {precision!r}")
@@ -466,7 +531,25 @@ def _plan(step: Step, gpus: Any, strategy: str, reshard_after_forward: bool, pre
     if unknown:
         raise SymcxError(f"FSDP units {unknown} are not modules of the traced model")
     return _Plan(strategy, count, precision == "mixed", fsdp_units(step, units), bool(reshard_after_forward),
-                 backend == "gloo", owned, state_owners(step) if owned is not None else {})
+                 backend == "gloo", mp, owned, state_owners(step) if owned is not None else {},
+                 kernels=backend in ("gloo", "nccl"))
+
+
+def _checked_policy(step: Step, strategy: str, precision: str | None, mp_policy: Any) -> MixedPolicy | None:
+    """``mp_policy`` as a :class:`MixedPolicy`, refused unless FSDP2 on a step traced at its ``param_dtype``."""
+    mp = mp_policy_of(mp_policy)
+    if mp is None:
+        return None
+    if strategy != "fsdp":
+        raise SymcxError(f"mp_policy is FSDP2's MixedPrecisionPolicy: strategy='fsdp', not {strategy!r} "
+                         f"(precision='mixed' models 16-bit DDP/ZeRO)")
+    if precision is not None:
+        raise SymcxError("mp_policy and precision='mixed' are two models of the same thing: give one")
+    if step.precision != mp.trace:
+        raise SymcxError(f"mp_policy={mp.name!r} sizes the compute FSDP2 runs in {mp.param_dtype}: trace it with "
+                         f"symcx.analyze(..., precision={mp.trace!r}) (the model itself stays float32), "
+                         f"not a step traced at precision {step.precision!r}")
+    return mp
 
 
 def _torch_partition(step: Step, gpus: sympy.Expr, strategy: str, partition: str, rank: Any) -> frozenset[str] | None:
@@ -486,7 +569,8 @@ def _torch_partition(step: Step, gpus: sympy.Expr, strategy: str, partition: str
 
 def parallel_memory(step: Step, gpus: Any, strategy: str, *, reshard_after_forward: bool = True,
                     precision: str | None = None, units: Sequence[str] | None = None,
-                    backend: str | None = None, partition: str = "flat", rank: int = 0) -> ParallelMemory:
+                    backend: str | None = None, partition: str = "flat", rank: int = 0,
+                    mp_policy: Any = None) -> ParallelMemory:
     """Per-GPU memory of ``step`` (the single-GPU trace, t per GPU) data-parallel on ``gpus`` GPUs.
 
     Parameters
@@ -506,13 +590,15 @@ def parallel_memory(step: Step, gpus: Any, strategy: str, *, reshard_after_forwa
         fp32 master copy with the optimizer state (trace in fp32: Adam's K = 12 bytes per parameter).
     units : sequence of str, optional
         The modules ``fully_shard`` wraps (default: each direct child of the root holding parameters).
-    backend : {None, "gloo"}
+    backend : {None, "gloo", "nccl"}
         None counts the tensors torch.distributed itself allocates (as traced through
         ``fully_shard`` on the fake backend, :func:`check_fsdp_trace`); "gloo" adds the copies
         gloo's CPU collectives make through torch's allocator: a full copy of a reduce-scatter's
         input, and one of an all-gather's output (measured; it adds to the peak only for a
         backward prefetch); and, as the CPU allocator holds it too, each copy a matrix kernel
         makes of a broadcast operand while it runs (:func:`symcx.memory.kernel_copies`).
+        "nccl" (CUDA) counts those kernel copies (cuBLAS clones a broadcast operand too) but
+        no collective copies: NCCL's buffers are not torch tensors.
     partition : {"flat", "params"}
         How ZeRO-1 splits the optimizer state: "flat" cuts each tensor in g (``ceiling(numel/g)``,
         as DeepSpeed does); "params" is torch's ``ZeroRedundancyOptimizer`` on DDP: whole
@@ -520,6 +606,13 @@ def parallel_memory(step: Step, gpus: Any, strategy: str, *, reshard_after_forwa
         resident; needs ``gpus`` a number, and gives the memory of ``rank``.
     rank : int
         With ``partition="params"``, the rank whose memory is wanted (0 … gpus-1).
+    mp_policy : {None, "bf16", "bf16-reduce-bf16", "fp16", "fp16-reduce-fp16"} or MixedPrecisionPolicy
+        FSDP2's mixed precision on a float32 model (``fully_shard(..., mp_policy=...)``): the
+        all-gathered parameters, the compute and the unsharded gradients in ``param_dtype``;
+        the reduce-scatter in ``reduce_dtype`` (float32 for "bf16"); the sharded parameters,
+        their gradients, the optimizer state and the batch in float32, and the batch's
+        ``param_dtype`` copy the root casts. ``step`` must be traced at ``param_dtype``
+        (``analyze(..., precision="bf16")``): that is the compute FSDP2 runs.
 
     Returns
     -------
@@ -533,11 +626,11 @@ def parallel_memory(step: Step, gpus: Any, strategy: str, *, reshard_after_forwa
     >>> m.optimizer  # exp_avg, exp_avg_sq of weight (12) and bias (3), 4 B each, sharded; 2 step scalars
     8*ceiling(3/g) + 8*ceiling(12/g) + 8
     """
-    plan = _plan(step, gpus, strategy, reshard_after_forward, precision, units, backend, partition, rank)
+    plan = _plan(step, gpus, strategy, reshard_after_forward, precision, units, backend, partition, rank, mp_policy)
     lives = _lives(step, None)
     walk, tot = _Walk(), _Totals()
     _place(step, plan, walk, tot, lives)
-    if plan.gloo:  # what the CPU allocator also holds: a matrix kernel's copy of a broadcast operand
+    if plan.kernels:  # what the allocator also holds: a matrix kernel's copy of a broadcast operand
         for node, nbytes in kernel_copies(step):
             walk.hold(node, nbytes, step.node(node).order, step.node(node).order)
     largest = ZERO
@@ -558,25 +651,28 @@ def parallel_memory(step: Step, gpus: Any, strategy: str, *, reshard_after_forwa
         peak=resident + max_of(e for _, e in kept), peak_node=node,
         peak_phase=step.node(node).phase if node in step else walk.phases.get(node, ""),
         candidates=tuple((v, resident + e) for v, e in kept), reshard_after_forward=plan.reshard,
+        mp_policy=plan.mp.name if plan.mp else None,
     )
 
 
 def communication(step: Step, gpus: Any, strategy: str, *, reshard_after_forward: bool = True,
-                  precision: str | None = None, units: Sequence[str] | None = None) -> Communication:
+                  precision: str | None = None, units: Sequence[str] | None = None,
+                  mp_policy: Any = None) -> Communication:
     """Bytes each GPU sends per step, ring algorithm: an all-reduce of B bytes sends ``2(g-1)/g·B``, an
     all-gather or reduce-scatter of g padded shards of S bytes sends ``(g-1)·S``.
 
     DDP all-reduces the gradients; ZeRO-1/2 reduce-scatter them and all-gather the updated
     parameters (the same volume, as in the ZeRO paper); FSDP2 all-gathers each unit's parameters
     before its forward and again before its backward (``reshard_after_forward``; not the root),
-    and reduce-scatters its gradients. Options as :func:`parallel_memory`.
+    and reduce-scatters its gradients. Options as :func:`parallel_memory` (under ``mp_policy`` the
+    all-gathers carry ``param_dtype``, the reduce-scatters ``reduce_dtype``).
 
     >>> import torch, symcx
     >>> a = symcx.analyze(torch.nn.Linear(4, 3), torch.randn(2, 4))
     >>> communication(a.step, 4, "ddp").all_reduce  # 2·3/4 of 15 float32 gradients
     90
     """
-    plan = _plan(step, gpus, strategy, reshard_after_forward, precision, units)
+    plan = _plan(step, gpus, strategy, reshard_after_forward, precision, units, mp_policy=mp_policy)
     lives = _lives(step, None)
     walk, tot = _Walk(), _Totals()
     _place(step, plan, walk, tot, lives)
@@ -595,17 +691,21 @@ def communication(step: Step, gpus: Any, strategy: str, *, reshard_after_forward
     return Communication(strategy, plan.gpus, ZERO, ring * sympy.Add(*tot.grad_shards.values()), ring * gathered)
 
 
-def parallel_report(analysis: Any, gpus: Any, strategy: str, batch: int | None = None, fmt: str = "table") -> str:
+def parallel_report(analysis: Any, gpus: Any, strategy: str, batch: int | None = None, fmt: str = "table",
+                    mp_policy: Any = None) -> str:
     """Per-GPU memory and communication of ``analysis`` (an :class:`~symcx.analysis.Analysis`) as
-    JSON (``fmt="json"``) or lines of text, at per-GPU batch ``batch`` (None: in t)."""
+    JSON (``fmt="json"``) or lines of text, at per-GPU batch ``batch`` (None: in t), under FSDP2's
+    ``mp_policy`` when given."""
     import json
 
-    mem, comm = analysis.memory(gpus=gpus, strategy=strategy), analysis.communication(gpus, strategy)
+    mem = analysis.memory(gpus=gpus, strategy=strategy, mp_policy=mp_policy)
+    comm = analysis.communication(gpus, strategy, mp_policy=mp_policy)
     if batch is not None:
         values = {s: batch for s in mem.peak.free_symbols | mem.resident.free_symbols if s.name == "t"}
         mem = mem.subs(values)
     rows = {
-        "strategy": strategy, "gpus": str(mem.gpus), "params_bytes": str(mem.params), "grads_bytes": str(mem.grads),
+        "strategy": strategy, "gpus": str(mem.gpus), "mp_policy": mem.mp_policy, "params_bytes": str(mem.params),
+        "grads_bytes": str(mem.grads),
         "optimizer_bytes": str(mem.optimizer), "activations_bytes": str(mem.activations),
         "buffers_bytes": str(mem.buffers), "peak_bytes": str(mem.peak), "peak_node": mem.peak_node,
         "peak_phase": mem.peak_phase, "all_reduce_bytes": str(comm.all_reduce),

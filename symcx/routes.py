@@ -21,6 +21,7 @@ import torch
 from .analysis import Analysis
 from .capture import DimSpec, Iteration, optimizer_factory, precision_of, trace_training_step
 from .capture.distributed import fsdp_shard_numels
+from .capture.fsdp_policy import mp_policy_of
 from .capture.precision import AS_GIVEN
 from .capture.sharded import trace_fsdp_step
 from .errors import ShapeError, SymcxError, TraceError
@@ -258,11 +259,18 @@ def analyze(
     def shards(gpus: int, units: Sequence[str]) -> dict[str, int]:  # fully_shard on a meta copy, fake group
         return fsdp_shard_numels(model, gpus, units)
 
-    def fsdp_trace(gpus: int, batch: int, units: Sequence[str], reshard: bool) -> Any:  # fully_shard, fake tensors
+    def fsdp_trace(gpus: int, batch: int, units: Sequence[str], reshard: bool, mp_policy: Any = None) -> Any:
+        """Rank 0's step through ``fully_shard`` on fake tensors (the float32 model under ``mp_policy``,
+        whose compute this analysis traced)."""
+        policy = mp_policy_of(mp_policy)
+        as_traced = iteration is not None and (iteration.precision == AS_GIVEN if policy is None
+                                               else iteration.precision.name == policy.trace)
         if iteration is None or iteration.optimizer is None or iteration.micro_steps != 1 or loss is not None \
-                or batch_dim != 0 or iteration.precision != AS_GIVEN or not iteration.set_to_none:
+                or batch_dim != 0 or not as_traced or not iteration.set_to_none:
             raise SymcxError("the FSDP2 trace runs the plain step: analyze(..., optimizer=...) with the default "
-                             "loss, batch_dim=0, no precision, accumulate=1 and set_to_none=True")
-        return trace_fsdp_step(model, example_input, gpus, batch, units, reshard, iteration.optimizer.make)
+                             "loss, batch_dim=0, no precision (with an mp_policy: its param_dtype's), accumulate=1 "
+                             "and set_to_none=True")
+        return trace_fsdp_step(model, example_input, gpus, batch, units, reshard, iteration.optimizer.make,
+                               mp_policy=mp_policy)
 
     return Analysis(step, unsupported, memory, shards=shards, fsdp_trace=fsdp_trace)

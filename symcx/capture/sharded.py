@@ -27,6 +27,7 @@ import torch
 
 from .._torch import FakeTensorMode, TorchDispatchMode, fake_process_group, op_names, tree_leaves, tree_map
 from ..errors import SymcxError
+from .fsdp_policy import torch_mp_policy
 from .trace import default_loss
 
 __all__ = ["RankTrace", "trace_fsdp_step", "rank_step"]
@@ -159,10 +160,13 @@ def _batch(example: Any, batch: int, mode: Any) -> Any:
     return tree_map(grow, example)
 
 
-def _shard(model: torch.nn.Module, mesh: Any, units: Sequence[str], reshard: bool) -> None:
+def _shard(model: torch.nn.Module, mesh: Any, units: Sequence[str], reshard: bool, mp_policy: Any = None) -> None:
     """``fully_shard`` each named unit (``reshard_after_forward=reshard``), then the root, on ``mesh``;
-    the root with torch's default, which keeps its parameters unsharded from forward to backward."""
-    from torch.distributed.fsdp import fully_shard
+    the root with torch's default, which keeps its parameters unsharded from forward to backward;
+    every one with ``mp_policy`` (torch's ``MixedPrecisionPolicy``) when given."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = mp_policy or MixedPrecisionPolicy()  # torch's default: no casts
 
     named = dict(model.named_modules())
     missing = [u for u in units if u and u not in named]
@@ -171,19 +175,21 @@ def _shard(model: torch.nn.Module, mesh: Any, units: Sequence[str], reshard: boo
     try:
         for unit in units:
             if unit:
-                fully_shard(named[unit], mesh=mesh, reshard_after_forward=reshard)
-        fully_shard(model, mesh=mesh)
+                fully_shard(named[unit], mesh=mesh, reshard_after_forward=reshard, mp_policy=policy)
+        fully_shard(model, mesh=mesh, mp_policy=policy)
     except (RuntimeError, ValueError, TypeError, AssertionError) as err:
         raise SymcxError(f"cannot shard {type(model).__name__} with fully_shard on {mesh.size()} GPUs: {err}") from err
 
 
 def trace_fsdp_step(model: torch.nn.Module, example: Any, gpus: int, batch: int, units: Sequence[str] = (),
                     reshard_after_forward: bool = True,
-                    optimizer: Callable[[list], torch.optim.Optimizer] | None = None) -> RankTrace:
+                    optimizer: Callable[[list], torch.optim.Optimizer] | None = None,
+                    mp_policy: Any = None) -> RankTrace:
     """Rank 0's FSDP2 training step on ``gpus`` fake ranks at per-GPU ``batch``, traced and its peak walked.
 
     ``units`` are the modules wrapped before the root; ``optimizer`` makes the optimizer of this
-    rank's local shards (default Adam).
+    rank's local shards (default Adam); ``mp_policy`` (a name of :data:`symcx.parallel.MP_POLICIES`
+    or torch's ``MixedPrecisionPolicy``) is given to every ``fully_shard``.
 
     >>> import torch
     >>> r = trace_fsdp_step(torch.nn.Linear(8, 6), torch.randn(2, 8), gpus=2, batch=4)
@@ -194,12 +200,13 @@ def trace_fsdp_step(model: torch.nn.Module, example: Any, gpus: int, batch: int,
         raise SymcxError(f"fully_shard has nothing to shard: {type(model).__name__} has no parameters")
     from torch.distributed.device_mesh import init_device_mesh
 
+    policy = torch_mp_policy(mp_policy)
     mode = FakeTensorMode()
     with fake_process_group(gpus):
         mesh = init_device_mesh("cpu", (gpus,))  # outside fake mode: the mesh reads its ranks
         fake, x = _fake_copy(model, mode), _batch(example, batch, mode)
         with mode:
-            _shard(fake, mesh, units, reshard_after_forward)
+            _shard(fake, mesh, units, reshard_after_forward, policy)
             try:
                 return _run(fake, x, gpus, batch, optimizer or torch.optim.Adam)
             except (RuntimeError, ValueError, TypeError, AssertionError) as err:  # e.g. a parameter tied across units
