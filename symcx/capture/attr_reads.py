@@ -7,7 +7,9 @@ Gemma-2 picks sliding or global attention with it). While the first call of a bl
 of its modules is given a subclass of its own class whose ``__getattribute__`` notes reads of
 the attributes that differ among the block's twins (reading ``__dict__`` itself, as ``vars()``
 does, counts as reading them all, except in ``nn.Module``'s own ``__getattr__``/``__setattr__``,
-which read only its parameters, buffers and submodules there), and the class is given back afterwards. A later call whose
+which read only its parameters, buffers and submodules there), and the class is given back afterwards
+(FSDP2 swaps a module's class the same way). A class that cannot be swapped counts as reading
+every watched attribute. A later call whose
 values equal the first call's on every attribute it read runs the same code: every value its
 code reads is then the same. See docs/performance.md ("Block reuse").
 """
@@ -78,9 +80,14 @@ def reads_logged(mod: torch.nn.Module, watched: Mapping[str, frozenset[str]]) ->
                 _WATCH[id(sub)][0].update(names)
                 read[rel] = _WATCH[id(sub)][1]
                 continue
+            cls = type(sub)
+            try:
+                sub.__class__ = _logging_class(cls)
+            except TypeError:  # a class that cannot be subclassed or swapped: count its watched names as read
+                read[rel].update(names)
+                continue
             _WATCH[id(sub)] = (set(names), read[rel])
-            swapped.append((sub, type(sub)))
-            sub.__class__ = _logging_class(type(sub))
+            swapped.append((sub, cls))
         yield read
     finally:
         for sub, cls in swapped:
