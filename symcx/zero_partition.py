@@ -10,9 +10,14 @@ temporary of a traced step belongs to, so :mod:`symcx.parallel` can size them fo
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
 from .step import Step
 
-__all__ = ["owned_params", "state_owners"]
+__all__ = ["owned_params", "state_owners", "rank_optimizer"]
 
 
 def owned_params(step: Step, gpus: int, rank: int) -> frozenset[str]:
@@ -24,13 +29,39 @@ def owned_params(step: Step, gpus: int, rank: int) -> frozenset[str]:
     (['weight'], ['bias'])
     """
     params = [(v.param, int(v.out.numel)) for v in step.nodes if v.phase == "param" and v.param in step.trainable]
-    sizes, mine = [0] * gpus, set()
-    for name, numel in sorted(params, key=lambda p: p[1], reverse=True):  # stable, as torch's sorted()
+    return frozenset(name for name, _ in _share(params, lambda p: p[1], gpus, rank))
+
+
+def _share(items: Sequence[Any], numel: Callable[[Any], int], gpus: int, rank: int) -> list[Any]:
+    """``rank``'s items as ``ZeroRedundancyOptimizer._partition_parameters`` gives them, in its order:
+    sorted largest first (stable, as torch's ``sorted``), each to the rank with the fewest elements so far."""
+    sizes, mine = [0] * gpus, []
+    for item in sorted(items, key=numel, reverse=True):
         to = sizes.index(min(sizes))
-        sizes[to] += numel
+        sizes[to] += numel(item)
         if to == rank:
-            mine.add(name)
-    return frozenset(mine)
+            mine.append(item)
+    return mine
+
+
+def rank_optimizer(gpus: int, rank: int, optimizer: type = torch.optim.Adam,
+                   **kwargs: Any) -> Callable[[Sequence[torch.Tensor]], torch.optim.Optimizer]:
+    """``analyze(..., optimizer=...)`` for one rank under torch's ZeRO-1: ``optimizer`` over that rank's
+    share, in torch's order, as ``ZeroRedundancyOptimizer`` builds each rank's local optimizer.
+
+    Traced so, the step's optimizer phase is the rank's own loop: a for-loop optimizer's locals
+    (Adam's ``denom``) live from one of *its* parameters to the next, which the whole model's
+    optimizer, sized per rank afterwards, cannot show.
+
+    >>> import torch, symcx
+    >>> a = symcx.analyze(torch.nn.Linear(4, 3), torch.randn(2, 4), optimizer=rank_optimizer(2, 1))
+    >>> sorted({v.param.rsplit(".", 1)[0] for v in a.step.nodes if v.phase == "state"})
+    ['bias']
+    """
+    def make(params: Sequence[torch.Tensor]) -> torch.optim.Optimizer:
+        return optimizer(_share(list(params), torch.Tensor.numel, gpus, rank), **kwargs)
+    make.__name__ = f"{optimizer.__name__} (ZeRO-1 rank {rank} of {gpus})"
+    return make
 
 
 def state_owners(step: Step) -> dict[str, str]:

@@ -56,3 +56,21 @@ def test_bad_partition(mlp):
         parallel_memory(mlp.step, 2, "ddp", partition="params")
     with pytest.raises(SymcxError, match="rank must be one of 0..1"):
         parallel_memory(mlp.step, 2, "zero1", partition="params", rank=2)
+
+
+def test_each_rank_traced_with_its_own_optimizer_keeps_adams_loop_local():
+    # ResNet-18 at 32x32: rank 0's share, largest first, opens with two 512x512x3x3 weights, and Adam's
+    # for-loop keeps the first one's `denom` in its local until the second's is assigned: the rank's
+    # own loop (rank_optimizer) holds those 512*512*3*3*4 bytes more at its peak than the model's
+    # loop sized for rank 0 afterwards (real gloo ranks measured the former: docs/parallel.md)
+    from symcx.zero_partition import rank_optimizer
+    from symcx.zoo.models import ResNet18
+
+    model, x = ResNet18(), torch.randn(2, 3, 32, 32)
+    whole = parallel_memory(symcx.analyze(model, x, optimizer="adam").step, 2, "zero1", partition="params", rank=0)
+    own = symcx.analyze(model, x, optimizer=rank_optimizer(2, 0)).step
+    mine = parallel_memory(own, 2, "zero1", partition="params", rank=0)
+    for batch in (2, 8):  # the peaks are Max(...) over candidate points in t
+        assert (mine.peak - whole.peak).subs(symcx.t, batch) == 512 * 512 * 3 * 3 * 4
+    assert mine.optimizer == whole.optimizer and mine.peak_phase == "optimizer"
+    assert {v.param.rsplit(".", 1)[0] for v in own.nodes if v.phase == "state"} == owned_params(own, 2, 0)

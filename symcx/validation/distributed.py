@@ -39,6 +39,7 @@ from ..capture.sharded import rank_step
 from ..errors import SymcxError
 from ..parallel import STRATEGIES, fsdp_units, mp_policy_of, parallel_memory
 from ..routes import analyze
+from ..zero_partition import rank_optimizer
 from .live_bytes import measure_peak_bytes
 from .measure import make_batch
 
@@ -262,8 +263,11 @@ def validate_distributed(model: torch.nn.Module, example: Any, *, gpus: int, str
         raise SymcxError(f"mp_policy is FSDP2's MixedPrecisionPolicy: strategy='fsdp', not {strategy!r}")
     a = analyze(model, example, optimizer="adam", precision=policy.trace if policy else None)
     backend = BACKEND[dev.type]
-    # torch's ZeRO-1 gives each rank whole parameters: one prediction per rank
-    mems = [parallel_memory(a.step, gpus, strategy, units=units, backend=backend, mp_policy=policy,
+    # torch's ZeRO-1 gives each rank whole parameters: one prediction per rank, from the step traced
+    # with that rank's own optimizer (its for-loop's locals live across its parameters, not the model's)
+    steps = [analyze(model, example, optimizer=rank_optimizer(gpus, r)).step for r in range(gpus)] \
+        if strategy == "zero1" else [a.step] * gpus
+    mems = [parallel_memory(steps[r], gpus, strategy, units=units, backend=backend, mp_policy=policy,
                             **({"partition": "params", "rank": r} if strategy == "zero1" else {})) for r in range(gpus)]
     chosen = fsdp_units(a.step, units)
     measured = _run_ranks(model, example, gpus, strategy, chosen, list(batch_sizes), timeout, dev.type, policy)
