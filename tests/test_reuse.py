@@ -352,3 +352,18 @@ def test_where_meta_cannot_run_the_model_concrete_traces_check(monkeypatch):
     assert any("differ from a full trace's at the example sizes" in n for n in reused.notes)
     ok = trace_training_step(mlp(3), torch.randn(3, 16), reuse=True)
     assert _replayed(ok.notes) == 2 and not any("refused" in n for n in ok.notes)
+
+
+def test_where_no_check_can_run_the_step_is_traced_in_full(monkeypatch):
+    import symcx.capture.trace as trace_module
+
+    def cannot(*args, **kwargs):
+        raise RuntimeError("cannot run here")
+
+    monkeypatch.setattr(trace_module, "replay_mismatch", cannot)
+    monkeypatch.setattr(trace_module, "op_multiset", cannot)
+    model = mlp(3)
+    a = symcx.analyze(model, torch.randn(3, 16))
+    assert any("the replays could not be checked (RuntimeError)" in n for n in a.step.notes)
+    assert _replayed(a.step.notes) == 0
+    assert a.forward_flops == symcx.analyze(model, torch.randn(3, 16), reuse=False).forward_flops

@@ -532,20 +532,22 @@ def _replays_differ(model: torch.nn.Module, example: Any, trace: Trace, reuser: 
                                        widths=None, hints=values, static=True, cast=cast)
         try:
             wrong = replay_mismatch(model, args, kwargs, pairs, cast, getattr(mode, "mode", None))
-        except _NOT_ON_META:  # a kernel meta lacks, a value read (HF masks read .item() on meta)
-            continue
+        except Exception:  # noqa: BLE001 - whatever the model raises there: a kernel meta lacks, a value
+            continue  # read (HF masks read .item() on meta); the next way to check is tried
         if wrong is not None:
             raise ReuseFallback(f"{wrong[0]} runs other ops than {wrong[1]}", templates[wrong[0]].static)
         return
     at = {**kw, "hints": values, "widths": None, "static": True}  # like with like: concrete traces
     full = {k: v for k, v in at.items() if k != "banned"}
-    if op_multiset(_trace_once(model, example, reuse=True, **at)) != op_multiset(_trace_once(model, example, **full)):
+    statics = {t.static for t in templates.values()}
+    try:
+        same = op_multiset(_trace_once(model, example, reuse=True, **at)) == op_multiset(_trace_once(model, example,
+                                                                                                      **full))
+    except Exception as err:  # noqa: BLE001 - a model the concrete tracer cannot run: unchecked, so not reused
+        raise ReuseFallback(f"the replays could not be checked ({type(err).__name__})", *statics) from None
+    if not same:
         raise ReuseFallback("the replayed graph's ops and shapes differ from a full trace's at the example sizes",
-                            *{t.static for t in templates.values()})
-
-
-#: What a model's forward raises where the meta check cannot run it.
-_NOT_ON_META = (RuntimeError, NotImplementedError, TypeError, ValueError, IndexError)
+                            *statics)
 
 
 class _OnMeta:
