@@ -8,6 +8,7 @@ block; one model also gets its FLOPs by hand. A reuse that cannot be shown right
 from __future__ import annotations
 
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 import sympy
@@ -102,28 +103,29 @@ def test_zoo_gpt_is_the_full_trace(zoo_gpt):
 
 
 class Counted(nn.Module):
-    """Blocks whose ops depend on a counter the key cannot see: every other call doubles its input."""
+    """Blocks whose ops depend on a counter the key cannot see (an object, compared by identity):
+    every other call doubles its input."""
 
-    def __init__(self, calls: list[int]) -> None:
+    def __init__(self, calls: SimpleNamespace) -> None:
         super().__init__()
         self.lin, self.calls = nn.Linear(8, 8), calls
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls[0] += 1
+        self.calls.n += 1
         y = self.lin(x)
-        return y * 2 if self.calls[0] % 2 == 0 else torch.relu(y)
+        return y * 2 if self.calls.n % 2 == 0 else torch.relu(y)
 
 
 class CountedNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        calls = [0]
+        calls = SimpleNamespace(n=0)
         self.calls = calls
         self.stem = nn.Linear(4, 8)
         self.blocks = nn.ModuleList(Counted(calls) for _ in range(4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls[0] = 0
+        self.calls.n = 0
         x = self.stem(x)
         for block in self.blocks:
             x = block(x)
@@ -283,6 +285,28 @@ def test_hf_gpt2_is_the_full_trace():
     assert _replays(reused["notes"])["transformer.h.0"] == {f"transformer.h.{k}" for k in (1, 2, 3)}
 
 
+class SmallResidual(nn.Module):
+    """Three ops (too small to replay) reading their input twice: ``x + lin(x)``."""
+
+    def __init__(self, d: int = 8) -> None:
+        super().__init__()
+        self.lin = nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.lin(x)
+
+
+def test_a_refused_block_whose_input_is_read_outside_too_is_the_full_trace():
+    # each Linear inside is a template refused as too small; its input is also the residual's, so the
+    # engine adds the two gradient shares: right after the Linear's backward, as in the full trace,
+    # not after the boundary's own autograd node (which runs later, by sequence number)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), *[SmallResidual() for _ in range(3)])
+    full, reused = _pair(model, torch.randn(3, 8))
+    _assert_same(full, reused)  # per-layer rows too: the add stays in its layer
+    assert not any("after the step" in n or "fell back" in n for n in reused["notes"])
+
+
 class Scaled(nn.Module):
     """A block whose code path reads a flag (``gate``) and whose index it never reads (``index``)."""
 
@@ -367,3 +391,28 @@ def test_where_no_check_can_run_the_step_is_traced_in_full(monkeypatch):
     assert any("the replays could not be checked (RuntimeError)" in n for n in a.step.notes)
     assert _replayed(a.step.notes) == 0
     assert a.forward_flops == symcx.analyze(model, torch.randn(3, 16), reuse=False).forward_flops
+
+
+class Counting(nn.Module):
+    """A block that counts its calls in an attribute and reads the count (a replay would not count)."""
+
+    def __init__(self, d: int = 8) -> None:
+        super().__init__()
+        self.calls, self.lin = 0, nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        y = self.lin(x)
+        return x + (y.exp().sin() if self.calls % 2 else y.cos().tanh())
+
+
+def test_a_block_that_changes_its_own_attributes_is_not_replayed():
+    def model() -> nn.Module:  # a fresh one per trace: each trace counts the calls up
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(8, 8), *[Counting() for _ in range(3)])
+
+    x = torch.randn(3, 8)
+    full, reused = _figures(model(), x, False), _figures(model(), x, True)
+    _assert_same(full, reused)
+    assert _replayed(reused["notes"]) == 0
+    assert any("changes its own attributes" in n for n in reused["notes"])

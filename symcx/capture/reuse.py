@@ -399,14 +399,15 @@ class BlockReuse:
         args, kwargs = tree_unflatten(wrapped, spec)
         tail = rec.last_node()
         first = current_sequence_nr() + 1
+        before = _module_state(mod)
         self.busy = True
         try:
             with reads_logged(mod, self.watched[id(mod)]) as read:
                 out = forward(*args, **kwargs)
         finally:
             self.busy = False
-        values = _module_state(mod)[1]
-        t.reads = {(sub, name): values[(sub, name)] for sub, names in read.items() for name in names}
+        values = before[1] if before is not None else {}  # what its code read: the values it ran with
+        t.reads = {(sub, name): values.get((sub, name)) for sub, names in read.items() for name in names}
         t.differ = self.watched[id(mod)]
         t.seqs = (first, current_sequence_nr() + 1)
         t.fwd = _after(rec.graph, tail)
@@ -417,6 +418,8 @@ class BlockReuse:
         t.static = self.static[id(mod)]
         t.multi = {i for i in t.in_probes if sum(rec.node_of(leaves[i]) in n.all_input_nodes for n in t.fwd) > 1}
         t.refused = self._learn(t, mod, inner, outside, out)
+        if t.refused is None and (before is None or _module_state(mod) != before):
+            t.refused = "its forward changes its own attributes or hooks (a replay would not)"
         if t.refused is None and sum(n.target is not operator.getitem for n in t.fwd) < MIN_OPS:
             t.refused = _SMALL
         if t.refused is not None:
@@ -523,6 +526,8 @@ class BlockReuse:
         for node in graph.nodes:
             if node.meta.get("seq_nr") in self.restamp and (node.meta.get("custom") or {}).get("phase") != "backward":
                 node.meta["seq_nr"] = self.restamp[node.meta["seq_nr"]]
+        for add, share in _refused_adds(self._all()):
+            _deliver_early(add, share)
         if not self.calls:
             return graph, deaths
         order = {node: k for k, node in enumerate(graph.nodes)}
@@ -645,6 +650,21 @@ def _engine_adds(t: _Template, mine: list, order: dict) -> list:
         t.engine_adds.append((add, shares[0]))
         sums.add(add)
     return body
+
+
+def _refused_adds(templates: list[_Template]) -> list[tuple[torch.fx.Node, torch.fx.Node]]:
+    """(the engine's add, the share it adds) where a refused template's input boundary handed a share on:
+    the boundary's own autograd node ran later than the op that made the share (other nodes between,
+    by sequence number), so the add landed after them, with their tag."""
+    out = []
+    for t in templates:
+        if t.refused is None:
+            continue
+        for p in t.in_probes.values():
+            after = p.tail.next if p.fired and p.grad is not None and p.tail is not None else None
+            if after is not None and after.target in _ADDS and p.grad in after.all_input_nodes:
+                out.append((after, p.grad))
+    return out
 
 
 def _deliver_early(add: torch.fx.Node, share: torch.fx.Node) -> None:
