@@ -416,3 +416,17 @@ def test_a_block_that_changes_its_own_attributes_is_not_replayed():
     _assert_same(full, reused)
     assert _replayed(reused["notes"]) == 0
     assert any("changes its own attributes" in n for n in reused["notes"])
+
+
+@pytest.mark.slow
+def test_hf_llama_layers_are_replayed_and_their_norms_die_as_in_full():
+    # LlamaRMSNorm's `variance` is a local that dies when its forward returns to nn.Module's call;
+    # under a template that call goes through block reuse's frames, which must not hide the death
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                   num_attention_heads=4, num_key_value_heads=2, use_cache=False)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg)
+    full, reused = _pair(model, {"input_ids": torch.randint(0, 100, (2, 8))}, dims={"L": 1})
+    _assert_same(full, reused)
+    assert _replays(reused["notes"])["model.layers.0"] == {"model.layers.1", "model.layers.2"}

@@ -89,7 +89,8 @@ def _eager_frame() -> bool:
     code or ``torch.nn``'s, not a decomposition that stands in for a C++ kernel (an RNN's cells
     kept in a Python list die later than the kernel frees them) nor the tracer or autograd."""
     frame = sys._getframe(2)
-    while frame is not None and frame.f_code.co_filename.endswith(("weakref.py", "recorder.py")):
+    while frame is not None and (frame.f_code.co_filename.endswith(("weakref.py", "recorder.py"))
+                                 or frame.f_code.co_filename in _REUSE_FILES):
         frame = frame.f_back
     if frame is None:
         return False
@@ -97,6 +98,9 @@ def _eager_frame() -> bool:
     return outside_torch(path) or any(f"{os.sep}torch{os.sep}{part}" in path for part in _EAGER_TORCH)
 
 
+#: Block reuse's frames between a module's ``__call__`` and its ``forward`` (a template's call): the
+#: frame a forward returns to there is ``nn.Module``'s in eager.
+_REUSE_FILES = frozenset(os.path.join(_CAPTURE_DIR, name) for name in ("reuse.py", "attr_reads.py"))
 #: torch's Python that eager runs as the trace does: modules, functionals, optimizers, autograd's engine.
 _EAGER_TORCH = (f"nn{os.sep}", f"optim{os.sep}", f"autograd{os.sep}", f"utils{os.sep}checkpoint.py", f"amp{os.sep}")
 

@@ -655,15 +655,25 @@ def _engine_adds(t: _Template, mine: list, order: dict) -> list:
 def _refused_adds(templates: list[_Template]) -> list[tuple[torch.fx.Node, torch.fx.Node]]:
     """(the engine's add, the share it adds) where a refused template's input boundary handed a share on:
     the boundary's own autograd node ran later than the op that made the share (other nodes between,
-    by sequence number), so the add landed after them, with their tag."""
-    out = []
+    by sequence number), so the add landed after them, with their tag. :class:`ReuseFallback` where
+    a share is added elsewhere (several readers' shares summed in another order): traced again
+    without those templates' boundaries."""
+    out, unplaced = [], set()
     for t in templates:
         if t.refused is None:
             continue
         for p in t.in_probes.values():
-            after = p.tail.next if p.fired and p.grad is not None and p.tail is not None else None
-            if after is not None and after.target in _ADDS and p.grad in after.all_input_nodes:
+            if not p.fired or p.grad is None:
+                continue
+            after = p.tail.next if p.tail is not None else None
+            adds = [u for u in p.grad.users if u.target in _ADDS]
+            if after is not None and after in adds and len(adds) == 1:
                 out.append((after, p.grad))
+            elif adds:
+                unplaced.add(t.static if t.static is not None else t.path)
+    if unplaced:
+        raise ReuseFallback("a block traced normally hands an input's gradient share to an add the boundary "
+                            "moved", *unplaced)
     return out
 
 
