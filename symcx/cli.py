@@ -589,7 +589,8 @@ def _check_trace(analysis: Any, args: argparse.Namespace) -> None:
 
 
 def _validate_ranks(model: Any, x: Any, args: argparse.Namespace) -> int:
-    """``validate --gpus G --strategy S``: one gloo process per rank, each rank's peak against the formula."""
+    """``validate --gpus G --strategy S``: one process per rank (gloo on the CPU, NCCL on CUDA), each
+    rank's peak against the formula."""
     from .validation.distributed import validate_distributed
 
     if args.gpus is None:

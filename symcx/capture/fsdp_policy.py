@@ -80,10 +80,12 @@ def mp_policy_of(value: Any) -> MixedPolicy | None:
 
 def torch_mp_policy(policy: Any) -> Any:
     """torch's ``MixedPrecisionPolicy`` for a policy name of :data:`MP_POLICIES` (or a
-    :class:`MixedPolicy`, or torch's own, returned as it is); None for None."""
+    :class:`MixedPolicy`, or torch's own, returned as it is); torch's default (no casts) for None."""
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
-    if policy is None or isinstance(policy, MixedPrecisionPolicy):
+    if policy is None:
+        return MixedPrecisionPolicy()
+    if isinstance(policy, MixedPrecisionPolicy):
         return policy
     mp = mp_policy_of(policy)
     return MixedPrecisionPolicy(param_dtype=getattr(torch, mp.param_dtype),

@@ -7,7 +7,8 @@ forward runs once more on the ``meta`` device at the example sizes (no fake tens
 symbolic sizes: a small fraction of a trace), each candidate call logging its aten calls (op,
 non-tensor arguments, output shapes and dtypes); a replayed call's log must equal its
 template's. A model that cannot run on meta (Hugging Face's masks read ``.item()`` unless
-they see a fake tensor) runs on fake tensors with static sizes instead (no ``ShapeEnv``). The backward is autograd's formulas over the forward's ops, on the same shapes and
+they see a fake tensor) runs on fake tensors with static sizes instead (no ``ShapeEnv``). The
+backward is autograd's formulas over the forward's ops, on the same shapes and
 ``requires_grad``, so a forward that matches gives the same backward.
 """
 

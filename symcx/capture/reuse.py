@@ -670,7 +670,7 @@ def _refused_adds(templates: list[_Template]) -> list[tuple[torch.fx.Node, torch
             if after is not None and after in adds and len(adds) == 1:
                 out.append((after, p.grad))
             elif adds:
-                unplaced.add(t.static if t.static is not None else t.path)
+                unplaced.add(t.static)
     if unplaced:
         raise ReuseFallback("a block traced normally hands an input's gradient share to an add the boundary "
                             "moved", *unplaced)

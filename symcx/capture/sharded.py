@@ -160,13 +160,11 @@ def _batch(example: Any, batch: int, mode: Any) -> Any:
     return tree_map(grow, example)
 
 
-def _shard(model: torch.nn.Module, mesh: Any, units: Sequence[str], reshard: bool, mp_policy: Any = None) -> None:
+def _shard(model: torch.nn.Module, mesh: Any, units: Sequence[str], reshard: bool, policy: Any) -> None:
     """``fully_shard`` each named unit (``reshard_after_forward=reshard``), then the root, on ``mesh``;
     the root with torch's default, which keeps its parameters unsharded from forward to backward;
-    every one with ``mp_policy`` (torch's ``MixedPrecisionPolicy``) when given."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-    policy = mp_policy or MixedPrecisionPolicy()  # torch's default: no casts
+    every one with ``policy`` (torch's ``MixedPrecisionPolicy``)."""
+    from torch.distributed.fsdp import fully_shard
 
     named = dict(model.named_modules())
     missing = [u for u in units if u and u not in named]

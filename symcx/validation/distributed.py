@@ -110,9 +110,9 @@ def _wrap(model: torch.nn.Module, strategy: str, units: Sequence[str], mp_policy
         wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if on_cuda else None)
         params = list(wrapped.parameters())
         return wrapped, params, params
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import fully_shard
 
-    policy = torch_mp_policy(mp_policy) or MixedPrecisionPolicy()
+    policy = torch_mp_policy(mp_policy)
     named = dict(model.named_modules())
     for unit in units:
         if unit:
@@ -261,14 +261,18 @@ def validate_distributed(model: torch.nn.Module, example: Any, *, gpus: int, str
     policy = mp_policy_of(mp_policy)
     if policy is not None and strategy != "fsdp":
         raise SymcxError(f"mp_policy is FSDP2's MixedPrecisionPolicy: strategy='fsdp', not {strategy!r}")
-    a = analyze(model, example, optimizer="adam", precision=policy.trace if policy else None)
     backend = BACKEND[dev.type]
     # torch's ZeRO-1 gives each rank whole parameters: one prediction per rank, from the step traced
     # with that rank's own optimizer (its for-loop's locals live across its parameters, not the model's)
-    steps = [analyze(model, example, optimizer=rank_optimizer(gpus, r)).step for r in range(gpus)] \
-        if strategy == "zero1" else [a.step] * gpus
-    mems = [parallel_memory(steps[r], gpus, strategy, units=units, backend=backend, mp_policy=policy,
-                            **({"partition": "params", "rank": r} if strategy == "zero1" else {})) for r in range(gpus)]
+    if strategy == "zero1":
+        analyses = [analyze(model, example, optimizer=rank_optimizer(gpus, r)) for r in range(gpus)]
+        mems = [parallel_memory(analyses[r].step, gpus, strategy, units=units, backend=backend, partition="params",
+                                rank=r) for r in range(gpus)]
+    else:
+        analyses = [analyze(model, example, optimizer="adam", precision=policy.trace if policy else None)]
+        one = parallel_memory(analyses[0].step, gpus, strategy, units=units, backend=backend, mp_policy=policy)
+        mems = [one] * gpus
+    a = analyses[0]
     chosen = fsdp_units(a.step, units)
     measured = _run_ranks(model, example, gpus, strategy, chosen, list(batch_sizes), timeout, dev.type, policy)
     missing = [f"rank {r} at t={b}" for b in batch_sizes for r in range(gpus) if (r, b) not in measured]
