@@ -17,7 +17,9 @@ from torch._dispatch.python import enable_python_dispatcher
 from torch._ops import OpOverload, OpOverloadPacket
 from torch._C._profiler import _EventType as ProfilerEventType
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.fx.experimental.proxy_tensor import make_fx
+import torch.fx.experimental.sym_node as _sym_node
+from torch.fx.experimental.sym_node import SymNode
+from torch.fx.experimental.proxy_tensor import get_proxy_mode, make_fx
 from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
 from torch.nn.utils.stateless import _reparametrize_module
 from torch.utils._python_dispatch import TorchDispatchMode, autograd_would_have_decomposed
@@ -53,6 +55,8 @@ __all__ = [
     "eager_lstm_kernels",
     "eager_dropout_kernels",
     "conv_layout_unguarded",
+    "symnode_ops_memoized",
+    "SymNode",
     "make_fx",
     "ProfilerEventType",
     "fake_process_group",
@@ -76,6 +80,7 @@ PRIVATE_APIS = (
     "torch._decomp.decompositions.select_one_layer_lstm_function / mkldnn_one_layer_lstm",
     "torch._C._get_mkldnn_enabled",
     "torch._C._select_conv_backend / _conv_determine_backend_memory_format / _ConvBackend (fake conv's layout choice)",
+    "torch.fx.experimental.sym_node (SymNode's binary magic methods and wrap_int, memoized while tracing)",
     "torch._ops.OpOverload (its py_kernels and _dispatch_cache: aten.dropout's Python decomposition set aside)",
     "torch.fx.experimental.proxy_tensor.make_fx (the reference the recorder is tested against)",
     "torch._C._profiler._EventType (the allocator-peak oracle of tests/test_memory.py)",
@@ -199,6 +204,87 @@ def conv_layout_unguarded() -> Iterator[None]:
         yield
     finally:
         torch._C._select_conv_backend = original
+
+
+def _binary_symnode_methods() -> list[str]:
+    """The attributes of ``SymNode`` that implement its binary magic methods (``_mul``, ``_and_``…)."""
+    names = []
+    for method in _sym_node.magic_methods:
+        if method in _sym_node.unary_magic_methods or method in ("sym_ite", "round"):
+            continue
+        trailing = "_" if method in _sym_node.magic_methods_on_operator_with_trailing_underscore else ""
+        if hasattr(SymNode, f"_{method}{trailing}"):
+            names.append(f"_{method}{trailing}")
+    return names
+
+
+def _table(env: Any) -> dict:
+    """The memo of one ShapeEnv's SymNode operations (it dies with the trace)."""
+    table = env.__dict__.get("_symcx_symnode_ops")
+    if table is None:
+        table = env.__dict__["_symcx_symnode_ops"] = {}
+    return table
+
+
+def _memoized(attr: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` (a binary SymNode method) answered from a table on the operands' ShapeEnv."""
+    def memo(self: Any, other: Any) -> Any:
+        env = self.shape_env
+        if env is None or type(other) is not SymNode or other.shape_env is not env:
+            return fn(self, other)
+        key = (attr, self._expr, other._expr, self.pytype, other.pytype, self._hint, other._hint,
+               self.constant, other.constant, self._optimized_summation, other._optimized_summation)
+        table = _table(env)
+        try:
+            out = table.get(key)
+        except TypeError:  # an unhashable hint: computed as torch does
+            return fn(self, other)
+        if out is None:
+            out = table[key] = fn(self, other)
+        return out
+    return memo
+
+
+def _memoized_wrap_int(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``SymNode.wrap_int`` (a constant's node, made for each int a size meets) kept per ShapeEnv and int."""
+    def memo(self: Any, num: Any) -> Any:
+        env = self.shape_env
+        if env is None or type(num) is not int:
+            return fn(self, num)
+        table = _table(env)
+        out = table.get(("wrap_int", num))
+        if out is None:
+            out = table[("wrap_int", num)] = fn(self, num)
+        return out
+    return memo
+
+
+@contextlib.contextmanager
+def symnode_ops_memoized() -> Iterator[None]:
+    """Symbolic size arithmetic answered once per distinct operation while symcx traces.
+
+    Torch builds every size product, sum and comparison of every op (an output's numel, its
+    contiguity, a view's strides) anew as a ``SymNode`` with sympy; the same operands recur in
+    every layer, and it was a fifth of a symbolic trace (docs/performance.md). The result of a
+    binary ``SymNode`` method depends only on its operands' expressions, types, hints and
+    constants, so it is kept in a table on their ``ShapeEnv`` (it dies with the trace); so is the
+    node of each int constant. Left to torch under ``make_fx``'s proxy mode, which records each
+    operation, and when already on.
+    """
+    node = SymNode
+    if getattr(node, "_symcx_memoized", False) or get_proxy_mode() is not None:
+        yield
+        return
+    originals = {name: getattr(node, name) for name in [*_binary_symnode_methods(), "wrap_int"]}
+    for name, fn in originals.items():
+        setattr(node, name, _memoized_wrap_int(fn) if name == "wrap_int" else _memoized(name, fn))
+    node._symcx_memoized = True
+    try:
+        yield
+    finally:
+        for name, fn in originals.items():
+            setattr(node, name, fn)
+        node._symcx_memoized = False
 
 
 @contextlib.contextmanager

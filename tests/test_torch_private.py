@@ -12,6 +12,7 @@ import contextlib
 import gc
 import importlib
 import operator
+import re
 from typing import Any
 
 import pytest
@@ -32,6 +33,8 @@ from symcx._torch import (
     WeakTensorKeyDictionary,
     autograd_would_have_decomposed,
     conv_layout_unguarded,
+    SymNode,
+    symnode_ops_memoized,
     current_sequence_nr,
     module_attributes,
     eager_dropout_kernels,
@@ -84,6 +87,8 @@ PINS = {
     "eager_lstm_kernels": "test_eager_lstm_kernels_picks_onednn_and_restores",
     "eager_dropout_kernels": "test_eager_dropout_kernels_draw_a_float_mask_on_the_cpu_and_restore",
     "conv_layout_unguarded": "test_conv_layout_unguarded_drops_only_the_backend_guard_and_restores",
+    "symnode_ops_memoized": "test_symnode_ops_memoized_answers_repeats_once_keeps_guards_and_restores",
+    "SymNode": "test_symnode_ops_memoized_answers_repeats_once_keeps_guards_and_restores",
     "make_fx": "test_make_fx_traces_aten_calls_with_symbolic_sizes",
     "ProfilerEventType": "test_profiler_event_type_tags_allocations",
     "fake_process_group": "test_fake_process_group_shards_with_fully_shard",
@@ -251,6 +256,35 @@ def test_conv_layout_unguarded_drops_only_the_backend_guard_and_restores():
     # a channels-last input: oneDNN keeps channels-last, the slow kernel would not, so the guard stays
     guards, _ = _conv_guards(unguarded=True, channels_last=True)
     assert guards == _conv_guards(unguarded=False, channels_last=True)[0]
+
+
+def _sizes_and_guards(memo: bool) -> tuple[list, list, bool]:
+    """A [t, 8] tensor's products and comparisons, twice each, on a fresh ShapeEnv."""
+    mode = _fake_mode()
+    x = _symbolic(mode, (4, 8), {0})
+    t = x.shape[0]
+    with symnode_ops_memoized() if memo else contextlib.nullcontext():
+        first, again = t * 8 + 1, t * 8 + 1
+        same = first.node is again.node
+        big = bool(t * 8 > 16)  # a guard: t > 2
+        with mode:
+            y = (x * 2).reshape(-1)
+    def named(expr: Any) -> str:  # symbols are numbered across ShapeEnvs: s0 here
+        return re.sub(r"\bs\d+\b", "s0", str(expr))
+    guards = sorted(named(g.expr) for g in mode.shape_env.guards)
+    return [named(first.node.expr), named(y.shape[0].node.expr), big], guards, same
+
+
+def test_symnode_ops_memoized_answers_repeats_once_keeps_guards_and_restores():
+    names = [*_torch._binary_symnode_methods(), "wrap_int"]
+    assert {"_mul", "_add", "_lt", "_and_"} <= set(names)
+    before = {name: getattr(SymNode, name) for name in names}
+    plain, plain_guards, plain_same = _sizes_and_guards(memo=False)
+    memo, memo_guards, memo_same = _sizes_and_guards(memo=True)
+    assert plain == memo == ["8*s0 + 1", "8*s0", True]  # the same expressions and the guard's answer
+    assert memo_guards == plain_guards and any("s0" in g for g in memo_guards)  # guards still recorded
+    assert memo_same and not plain_same  # a repeated operation is answered from the table
+    assert {name: getattr(SymNode, name) for name in names} == before  # restored
 
 
 def test_reparametrize_module_swaps_tied_tensors_and_restores():

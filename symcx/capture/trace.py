@@ -32,6 +32,7 @@ from .._torch import (
     eager_lstm_kernels,
     enable_python_dispatcher,
     reparametrize_module,
+    symnode_ops_memoized,
     tree_flatten,
     tree_leaves,
     tree_unflatten,
@@ -226,6 +227,8 @@ def _fake_params(
         dynamic: set[int] = set()
         if widths and value.dim() >= 1 and value.is_floating_point():
             dynamic = {d for d in {0, 1} & set(range(value.dim())) if value.shape[d] > 1}
+        if not dynamic:  # every size static: half the cost of a context of static sizes
+            return mode.from_tensor(value, static_shapes=True)
         out = mode.from_tensor(value, symbolic_context=_context(value, dynamic))
         for d in [1, 0] if value.dim() >= 2 else [0]:
             if d in dynamic:
@@ -384,7 +387,7 @@ def _record(model: torch.nn.Module, mode: FakeTensorMode, recorder: Recorder, st
             # the fake parameters stay in the model through the backward too: a checkpointed
             # region (torch.utils.checkpoint) runs its forward again there
             for ctx in (_quiet_fake_tensor_log(), isolated_caches(model), eager_lstm_kernels(), eager_dropout_kernels(),
-                        conv_layout_unguarded(), reparametrize_module(model, dict(tensors)),
+                        conv_layout_unguarded(), symnode_ops_memoized(), reparametrize_module(model, dict(tensors)),
                         mode, enable_python_dispatcher(), EagerKernels(), recorder, _no_autocast_cache()):
                 stack.enter_context(ctx)
             return step()
