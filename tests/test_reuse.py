@@ -17,7 +17,8 @@ from torch import nn
 
 import symcx
 from symcx.capture import Iteration, optimizer_factory, trace_training_step
-from symcx.capture.reuse import op_multiset
+from symcx.capture import reuse
+from symcx.capture.reuse import op_multiset, too_little_to_reuse
 
 t = sympy.Symbol("t", positive=True, integer=True)
 
@@ -214,9 +215,19 @@ def test_analyze_reuses_by_default_the_tracer_does_not_and_accumulation_never():
     assert "block reuse is off for gradient accumulation, held gradients and autocast" in trace.notes
 
 
-@pytest.mark.slow
-def test_resnet18_is_the_full_trace():
+def test_resnet18_is_not_reused_by_default_its_one_repeat_is_too_little():
     from symcx.zoo.models import ResNet18
+    # leaf modules: stem conv, bn, relu, maxpool, avgpool, fc (6) + 8 blocks × (conv, bn, relu, conv, bn)
+    # + 3 downsamples × (conv, bn) = 52; only layer1.1 repeats a block (layer1.0): 5 of 52, under 20 %
+    why = too_little_to_reuse(ResNet18(num_classes=10))
+    assert why is not None and "hold 5 of the model's 52 leaf modules" in why
+    assert too_little_to_reuse(mlp(3)) is None  # 2 repeated blocks × 2 Linears: 4 of 1 + 3 × 2 = 7 leaves
+
+
+@pytest.mark.slow
+def test_resnet18_is_the_full_trace(monkeypatch):
+    from symcx.zoo.models import ResNet18
+    monkeypatch.setattr(reuse, "MIN_REPEATED_SHARE", 0.0)  # replayed although it saves too little
     torch.manual_seed(0)
     model = ResNet18(num_classes=10)
     full, reused = _pair(model, model.example_input(32))

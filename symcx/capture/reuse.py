@@ -30,13 +30,17 @@ from ..errors import SymcxError
 from .attr_reads import reads_logged
 from .recorder import Recorder, TensorMeta
 
-__all__ = ["BlockReuse", "ReuseFallback", "op_multiset", "PLAIN"]
+__all__ = ["too_little_to_reuse", "BlockReuse", "ReuseFallback", "op_multiset", "PLAIN"]
 
 #: Non-tensor values compared by value in keys (anything else by identity).
 PLAIN = (type(None), bool, int, float, str, torch.dtype, torch.device, torch.layout, torch.memory_format)
 _CHECKPOINT = os.path.join("utils", "checkpoint.py")
 #: Fewer forward ops than this: tracing the block again costs less than replaying it.
 MIN_OPS = 4
+#: Reuse pays where the repeats (after a kind's first) hold at least this share of the model's leaf
+#: modules: a replay saves its ops forward and backward, the check runs the whole forward once
+#: more, at about half a traced op's cost (ResNet-18, one repeat among 8 blocks: 15 % slower).
+MIN_REPEATED_SHARE = 0.2
 _SMALL = "too small to gain"
 _TWICE = "a module of its kind is called more than once"
 
@@ -121,6 +125,45 @@ def _candidates(model: torch.nn.Module) -> tuple[dict[int, str], dict[int, tuple
             watched[sub] = watched.get(sub, frozenset()) | {attr}
         differ.update({m: watched for m in members})
     return paths, {k: keys[k] for k in differ}, differ
+
+
+def _ancestors(path: str) -> list[str]:
+    parts = path.split(".")
+    return [".".join(parts[:k]) for k in range(1, len(parts))]
+
+
+def _builtin(mod: torch.nn.Module) -> bool:
+    return type(mod).__module__.startswith("torch.nn.")
+
+
+def _leaves(mod: torch.nn.Module) -> int:
+    return sum(1 for m in mod.modules() if next(m.children(), None) is None)
+
+
+def too_little_to_reuse(model: torch.nn.Module) -> str | None:
+    """Why block reuse would cost more than it saves, or None where it may pay.
+
+    The repeats are the twins after the first of each kind, outermost kinds only (a replayed
+    block brings its submodules), torch.nn's own leaf modules left out (a ``Linear``, a norm:
+    one op or two, too small to replay); counted in leaf modules, they must be
+    :data:`MIN_REPEATED_SHARE` of the model's.
+    """
+    paths, keys, _ = _candidates(model)
+    groups: dict[tuple, list[str]] = {}
+    for ident, key in keys.items():
+        groups.setdefault(key, []).append(paths[ident])
+    inside = {p for members in groups.values() for p in members}
+    mods = dict(model.named_modules())
+    repeated = 0
+    for members in groups.values():
+        outer = [p for p in members if not any(a in inside for a in _ancestors(p))]
+        if len(outer) > 1 and (next(mods[outer[0]].children(), None) is not None or not _builtin(mods[outer[0]])):
+            repeated += (len(outer) - 1) * _leaves(mods[outer[0]])
+    total = _leaves(model)
+    if repeated >= MIN_REPEATED_SHARE * total:
+        return None
+    return (f"the repeated blocks hold {repeated} of the model's {total} leaf modules, fewer than the "
+            f"{MIN_REPEATED_SHARE:.0%} at which replaying them saves more than checking them costs")
 
 
 def _size(value: Any) -> Any:

@@ -47,7 +47,7 @@ from .caches import isolated_caches
 from .kernels import EagerKernels, eager_experts_hint
 from .recorder import Recorder, grad_leaves, module_tags, outside_torch, tag_backward
 from .replay_check import replay_mismatch
-from .reuse import BlockReuse, ReuseFallback, op_multiset
+from .reuse import BlockReuse, ReuseFallback, op_multiset, too_little_to_reuse
 
 __all__ = ["Trace", "DimSpec", "trace_training_step", "trace_at", "default_loss", "BATCH_HINT"]
 
@@ -499,6 +499,11 @@ def _reused(model: torch.nn.Module, example: Any, reuse: bool, **kw: Any) -> Tra
         trace = _trace_once(model, example, **kw)
         if reuse:
             trace.notes.append("block reuse is off for gradient accumulation, held gradients and autocast")
+        return trace
+    skipped = too_little_to_reuse(model)
+    if skipped is not None:
+        trace = _trace_once(model, example, **kw)
+        trace.notes.append(f"block reuse skipped: {skipped}")
         return trace
     banned: set = set()
     reasons: list[str] = []
