@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import symcx
+from symcx.zoo import MnistCNN
 from symcx.capture import Iteration, optimizer_factory, trace_training_step
 from symcx.capture import reuse
 from symcx.capture.reuse import op_multiset, too_little_to_reuse
@@ -222,6 +223,8 @@ def test_resnet18_is_not_reused_by_default_its_one_repeat_is_too_little():
     why = too_little_to_reuse(ResNet18(num_classes=10))
     assert why is not None and "hold 5 of the model's 52 leaf modules" in why
     assert too_little_to_reuse(mlp(3)) is None  # 2 repeated blocks × 2 Linears: 4 of 1 + 3 × 2 = 7 leaves
+    seed = symcx.analyze(MnistCNN(), torch.randn(2, 1, 28, 28))  # no block repeats: skipped, nothing said
+    assert too_little_to_reuse(MnistCNN()) == "" and "block reuse" not in seed.route_note
 
 
 @pytest.mark.slow

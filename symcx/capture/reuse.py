@@ -141,7 +141,8 @@ def _leaves(mod: torch.nn.Module) -> int:
 
 
 def too_little_to_reuse(model: torch.nn.Module) -> str | None:
-    """Why block reuse would cost more than it saves, or None where it may pay.
+    """Why block reuse would cost more than it saves, or None where it may pay ("" where nothing
+    repeats: nothing to say in a report).
 
     The repeats are the twins after the first of each kind, outermost kinds only (a replayed
     block brings its submodules), torch.nn's own leaf modules left out (a ``Linear``, a norm:
@@ -162,6 +163,8 @@ def too_little_to_reuse(model: torch.nn.Module) -> str | None:
     total = _leaves(model)
     if repeated >= MIN_REPEATED_SHARE * total:
         return None
+    if not repeated:
+        return ""
     return (f"the repeated blocks hold {repeated} of the model's {total} leaf modules, fewer than the "
             f"{MIN_REPEATED_SHARE:.0%} at which replaying them saves more than checking them costs")
 

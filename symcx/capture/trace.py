@@ -503,7 +503,8 @@ def _reused(model: torch.nn.Module, example: Any, reuse: bool, **kw: Any) -> Tra
     skipped = too_little_to_reuse(model)
     if skipped is not None:
         trace = _trace_once(model, example, **kw)
-        trace.notes.append(f"block reuse skipped: {skipped}")
+        if skipped:
+            trace.notes.append(f"block reuse skipped: {skipped}")
         return trace
     banned: set = set()
     reasons: list[str] = []
