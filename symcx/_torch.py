@@ -16,7 +16,7 @@ import torch._decomp.decompositions as _decompositions
 from torch._dispatch.python import enable_python_dispatcher
 from torch._ops import OpOverload, OpOverloadPacket
 from torch._C._profiler import _EventType as ProfilerEventType
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
 import torch.fx.experimental.sym_node as _sym_node
 from torch.fx.experimental.sym_node import SymNode
 from torch.fx.experimental.proxy_tensor import get_proxy_mode, make_fx
@@ -30,6 +30,7 @@ from torch.utils.weak import WeakTensorKeyDictionary
 __all__ = [
     "PRIVATE_APIS",
     "FakeTensorMode",
+    "unset_fake_temporarily",
     "ShapeEnv",
     "DimDynamic",
     "StatelessSymbolicContext",
@@ -66,6 +67,7 @@ __all__ = [
 #: The private torch surface, one line each (pinned by tests/test_torch_private.py).
 PRIVATE_APIS = (
     "torch._subclasses.fake_tensor.FakeTensorMode",
+    "torch._subclasses.fake_tensor.unset_fake_temporarily (the replay check runs blocks on meta inside a fake run)",
     "torch.fx.experimental.symbolic_shapes.ShapeEnv / StatelessSymbolicContext / DimDynamic",
     "torch._dispatch.python.enable_python_dispatcher (as make_fx's symbolic mode)",
     "torch.nn.utils.stateless._reparametrize_module (functional_call's swap, kept through the backward)",

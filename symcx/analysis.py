@@ -18,6 +18,7 @@ from typing import Any
 import networkx as nx
 import sympy
 
+from .collector import fewer_collections
 from .complexity import big_o
 from .errors import SymcxError
 from .layer_table import LayerTable
@@ -311,8 +312,9 @@ class Analysis:
                                   reshard_after_forward, precision, units, mp_policy)
         key = (optimizer, str(dtype), training, step)
         if key not in self._memories:
-            self._memories[key] = self._memory_model.memory(
-                optimizer=optimizer, dtype=dtype, training=training, values=self._values or None, iteration=step)
+            with fewer_collections():
+                self._memories[key] = self._memory_model.memory(
+                    optimizer=optimizer, dtype=dtype, training=training, values=self._values or None, iteration=step)
         return self._memories[key]
 
     def _parallel(self, fn: Callable, optimizer: Any, dtype: Any, training: bool, step: str, gpus: Any,

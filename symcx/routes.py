@@ -8,12 +8,10 @@ step's ``route`` and ``fallback_reason`` say so for reports).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -24,6 +22,7 @@ from .capture.distributed import fsdp_shard_numels
 from .capture.fsdp_policy import mp_policy_of
 from .capture.precision import AS_GIVEN
 from .capture.sharded import trace_fsdp_step
+from .collector import fewer_collections
 from .errors import ShapeError, SymcxError, TraceError
 from .interpolate import interpolated
 from .memory import MemoryModel, TracedMemory
@@ -31,22 +30,6 @@ from .rules import annotate_costs
 from .step import Step, build_step
 
 __all__ = ["analyze"]
-
-
-@contextlib.contextmanager
-def _old_objects_frozen() -> Iterator[None]:
-    """The objects alive before the trace kept out of the cycle collector's passes while it runs
-    (``gc.freeze``): each full pass walked them all (half a million after one GPT-2 trace, 5–20 %
-    of its time, docs/performance.md); the trace's own garbage is collected as before. Left as
-    it is when the caller froze objects or turned the collector off."""
-    if gc.get_freeze_count() or not gc.isenabled():
-        yield
-        return
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 def _symbolic(
@@ -237,7 +220,7 @@ def analyze(
     model.train(train)
     try:
         try:
-            with _old_objects_frozen():
+            with fewer_collections():
                 step, unsupported, memory = _symbolic(model, example_input, batch_dim, specs, style, loss, options,
                                                       strict, iteration, reuse)
         except TraceError as err:

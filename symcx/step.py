@@ -145,20 +145,35 @@ def traffic(node: Node) -> sympy.Expr:
     return read + sympy.sympify(node.bytes)
 
 
-def _info(trace: Trace, value: Any, tracked: frozenset[str] | set[str] = frozenset(), grad: bool = False) -> Any:
+#: Argument types ``_info`` returns as they are.
+_PLAIN = frozenset({int, float, bool, str, type(None), torch.dtype, torch.device, torch.layout, torch.memory_format})
+
+
+def _info(trace: Trace, value: Any, tracked: frozenset[str] | set[str] = frozenset(), grad: bool = False,
+          memo: dict | None = None) -> Any:
     """Tensor snapshots become ``TensorInfo``; sizes become sympy in user symbols; containers recurse.
 
     ``tracked`` names the fx nodes autograd tracks; ``grad`` marks the value being converted.
+    ``memo`` keeps one ``TensorInfo`` per snapshot (a replayed block's copies share their template's).
     """
-    if isinstance(value, TensorMeta):
-        dtype = str(value.dtype).replace("torch.", "")
-        return TensorInfo(trace.shape(value), dtype, value.dtype.itemsize, grad and value.dtype.is_floating_point)
+    cls = type(value)
+    if cls is torch.fx.Node:
+        return _info(trace, value.meta.get("val"), tracked, value.name in tracked, memo)
+    if cls in _PLAIN:
+        return value
+    if cls is TensorMeta:
+        grad = grad and value.dtype.is_floating_point
+        hit = memo.get((id(value), grad)) if memo is not None else None
+        if hit is not None:
+            return hit[1]
+        info = TensorInfo(trace.shape(value), str(value.dtype).replace("torch.", ""), value.dtype.itemsize, grad)
+        if memo is not None:
+            memo[(id(value), grad)] = (value, info)  # the snapshot kept, so its id stays its own
+        return info
     if isinstance(value, (torch.SymInt, torch.SymFloat, sympy.Expr)):
         return trace.expr(value)
     if isinstance(value, (list, tuple)):
-        return type(value)(_info(trace, v, tracked, grad) for v in value)
-    if isinstance(value, torch.fx.Node):
-        return _info(trace, value.meta.get("val"), tracked, value.name in tracked)
+        return type(value)([_info(trace, v, tracked, grad, memo) for v in value])
     return value
 
 
@@ -203,6 +218,7 @@ class _Storages:
     def __init__(self) -> None:
         self.values: dict[str, Any] = {}
         self.storages: dict[str, Storage] = {}
+        self.infos: dict[tuple[int, bool], tuple[TensorMeta, TensorInfo]] = {}  # _info's memo
 
     def fresh(self, node: str, key: str, info: Any) -> str | None:
         if not isinstance(info, TensorInfo):
@@ -286,7 +302,7 @@ def _placeholder(trace: Trace, node: torch.fx.Node, order: int, tracked: set[str
         phase, param = "grad", trace.grad_nodes[node.name]
     else:
         phase, param = "input", None
-    out = _info(trace, node.meta.get("val"))
+    out = _info(trace, node.meta.get("val"), memo=st.infos)
     return Node(node.name, "placeholder", "placeholder", "placeholder", phase, order, param=param, out=out,
                 bytes=_nbytes(out), value=st.placeholder(node.name, out))
 
@@ -299,9 +315,9 @@ def _call(trace: Trace, node: torch.fx.Node, order: int, tracked: set[str], st: 
     module, layer = at.place(node, phase, packet, seq)
     if phase in FORWARD_PHASES and any(src.name in tracked for src in node.all_input_nodes):
         tracked.add(node.name)
-    args = tuple(_info(trace, a, tracked) for a in node.args)
-    kwargs = {k: _info(trace, v, tracked) for k, v in node.kwargs.items()}
-    out = _info(trace, node.meta.get("val"), tracked, node.name in tracked)
+    args = tuple(_info(trace, a, tracked, memo=st.infos) for a in node.args)
+    kwargs = {k: _info(trace, v, tracked, memo=st.infos) for k, v in node.kwargs.items()}
+    out = _info(trace, node.meta.get("val"), tracked, node.name in tracked, st.infos)
     return Node(
         node.name, node.op, op, packet, phase, order, module=module, layer=layer, seq_nr=seq,
         call=OpCall(op, bind_arguments(op_schema(node.target), args, kwargs), out), out=out,

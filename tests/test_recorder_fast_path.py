@@ -38,7 +38,7 @@ def test_map_equals_tree_map():
 
 def test_leaves_equal_tree_leaves():
     for case in CASES:
-        ours, theirs = recorder._leaves(case), tree_leaves(case)
+        ours, theirs = recorder.leaves(case), tree_leaves(case)
         assert len(ours) == len(theirs)
         assert all(a is b for a, b in zip(ours, theirs))
 

@@ -19,6 +19,7 @@ import symcx
 from symcx.zoo import MnistCNN
 from symcx.capture import Iteration, optimizer_factory, trace_training_step
 from symcx.capture import reuse
+from symcx.capture.replay_check import replay_mismatch
 from symcx.capture.reuse import op_multiset, too_little_to_reuse
 
 t = sympy.Symbol("t", positive=True, integer=True)
@@ -390,6 +391,55 @@ def test_where_meta_cannot_run_the_model_concrete_traces_check(monkeypatch):
     assert any("differ from a full trace's at the example sizes" in n for n in reused.notes)
     ok = trace_training_step(mlp(3), torch.randn(3, 16), reuse=True)
     assert _replayed(ok.notes) == 2 and not any("refused" in n for n in ok.notes)
+
+
+class NotOnMeta(nn.Module):
+    """Runs on fake tensors but not on meta outside its blocks (as Hugging Face's masks read a value
+    unless they see a fake tensor); its blocks are ``Counted`` (hidden path) or ``MLPBlock``."""
+
+    def __init__(self, counted: bool) -> None:
+        super().__init__()
+        self.calls = SimpleNamespace(n=0)
+        self.stem = nn.Linear(4, 8)
+        self.blocks = nn.ModuleList(Counted(self.calls) if counted else MLPBlock(8) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "meta":
+            raise RuntimeError("Tensor.item() cannot be called on meta tensors")
+        self.calls.n = 0
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+@pytest.mark.parametrize("counted", [False, True])
+def test_where_only_the_blocks_run_on_meta_they_are_checked_there(monkeypatch, counted):
+    import symcx.capture.trace as trace_module
+
+    runs = []
+
+    def spy(model, args, kwargs, pairs, cast=None, fake=None, blocks_on_meta=False):
+        where = "meta" if fake is None else "blocks on meta" if blocks_on_meta else "fake"
+        try:
+            got = replay_mismatch(model, args, kwargs, pairs, cast, fake, blocks_on_meta)
+        except RuntimeError:
+            runs.append((where, "raised"))
+            raise
+        runs.append((where, got))
+        return got
+
+    monkeypatch.setattr(trace_module, "replay_mismatch", spy)
+    model = NotOnMeta(counted)
+    reused = trace_training_step(model, torch.randn(3, 4), reuse=True)
+    full = trace_training_step(model, torch.randn(3, 4))
+    assert runs[0] == ("meta", "raised") and runs[1][0] == "blocks on meta"
+    if counted:  # blocks.1 doubles where blocks.0 applies relu: found with the blocks on meta
+        assert runs[1][1] == ("blocks.1", "blocks.0")
+        assert "block reuse refused after the step: blocks.1 runs other ops than blocks.0" in reused.notes
+    else:
+        assert runs[1][1] is None and _replayed(reused.notes) == 3
+    assert op_multiset(reused) == op_multiset(full)
 
 
 def test_where_no_check_can_run_the_step_is_traced_in_full(monkeypatch):

@@ -24,6 +24,7 @@ from symcx._torch import (
     PRIVATE_APIS,
     DimDynamic,
     FakeTensorMode,
+    unset_fake_temporarily,
     OpOverload,
     OpOverloadPacket,
     ProfilerEventType,
@@ -62,6 +63,7 @@ aten = torch.ops.aten
 PINS = {
     "PRIVATE_APIS": "test_private_apis_each_resolve",
     "FakeTensorMode": "test_fake_mode_makes_symbolic_sizes_from_a_context",
+    "unset_fake_temporarily": "test_unset_fake_temporarily_leaves_the_fake_mode_and_other_modes_in_place",
     "ShapeEnv": "test_shape_env_keeps_equal_sizes_apart_and_records_guards",
     "DimDynamic": "test_fake_mode_makes_symbolic_sizes_from_a_context",
     "StatelessSymbolicContext": "test_fake_mode_makes_symbolic_sizes_from_a_context",
@@ -143,6 +145,24 @@ def _fake_mode() -> FakeTensorMode:
 def _symbolic(mode: FakeTensorMode, shape: tuple[int, ...], dynamic: set[int]) -> torch.Tensor:
     sizes = [DimDynamic.DYNAMIC if d in dynamic else DimDynamic.STATIC for d in range(len(shape))]
     return mode.from_tensor(torch.randn(shape), symbolic_context=StatelessSymbolicContext(dynamic_sizes=sizes))
+
+
+def test_unset_fake_temporarily_leaves_the_fake_mode_and_other_modes_in_place():
+    seen = []
+
+    class Log(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    mode = _fake_mode()
+    with mode, Log():
+        with unset_fake_temporarily():
+            inner = torch.empty(2, 3, device="meta") + 1
+        outer = torch.empty(2, 3) + 1
+    assert inner.device.type == "meta" and not mode.is_our_fake(inner)
+    assert mode.is_our_fake(outer)
+    assert seen.count("aten.add.Tensor") == 2  # the mode above the fake one still sees both
 
 
 def test_fake_mode_makes_symbolic_sizes_from_a_context():

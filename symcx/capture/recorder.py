@@ -121,16 +121,16 @@ def _map(fn: Callable[[Any], Any], value: Any) -> Any:
     return fn(value)
 
 
-def _leaves(value: Any, out: list[Any] | None = None) -> list[Any]:
+def leaves(value: Any, out: list[Any] | None = None) -> list[Any]:
     """``tree_leaves(value)`` with :func:`_map`'s fast path for plain containers."""
     out = [] if out is None else out
     cls = type(value)
     if cls is tuple or cls is list:
         for v in value:
-            _leaves(v, out)
+            leaves(v, out)
     elif cls is dict:
         for v in value.values():
-            _leaves(v, out)
+            leaves(v, out)
     elif isinstance(value, (tuple, list, dict)):
         out.extend(tree_leaves(value))
     else:
@@ -290,11 +290,11 @@ class Recorder(TorchDispatchMode):
 
     def _would_decompose(self, func: OpOverload, args: tuple, kwargs: dict) -> bool:
         """``autograd_would_have_decomposed``, memoized by op and device type (all it reads)."""
-        leaves = _leaves((args, kwargs))
-        device = next((x.device.type for x in leaves if isinstance(x, torch.Tensor)), None)
+        values = leaves((args, kwargs))
+        device = next((x.device.type for x in values if isinstance(x, torch.Tensor)), None)
         key = (func, device)
         if key not in self._decomposes:
-            self._decomposes[key] = autograd_would_have_decomposed(func, leaves)
+            self._decomposes[key] = autograd_would_have_decomposed(func, values)
         return self._decomposes[key]
 
     def _fake_constant(self, value: Any) -> Any:
@@ -309,12 +309,12 @@ class Recorder(TorchDispatchMode):
         if func.overloadpacket not in _RANDOM_OPS:
             if not len(self._random):  # no random draw yet: nothing derives from one
                 return
-            tensors = [x for x in _leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
+            tensors = [x for x in leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
             if not tensors or not all(x in self._random for x in tensors):
                 return
         if func in _VALUE_READS:
             self.random_read = self.random_read or _user_frame() or "?"
-        for x in _leaves(out):
+        for x in leaves(out):
             if isinstance(x, torch.Tensor):
                 self._random[x] = True
 

@@ -527,8 +527,8 @@ def _replays_differ(model: torch.nn.Module, example: Any, trace: Trace, reuser: 
     """Raise :class:`ReuseFallback` unless every replayed call runs its template's ops at the example sizes.
 
     The model's forward runs on the meta device, each call's ops logged (``replay_check.py``); where
-    it cannot, on fake tensors with static sizes; where neither runs, concrete traces with and
-    without reuse must record the same ops instead.
+    it cannot, on fake tensors with static sizes, the logged calls on meta, or else all fake; where
+    none runs, concrete traces with and without reuse must record the same ops instead.
     """
     if not reuser.calls:
         return
@@ -536,11 +536,12 @@ def _replays_differ(model: torch.nn.Module, example: Any, trace: Trace, reuser: 
     cast = kw["iteration"].precision.params if kw["iteration"] else None
     templates = {c.path: c.template for c in reuser.calls}
     pairs = [(c.path, c.template.path) for c in reuser.calls]
-    for mode in (_ON_META, _Static(FakeTensorMode(allow_non_fake_inputs=False))):
+    fake = _Static(FakeTensorMode(allow_non_fake_inputs=False))
+    for mode, blocks_on_meta in ((_ON_META, False), (fake, True), (fake, False)):
         args, kwargs, _ = _fake_inputs(mode, model, example, batch_dim=kw["batch_dim"], dims=kw["dims"],
                                        widths=None, hints=values, static=True, cast=cast)
         try:
-            wrong = replay_mismatch(model, args, kwargs, pairs, cast, getattr(mode, "mode", None))
+            wrong = replay_mismatch(model, args, kwargs, pairs, cast, getattr(mode, "mode", None), blocks_on_meta)
         except Exception:  # noqa: BLE001 - whatever the model raises there: a kernel meta lacks, a value
             continue  # read (HF masks read .item() on meta); the next way to check is tried
         if wrong is not None:
