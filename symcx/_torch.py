@@ -36,6 +36,7 @@ __all__ = [
     "StatelessSymbolicContext",
     "enable_python_dispatcher",
     "reparametrize_module",
+    "rename_in_order",
     "autograd_would_have_decomposed",
     "TorchDispatchMode",
     "WeakTensorKeyDictionary",
@@ -71,6 +72,7 @@ PRIVATE_APIS = (
     "torch.fx.experimental.symbolic_shapes.ShapeEnv / StatelessSymbolicContext / DimDynamic",
     "torch._dispatch.python.enable_python_dispatcher (as make_fx's symbolic mode)",
     "torch.nn.utils.stateless._reparametrize_module (functional_call's swap, kept through the backward)",
+    "torch.fx.graph._Namespace / torch.fx.graph.Graph._target_to_str (a graph renamed in place in order, its _graph_namespace replaced)",
     "torch.utils._python_dispatch.autograd_would_have_decomposed (as make_fx)",
     "torch.utils._python_dispatch.TorchDispatchMode (the recorder; validation.live_bytes)",
     "torch.utils.weak.WeakTensorKeyDictionary",
@@ -94,6 +96,22 @@ PRIVATE_APIS = (
 def reparametrize_module(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> Any:
     """``functional_call``'s context manager that swaps ``tensors`` into ``model`` (tied weights kept)."""
     return _reparametrize_module(model, tensors, tie_weights=True)
+
+
+def rename_in_order(graph: torch.fx.Graph, candidate: Callable[[torch.fx.Node], str | None]) -> dict[str, str]:
+    """Rename every node of ``graph`` in place, in program order, as ``create_node`` names a node
+    asked for ``candidate(node)`` (None: fx's name for its target) in a new graph; returns the old
+    name -> new name. Block reuse inserts copies out of creation order, so fx numbered them so."""
+    namespace = torch.fx.graph._Namespace()
+    names: dict[str, str] = {}
+    for node in graph.nodes:
+        want = candidate(node)
+        name = namespace.create_name(want if want is not None else graph._target_to_str(node.target), None)
+        namespace.associate_name_with_obj(name, node)
+        names[node.name] = name
+        object.__setattr__(node, "name", name)  # Node.__setattr__ only re-files it by (op, target)
+    graph._graph_namespace = namespace
+    return names
 
 
 def is_op(target: Any) -> bool:

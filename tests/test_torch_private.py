@@ -49,6 +49,7 @@ from symcx._torch import (
     op_schema,
     packet_name,
     reparametrize_module,
+    rename_in_order,
     sequence_nr,
     torch_sympy_functions,
     tree_flatten,
@@ -69,6 +70,7 @@ PINS = {
     "StatelessSymbolicContext": "test_fake_mode_makes_symbolic_sizes_from_a_context",
     "enable_python_dispatcher": "test_python_dispatcher_runs_python_decompositions",
     "reparametrize_module": "test_reparametrize_module_swaps_tied_tensors_and_restores",
+    "rename_in_order": "test_rename_in_order_names_nodes_as_a_graph_built_in_order",
     "autograd_would_have_decomposed": "test_autograd_would_have_decomposed",
     "TorchDispatchMode": "test_dispatch_mode_sees_each_aten_call",
     "WeakTensorKeyDictionary": "test_weak_tensor_key_dictionary_keys_by_identity_weakly",
@@ -163,6 +165,34 @@ def test_unset_fake_temporarily_leaves_the_fake_mode_and_other_modes_in_place():
     assert inner.device.type == "meta" and not mode.is_our_fake(inner)
     assert mode.is_our_fake(outer)
     assert seen.count("aten.add.Tensor") == 2  # the mode above the fake one still sees both
+
+
+def test_rename_in_order_names_nodes_as_a_graph_built_in_order():
+    import operator
+
+    g = torch.fx.Graph()
+    x = g.placeholder("x")
+    last = g.call_function(torch.ops.aten.relu.default, (x,), name="relu")
+    g.output(last)
+    with g.inserting_before(last):  # made later, runs first: fx numbers it relu_1
+        first = g.call_function(torch.ops.aten.relu.default, (x,), name="relu")
+        item = g.call_function(operator.getitem, ((first,), 0))
+    last.args = (item,)
+    assert [n.name for n in g.nodes] == ["x", "relu_1", "getitem", "relu", "output"]
+
+    def candidate(node):
+        return "relu" if node.target is torch.ops.aten.relu.default else node.target if node.op == "placeholder" else None
+
+    fresh, env = torch.fx.Graph(), {}
+    for node in g.nodes:
+        env[node] = fresh.create_node(node.op, node.target, torch.fx.map_arg(node.args, env.__getitem__),
+                                      name=candidate(node))
+    names = rename_in_order(g, candidate)
+    assert [n.name for n in g.nodes] == [n.name for n in fresh.nodes] == ["x", "relu", "getitem", "relu_1", "output"]
+    assert names == {"x": "x", "relu_1": "relu", "getitem": "getitem", "relu": "relu_1", "output": "output"}
+    added = g.call_function(torch.ops.aten.relu.default, (x,), name="relu")  # the namespace is the new one
+    assert added.name == "relu_2"
+    g.lint()
 
 
 def test_fake_mode_makes_symbolic_sizes_from_a_context():

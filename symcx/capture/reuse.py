@@ -25,12 +25,12 @@ from typing import Any
 
 import torch
 
-from .._torch import current_sequence_nr, is_op, module_attributes, tree_flatten, tree_unflatten
+from .._torch import current_sequence_nr, is_op, module_attributes, rename_in_order, tree_flatten, tree_unflatten
 from ..errors import SymcxError
 from .attr_reads import reads_logged
 from .recorder import Recorder, TensorMeta
 
-__all__ = ["too_little_to_reuse", "BlockReuse", "ReuseFallback", "op_multiset", "PLAIN"]
+__all__ = ["candidates", "too_little_to_reuse", "BlockReuse", "ReuseFallback", "op_multiset", "PLAIN"]
 
 #: Non-tensor values compared by value in keys (anything else by identity).
 PLAIN = (type(None), bool, int, float, str, torch.dtype, torch.device, torch.layout, torch.memory_format)
@@ -73,26 +73,44 @@ def _scalar(value: Any) -> bool:
                                                                  torch.memory_format))
 
 
-def _module_state(mod: torch.nn.Module) -> tuple[tuple, dict[tuple[str, str], Any]] | None:
+def _own_state(sub: torch.nn.Module) -> tuple[tuple, tuple, dict[str, Any]] | None:
+    """One module's part of :func:`_module_state`, submodules aside: its frozen attributes, its own
+    tensors' layouts and its plain scalars by name; None when it has hooks of its own."""
+    attrs = module_attributes(sub)
+    if attrs is None:
+        return None
+    tensors = [(k, tuple(v.shape), v.dtype, v.requires_grad) for k, v in sub.named_parameters(recurse=False)]
+    tensors += [(k, tuple(v.shape), v.dtype) for k, v in sub.named_buffers(recurse=False)]
+    scalars = {k: _frozen(v) for k, v in attrs.items() if _scalar(v)}
+    frozen = tuple(sorted(((k, ("scalar", type(v).__name__) if _scalar(v) else _frozen(v))
+                           for k, v in attrs.items()), key=repr))
+    return frozen, tuple(tensors), scalars
+
+
+def _module_state(mod: torch.nn.Module,
+                  owns: dict[int, Any] | None = None) -> tuple[tuple, dict[tuple[str, str], Any]] | None:
     """Class, non-tensor attributes and tensor layouts of ``mod`` and every submodule, by relative
     name, with each plain scalar attribute (an int, a float, a str, a bool, None) by its type only;
     and those scalars' values by (submodule, name). None when a module has hooks of its own (they
-    may differ by call)."""
+    may differ by call). ``owns`` keeps each module's :func:`_own_state` (by id) across calls."""
+    owns = {} if owns is None else owns
     out, scalars = [], {}
     for name, sub in mod.named_modules(remove_duplicate=False):
-        attrs = module_attributes(sub)
-        if attrs is None:
+        if id(sub) not in owns:
+            owns[id(sub)] = _own_state(sub)
+        own = owns[id(sub)]
+        if own is None:
             return None
-        tensors = [(k, tuple(v.shape), v.dtype, v.requires_grad) for k, v in sub.named_parameters(recurse=False)]
-        tensors += [(k, tuple(v.shape), v.dtype) for k, v in sub.named_buffers(recurse=False)]
-        scalars.update({(name, k): _frozen(v) for k, v in attrs.items() if _scalar(v)})
-        frozen = tuple(sorted(((k, ("scalar", type(v).__name__) if _scalar(v) else _frozen(v))
-                               for k, v in attrs.items()), key=repr))
-        out.append((name, type(sub), frozen, tuple(tensors)))
+        frozen, tensors, values = own
+        scalars.update({(name, k): v for k, v in values.items()})
+        out.append((name, type(sub), frozen, tensors))
     return tuple(out), scalars
 
 
-def _candidates(model: torch.nn.Module) -> tuple[dict[int, str], dict[int, tuple], dict[int, dict]]:
+Candidates = tuple[dict[int, str], dict[int, tuple], dict[int, dict]]
+
+
+def candidates(model: torch.nn.Module) -> Candidates:
     """Module paths by id; the static key of every module that has a twin (another object with an
     equal key) and no parameter held outside it (a tied weight's gradient is a sum across blocks);
     and per such module its scalar attributes that differ among its twins (submodule -> names)."""
@@ -104,6 +122,7 @@ def _candidates(model: torch.nn.Module) -> tuple[dict[int, str], dict[int, tuple
         holders.setdefault(id(p), []).append(name)
     keys: dict[int, tuple] = {}
     scalars: dict[int, dict] = {}
+    owns: dict[int, Any] = {}
     for mod in {id(m): m for m in model.modules()}.values():
         path = paths[id(mod)]
         if mod is model or "forward" in vars(mod):
@@ -111,7 +130,7 @@ def _candidates(model: torch.nn.Module) -> tuple[dict[int, str], dict[int, tuple
         own = [p for _, p in mod.named_parameters(remove_duplicate=False)]
         if any(not n.startswith(path + ".") for p in own for n in holders[id(p)]):
             continue
-        state = _module_state(mod)
+        state = _module_state(mod, owns)
         if state is not None:
             keys[id(mod)], scalars[id(mod)] = state
     groups: dict[tuple, list[int]] = {}
@@ -140,16 +159,16 @@ def _leaves(mod: torch.nn.Module) -> int:
     return sum(1 for m in mod.modules() if next(m.children(), None) is None)
 
 
-def too_little_to_reuse(model: torch.nn.Module) -> str | None:
+def too_little_to_reuse(model: torch.nn.Module, found: Candidates | None = None) -> str | None:
     """Why block reuse would cost more than it saves, or None where it may pay ("" where nothing
     repeats: nothing to say in a report).
 
     The repeats are the twins after the first of each kind, outermost kinds only (a replayed
     block brings its submodules), torch.nn's own leaf modules left out (a ``Linear``, a norm:
     one op or two, too small to replay); counted in leaf modules, they must be
-    :data:`MIN_REPEATED_SHARE` of the model's.
+    :data:`MIN_REPEATED_SHARE` of the model's. ``found``: :func:`candidates` of ``model``, if known.
     """
-    paths, keys, _ = _candidates(model)
+    paths, keys, _ = found or candidates(model)
     groups: dict[tuple, list[str]] = {}
     for ident, key in keys.items():
         groups.setdefault(key, []).append(paths[ident])
@@ -337,9 +356,10 @@ class BlockReuse:
     Use :meth:`installed` around the step, then :meth:`finish` on the recorded graph.
     """
 
-    def __init__(self, model: torch.nn.Module, recorder: Recorder, banned: frozenset = frozenset()) -> None:
+    def __init__(self, model: torch.nn.Module, recorder: Recorder, banned: frozenset = frozenset(),
+                 found: Candidates | None = None) -> None:
         self.model, self.recorder = model, recorder
-        self.paths, self.static, self.watched = _candidates(model)
+        self.paths, self.static, self.watched = found or candidates(model)
         self.static = {k: v for k, v in self.static.items() if v not in banned}
         self.templates: dict[tuple, list[_Template]] = {}  # a key's templates, one per value of what they read
         self.calls: list[_Call] = []
@@ -839,15 +859,9 @@ def _candidate(node: torch.fx.Node) -> str | None:
 
 
 def _renamed(graph: torch.fx.Graph, deaths: dict[str, str]) -> tuple[torch.fx.Graph, dict[str, str]]:
-    """``graph`` rebuilt in program order, so every node has the name a full trace gives it."""
-    new, env = torch.fx.Graph(), {}
-    for node in graph.nodes:
-        args = torch.fx.map_arg(node.args, env.__getitem__)
-        kwargs = torch.fx.map_arg(node.kwargs, env.__getitem__)
-        env[node] = new.create_node(node.op, node.target, args, kwargs, name=_candidate(node))
-        env[node].meta = node.meta
-    names = {node.name: env[node].name for node in graph.nodes}
-    return new, {names[k]: names[v] for k, v in deaths.items() if k in names and v in names}
+    """``graph`` renamed in program order, so every node has the name a full trace gives it."""
+    names = rename_in_order(graph, _candidate)
+    return graph, {names[k]: names[v] for k, v in deaths.items() if k in names and v in names}
 
 
 def op_multiset(trace: Any) -> Counter:

@@ -47,7 +47,7 @@ from .caches import isolated_caches
 from .kernels import EagerKernels, eager_experts_hint
 from .recorder import Recorder, grad_leaves, module_tags, outside_torch, tag_backward
 from .replay_check import replay_mismatch
-from .reuse import BlockReuse, ReuseFallback, op_multiset, too_little_to_reuse
+from .reuse import BlockReuse, Candidates, ReuseFallback, candidates, op_multiset, too_little_to_reuse
 
 __all__ = ["Trace", "DimSpec", "trace_training_step", "trace_at", "default_loss", "BATCH_HINT"]
 
@@ -406,10 +406,11 @@ def _trace_once(
     model: torch.nn.Module, example: Any, *, batch_dim: int | None, dims: Sequence[DimSpec],
     widths: str | None, hints: Mapping[str, int], loss: Callable[[Any], torch.Tensor] | None,
     static: bool = False, iteration: Iteration | None = None, reuse: bool = False, banned: frozenset = frozenset(),
-    reusers: list | None = None,
+    reusers: list | None = None, found: Candidates | None = None,
 ) -> Trace:
     """One traced step: fake inputs and parameters, the recorded joint graph, symbols named; with
-    ``reuse``, repeated blocks replayed from their first call (``capture/reuse.py``)."""
+    ``reuse``, repeated blocks replayed from their first call (``capture/reuse.py``; ``found``: the
+    model's reuse candidates, if known)."""
     shape_env = ShapeEnv(duck_shape=False)
     mode = FakeTensorMode(shape_env=shape_env, allow_non_fake_inputs=False)
     cast = iteration.precision.params if iteration else None
@@ -425,7 +426,7 @@ def _trace_once(
 
     state_nodes: dict[str, str] = {}
     grad_nodes: dict[str, str] = {}
-    reuser = BlockReuse(model, recorder, banned) if reuse else None
+    reuser = BlockReuse(model, recorder, banned, found) if reuse else None
     if reuser is not None and reusers is not None:
         reusers.append(reuser)
 
@@ -500,7 +501,8 @@ def _reused(model: torch.nn.Module, example: Any, reuse: bool, **kw: Any) -> Tra
         if reuse:
             trace.notes.append("block reuse is off for gradient accumulation, held gradients and autocast")
         return trace
-    skipped = too_little_to_reuse(model)
+    found = candidates(model)
+    skipped = too_little_to_reuse(model, found)
     if skipped is not None:
         trace = _trace_once(model, example, **kw)
         if skipped:
@@ -508,10 +510,11 @@ def _reused(model: torch.nn.Module, example: Any, reuse: bool, **kw: Any) -> Tra
         return trace
     banned: set = set()
     reasons: list[str] = []
-    for _ in range(3):
+    for attempt in range(3):
         reusers: list[BlockReuse] = []
-        try:
-            trace = _trace_once(model, example, reuse=True, banned=frozenset(banned), reusers=reusers, **kw)
+        try:  # a retry finds the candidates again: the first trace ran the model's code
+            trace = _trace_once(model, example, reuse=True, banned=frozenset(banned), reusers=reusers,
+                                found=None if attempt else found, **kw)
             _replays_differ(model, example, trace, reusers[0], {**kw, "banned": frozenset(banned)})
             trace.notes += [f"block reuse refused after the step: {why}" for why in reasons]
             return trace
