@@ -494,3 +494,24 @@ def test_hf_llama_layers_are_replayed_and_their_norms_die_as_in_full():
     full, reused = _pair(model, {"input_ids": torch.randint(0, 100, (2, 8))}, dims={"L": 1})
     _assert_same(full, reused)
     assert _replays(reused["notes"])["model.layers.0"] == {"model.layers.1", "model.layers.2"}
+
+
+def test_the_checks_op_log_answers_a_repeated_functional_meta_op_from_memory():
+    from symcx.capture.replay_check import _OpLog
+
+    log = _OpLog()
+    x = torch.empty(4, 6, device="meta").t()  # a transposed layout: the output keeps it
+    with log:
+        first = torch.exp(x)
+        again = torch.exp(x)
+        other = torch.exp(torch.empty(3, 5, device="meta"))
+        added = x.clone().add_(1)  # in place: run, never remembered
+        view = x.view(-1, 4) if x.is_contiguous() else x.reshape(-1)  # an alias or a copy, run by torch
+        on_cpu = torch.arange(5)  # values a model may read: never remembered
+    remembered = Counter(str(key[0]) for key in log.known)
+    assert remembered["aten.exp.default"] == 2  # two layouts; the repeat answered from memory
+    assert not {"aten.add_.Tensor", "aten.arange.default", "aten._unsafe_view.default"} & set(remembered)
+    assert (again.shape, again.stride(), again.dtype) == (first.shape, first.stride(), first.dtype) == ((6, 4), (1, 6),
+                                                                                                       torch.float32)
+    assert again is not first and other.shape == (3, 5) and added.shape == (6, 4) and view.numel() == 24
+    assert on_cpu.tolist() == [0, 1, 2, 3, 4]

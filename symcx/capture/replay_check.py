@@ -9,7 +9,9 @@ non-tensor arguments, output shapes and dtypes); a replayed call's log must equa
 template's. A model that cannot run on meta (Hugging Face's masks read ``.item()`` unless
 they see a fake tensor) runs on fake tensors with static sizes instead (no ``ShapeEnv``), its
 logged calls still on meta (``blocks_on_meta``: a fake op costs ten meta ones), and where a
-block cannot, all of it fake. The backward is autograd's formulas over the forward's ops, on
+block cannot, all of it fake. On meta, a functional op that ran before on the same layouts
+and values is answered from memory (``_OpLog``): the blocks repeat their template's ops, and
+most meta kernels are Python. The backward is autograd's formulas over the forward's ops, on
 the same shapes and ``requires_grad``, so a forward that matches gives the same backward.
 """
 
@@ -21,8 +23,9 @@ from typing import Any
 
 import torch
 
-from .._torch import (FakeTensorMode, TorchDispatchMode, reparametrize_module, tree_flatten,
+from .._torch import (FakeTensorMode, TorchDispatchMode, op_schema, packet_name, reparametrize_module, tree_flatten,
                       tree_unflatten, unset_fake_temporarily)
+from ..opsets import ALIAS_OPS
 from .caches import isolated_caches
 from .recorder import leaves
 from .reuse import PLAIN
@@ -36,16 +39,75 @@ def _entry(func: Any, args: tuple, kwargs: dict, out: Any) -> tuple:
     return (str(func), plain, outs)
 
 
+def _key(value: Any) -> Any:
+    """A hashable stand-in for an argument of a call on meta tensors (a tensor by its layout,
+    plain values by type and value); None where the call is not one to answer from memory."""
+    if type(value) is torch.Tensor:
+        return (value.shape, value.stride(), value.dtype) if value.device.type == "meta" else None
+    if isinstance(value, PLAIN):
+        return (type(value), value)
+    if isinstance(value, (tuple, list)):
+        items = tuple(_key(v) for v in value)
+        return None if None in items else (type(value), items)
+    return None
+
+
+def _functional(func: Any) -> bool:
+    """Whether ``func`` writes no argument and returns no alias of one (its outputs are new tensors;
+    ``_unsafe_view`` aliases without saying so in its schema)."""
+    known = _FUNCTIONAL.get(func)
+    if known is None:
+        schema = op_schema(func)
+        known = _FUNCTIONAL[func] = (schema is not None and not schema.is_mutable and packet_name(func.overloadpacket)
+                                     not in ALIAS_OPS and all(r.alias_info is None for r in schema.returns))
+    return known
+
+
+_FUNCTIONAL: dict[Any, bool] = {}
+
+
+def _meta_only(out: Any) -> bool:
+    return type(out) is torch.Tensor and out.device.type == "meta"
+
+
+def _layouts(out: Any) -> Any:
+    """What :func:`_made` needs to make ``out`` again: each tensor's layout; None where it is not
+    meta tensors alone (a CPU tensor's values may be read)."""
+    if _meta_only(out):
+        return (out.shape, out.stride(), out.dtype)
+    if type(out) in (tuple, list) and all(_meta_only(o) for o in out):
+        return type(out), tuple((o.shape, o.stride(), o.dtype) for o in out)
+    return None
+
+
+def _made(layouts: Any) -> Any:
+    if isinstance(layouts[0], type):
+        return layouts[0](_made(m) for m in layouts[1])
+    shape, stride, dtype = layouts
+    return torch.empty_strided(shape, stride, dtype=dtype, device="meta")
+
+
 class _OpLog(TorchDispatchMode):
-    """Appends each aten call to every open call's log (a call's log holds its submodules' ops too)."""
+    """Appends each aten call to every open call's log (a call's log holds its submodules' ops too).
+
+    A functional op on meta tensors is answered from memory where the same op ran on the same
+    layouts and values before (a meta kernel is a function of them; most are Python, and every
+    replayed block runs its template's ops again)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.open: list[list[tuple]] = []
+        self.known: dict[Any, Any] = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+        key = (func, _key(args), _key(tuple(kwargs.items()))) if _functional(func) else None
+        if key is not None and None not in key[1:] and key in self.known:
+            out = _made(self.known[key])
+        else:
+            out = func(*args, **kwargs)
+            if key is not None and None not in key[1:] and (layouts := _layouts(out)) is not None:
+                self.known[key] = layouts
         if self.open:
             entry = _entry(func, args, kwargs, out)
             for log in self.open:
