@@ -94,6 +94,7 @@ def test_window_partition_with_symbolic_image_size_is_exact():
 # --- item 11: symbolic image size the model does not allow ---------------------------------------
 
 
+@pytest.mark.slow
 def test_flatten_into_a_fixed_linear_pins_the_image_size():
     # fc1 takes 9216 = 64·(⌊H/2⌋−2)·(⌊W/2⌋−2) features: at W = 28 only H ∈ {28, 29} fits
     with pytest.raises(TraceError, match=r"pins 'H'.*Eq\(64\*\(floor\(H/2\) - 2\)\*\(floor\(W/2\) - 2\), 9216\)"):
@@ -166,6 +167,7 @@ def test_readable_divisibility():
     assert readable(sympy.Mod(L, 8) > 0) == sympy.Ne(sympy.Mod(L, 8), 0)
 
 
+@pytest.mark.slow
 def test_view_into_groups_states_divisibility_once():
     a = symcx.analyze(GroupsOf8(), torch.randn(2, 16, 4), dims={"L": 1})
     divisibility = [c for c in a.assumptions if c.has(sympy.Mod)]

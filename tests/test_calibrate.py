@@ -26,6 +26,7 @@ def calibration():
     return calibrate_device(batch_sizes=[1, 4, 16], repeats=1, warmup=0)
 
 
+@pytest.mark.slow
 def test_the_default_workload_covers_every_op_class(calibration):
     from symcx.validation.timing import op_class
 

@@ -83,6 +83,7 @@ def workdir(tmp_path):
 
 
 # --- subprocess runs: one per format and per bad argument ------------------------------------
+@pytest.mark.slow
 def test_table_on_the_terminal():
     out = run("analyze", "mnist-cnn", "--exact")
     assert out.returncode == 0, out.stderr
@@ -127,6 +128,7 @@ def test_json_with_batch_epochs_and_samples():
     assert doc["values"]["training"]["total_flops"] == math.ceil(60000 / 64) * (23984896 + 47580416) * 64
 
 
+@pytest.mark.slow
 def test_model_file_factory_with_symbolic_dims(workdir):
     out = run("analyze", "net.py:make", "--input", "3x16x16", "--symbolic", "H,W", "--format", "json", cwd=workdir)
     assert out.returncode == 0, out.stderr
@@ -184,6 +186,7 @@ def test_optimizer_in_any_case():
     assert parser.parse_args(["analyze", "mlp"]).optimizer == "sgd"
 
 
+@pytest.mark.slow
 def test_optimizer_upper_case_keeps_the_memory_section():
     out = run("analyze", "mnist-cnn", "--optimizer", "Adam", "--format", "json")
     assert out.returncode == 0, out.stderr
@@ -269,6 +272,7 @@ def test_validate_where_no_batch_size_ran_exits_3(workdir, args, reason):
     assert sorted(p.name for p in workdir.iterdir()) == ["net.py"]  # neither file written
 
 
+@pytest.mark.slow
 def test_trace_error_said_once(workdir):
     out = run("analyze", "net.py:boom", "--input", "4", cwd=workdir)
     assert out.returncode == 2 and out.stdout == ""
@@ -283,6 +287,7 @@ def test_input_help_says_the_batch_is_excluded(capsys):
     assert "excluding the batch dim" in text and "the symbol t (example size 8)" in text
 
 
+@pytest.mark.slow
 def test_help_runs_as_a_module():
     out = run("--help")
     assert out.returncode == 0

@@ -96,6 +96,7 @@ def test_lstm_workspace_is_flagged_and_max_batch_size_refuses():
         a.max_batch_size("64MiB")
 
 
+@pytest.mark.slow
 def test_a_gru_has_no_unsized_workspace():
     # eager CPU runs GRU as per-step cells (oneDNN RNN is LSTM only): nothing is flagged
     a = symcx.analyze(LSTMClassifier(cell="gru", layers=1, bidirectional=False), torch.randn(2, 5, 16))

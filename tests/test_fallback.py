@@ -235,6 +235,7 @@ class ThirdOfTheFrames(nn.Module):
         return self.fc(h[:, :, : n // 3].transpose(1, 2))
 
 
+@pytest.mark.slow
 def test_size_no_stride_explains_is_refused_and_named():
     with pytest.raises(symcx.TraceError, match=r"fallback failed too: slice_1 is not a polynomial "
                        r".* nor in the floors of the model's strides"):
@@ -256,6 +257,7 @@ class StridedWithPositions(nn.Module):
         return h + self.pos.weight[:n]
 
 
+@pytest.mark.slow
 def test_without_a_far_check_the_strides_are_fitted_not_trusted():
     a = symcx.analyze(StridedWithPositions(), torch.randn(2, 1, 320), dims={"L": 2})
     assert a.route == "interpolated"

@@ -138,6 +138,7 @@ def test_analysing_inside_the_users_autocast_block_is_the_shorthand():
     assert predicted(inside, 8) == got
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("t", [1, 32])
 def test_fp16_autocast_with_grad_scaler(t):
     model = seed_model()
@@ -149,6 +150,7 @@ def test_fp16_autocast_with_grad_scaler(t):
     assert abs(predicted(a, t) - got) <= 8, (predicted(a, t), got)  # GradScaler's scalars
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("t", [1, 32])
 def test_bf16_parameters_and_memory_dtype_are_traced(t):
     model = seed_model()

@@ -243,6 +243,7 @@ def test_seed_inference_gap_is_the_python_variable(seed):
         assert measured - (mem.inference_peak - mem.resident).subs(t, batch) == 86528 * batch
 
 
+@pytest.mark.slow
 def test_symbolic_image_size_matches_measurement():
     torch.manual_seed(0)
     model = SmallCNN()
@@ -475,6 +476,7 @@ def test_training_peak_matches_cuda_allocator(name):
     coeffs=st.lists(st.integers(-50, 50), min_size=6, max_size=6),
     point=st.tuples(st.integers(1, 40), st.integers(1, 40)),
 )
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 def test_peak_compares_polynomials_on_their_coefficients(coeffs, point):
     """The plain-Python polynomial helpers agree with sympy: values, and the s -> s + 1 shift."""
@@ -544,6 +546,7 @@ def test_kernel_copies_are_the_allocations_blas_makes():
     assert kernel_copies(dense.step) == []
 
 
+@pytest.mark.slow
 def test_every_width_symbolic_keeps_the_peak_search_fast_and_exact():
     """Seven layer widths and t as symbols: the hull test (an exact LP per point) is skipped for
     points with many monomials (it pivoted for minutes), and the peak still equals the walk's top."""

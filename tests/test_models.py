@@ -147,6 +147,7 @@ def test_gpt_has_the_attention_square_term(gpt):
     assert a.big_o("step") == symcx.O(t * L**2)
 
 
+@pytest.mark.slow
 def test_gpt_by_hand_attention_and_rms_norm_matches_flop_counter():
     model = GPT(**GPT_SIZES, attention="manual", norm="rms")
     a = analyzed(model, model.example_input(16), dims={"L": 1})
@@ -164,6 +165,7 @@ def test_sdpa_and_by_hand_attention_agree_on_the_forward(gpt):
 
 
 # --- nn.MultiheadAttention ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_multihead_attention_transformer_matches_flop_counter():
     model = TinyTransformer()
     a = analyzed(model, model.example_input(12), dims={"L": 1})
@@ -212,6 +214,7 @@ def test_lstm_backward_is_flop_counter_without_onednn(lstm):
         assert a.subs(t=batch, L=length).backward_flops == backward
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", ["gru", "rnn"])
 def test_gru_and_rnn_match_flop_counter_at_a_fixed_length(cell):
     model = LSTMClassifier(hidden=16, cell=cell)

@@ -52,6 +52,7 @@ def _exact(rows: list[dict]) -> None:
                                                                         r["predicted_resident_bytes"]), r
 
 
+@pytest.mark.slow
 def test_seed_cnn_bf16_equals_fully_shard(cnn):
     # the formula built once in g, against fully_shard(..., mp_policy=MixedPrecisionPolicy(bf16, fp32)) at 2, 3, 4, 8
     _exact(check_fsdp_model(*cnn, batch=2, mp_policy="bf16"))
@@ -74,6 +75,7 @@ def test_resnet18_and_gpt_policies_equal_fully_shard(policy, reshard):
         _exact(check_fsdp_model(model, x, batch=2, mp_policy=policy, reshard_after_forward=reshard))
 
 
+@pytest.mark.slow
 def test_one_gpu_model_states_are_the_fp32_step(cnn):
     # at g = 1 the shards are whole: params, grads and Adam state of the bf16-traced step under the policy are
     # the fp32 step's own (traced separately, without any policy); the activations the bf16 step's
@@ -86,6 +88,7 @@ def test_one_gpu_model_states_are_the_fp32_step(cnn):
     assert mixed.activations < fp32.activations  # (max-pool's int64 indices do not halve)
 
 
+@pytest.mark.slow
 def test_communication_dtypes(cnn):
     # all-gathers carry bf16 (half the fp32 bytes); reduce-scatters fp32 (bf16) or bf16 (bf16-reduce-bf16)
     model, x = cnn
@@ -101,6 +104,7 @@ def sympy_eq(a, b) -> bool:
     return all(a.subs(g, k) == b.subs(g, k) for k in range(1, 17))
 
 
+@pytest.mark.slow
 def test_policies_and_refusals(cnn):
     assert mp_policy_of(MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)).name == "bf16"
     assert mp_policy_of(MixedPrecisionPolicy(param_dtype=torch.bfloat16)).name == "bf16-reduce-bf16"  # reduce as grads
@@ -136,6 +140,7 @@ def test_cli_mp_policy(capsys):
     assert main(["validate", "mnist-cnn", "--backward", "--mp-policy", "bf16"]) == 2  # no --gpus
 
 
+@pytest.mark.slow
 def test_nccl_backend_counts_kernel_copies_not_gloo_copies():
     # the small GPT under DDP at t = 8: the allocator's peak on gloo ranks was measured at 1844360 B, the
     # sum loss's expanded gradient copied by the LM head's mm (docs/parallel.md); DDP has no gloo copies, so

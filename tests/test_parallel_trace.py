@@ -29,6 +29,7 @@ def cnn():
     return symcx.analyze(MnistCNN(), torch.randn(2, 1, 28, 28), optimizer="adam")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reshard", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_seed_cnn_formula_equals_the_traced_rank_at_each_g(cnn, reshard):
     # the formula is built once in the symbol g and evaluated at g = 2, 3, 4 and checked at 8

@@ -58,6 +58,7 @@ def test_bad_partition(mlp):
         parallel_memory(mlp.step, 2, "zero1", partition="params", rank=2)
 
 
+@pytest.mark.slow
 def test_each_rank_traced_with_its_own_optimizer_keeps_adams_loop_local():
     # ResNet-18 at 32x32: rank 0's share, largest first, opens with two 512x512x3x3 weights, and Adam's
     # for-loop keeps the first one's `denom` in its local until the second's is assigned: the rank's

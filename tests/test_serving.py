@@ -59,6 +59,7 @@ def _real(model, batch, prompt, steps):
     return prefill, decode, cache_bytes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch, prompt", [(2, 6), (3, 9)])
 def test_prefill_decode_and_cache_equal_a_real_run(served, batch, prompt):
     name, model, inf = served

@@ -86,6 +86,7 @@ def test_cli_plot_memory(tmp_path):
     assert f"wrote {path}" in proc.stderr and "t = 8" in proc.stderr
 
 
+@pytest.mark.slow
 def test_cli_plot_memory_bad_extension_fails_first(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "symcx", "analyze", "mnist-cnn", "--plot-memory",
                            str(tmp_path / "mem.xyz")], capture_output=True, text=True, timeout=120)

@@ -377,6 +377,7 @@ def test_dispatch_mode_sees_each_aten_call():
     assert rec.calls == []  # inactive once the block exits
 
 
+@pytest.mark.slow
 def test_weak_tensor_key_dictionary_keys_by_identity_weakly():
     d = WeakTensorKeyDictionary()
     a, b = torch.ones(2), torch.ones(2)

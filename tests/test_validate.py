@@ -153,6 +153,7 @@ class _Sequence(torch.nn.Module):
         return self.rnn(x)[0]
 
 
+@pytest.mark.slow
 def test_a_graph_that_grows_with_t_is_validated():
     # the interpolated route fits the graph per layer and op; its memory comes from Analysis.memory
     v = validate(_Sequence(), torch.randn(3, 2, 4), batch_sizes=[2, 16, 64], repeats=1, warmup=0)
@@ -324,6 +325,7 @@ class _TinyDevice(TorchDispatchMode):
         return out
 
 
+@pytest.mark.slow
 def test_out_of_memory_at_one_size_is_recorded_and_the_sweep_goes_on(monkeypatch):
     # MLP 32-64-10: the largest tensor at batch t is the hidden activation, 64·4·t bytes
     # (256·t); the largest parameter (and its gradient) is 32·64·4 = 8192 bytes. A 12 KiB cap
@@ -487,6 +489,7 @@ def _failing_at(monkeypatch, sizes: dict[int, BaseException]) -> None:
     monkeypatch.setattr(measure, "count_flops", count_flops)
 
 
+@pytest.mark.slow
 def test_cpu_out_of_memory_is_recorded_as_oom(monkeypatch):
     _failing_at(monkeypatch, {8: RuntimeError(_CPU_OOM)})
     v = validate(MLP((4, 3, 2)), torch.randn(1, 4), batch_sizes=[2, 8, 4], repeats=1, warmup=0)
@@ -496,6 +499,7 @@ def test_cpu_out_of_memory_is_recorded_as_oom(monkeypatch):
     assert measure.is_oom(MemoryError())
 
 
+@pytest.mark.slow
 def test_sizes_predicted_past_free_memory_are_skipped_unless_forced(monkeypatch):
     # MLP 4-3-2 in eval mode: far below 1 MB at t = 2; at t = 10**7 the input alone is 4·4·10**7 = 160 MB
     monkeypatch.setattr(measure, "available_bytes", lambda dev: 10**8)
@@ -527,6 +531,7 @@ def test_available_bytes_on_cpu_is_the_free_physical_memory():
     assert free == os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") and free > 0
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_finished_sizes(monkeypatch):
     _failing_at(monkeypatch, {8: KeyboardInterrupt()})
     model = MLP((4, 3, 2))
@@ -639,6 +644,7 @@ class _FailsAt8(torch.nn.Module):
         return self.fc(_fails_at_8(x))
 
 
+@pytest.mark.slow
 def test_an_op_that_fails_on_the_device_is_recorded_and_the_sweep_goes_on():
     v = validate(_FailsAt8(), torch.randn(1, 4), batch_sizes=[2, 8, 4], backward=True, repeats=1, warmup=0)
     assert [r.status for r in v.sizes] == ["ok", "error", "ok"]

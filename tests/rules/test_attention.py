@@ -105,6 +105,7 @@ def test_sdpa_matches_decomposed_attention(c):
         assert counted == (forward, backward)
 
 
+@pytest.mark.slow
 def test_cpu_flash_is_what_runs_and_fcm_counts_it_zero():
     # 2·4 heads, L = 16, d = 8: forward 4·2·4·16·16·8 = 65,536, backward 2.5× = 163,840
     q, k, v = (needs_grad(torch.randn(2, 4, 16, 8), True) for _ in range(3))
@@ -181,6 +182,7 @@ def _bhsd_kernels(b, h, s_q, s_k, d, d_v, causal):
     )
 
 
+@pytest.mark.slow
 @settings(max_examples=120, deadline=None)
 @given(kernel_configs())
 def test_gpu_sdpa_kernels_equal_flop_counter_mode(c):

@@ -48,6 +48,7 @@ def matmul_shapes(draw):
     return a, b, draw(st.booleans()), draw(st.booleans())
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(matmul_shapes())
 def test_matmul_rules_match_bmm(case):
@@ -76,6 +77,7 @@ def linear_cases(draw):
     return draw(st.integers(1, 16)), draw(st.integers(1, 16)), draw(st.booleans()), lead, draw(st.booleans())
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(linear_cases())
 def test_linear_matches_flop_counter_mode(case):

@@ -77,6 +77,7 @@ def norm_by_hand(layer: nn.Module, shape: tuple, input_grad: bool) -> tuple[int,
     return forward, backward
 
 
+@pytest.mark.slow
 @settings(max_examples=250, deadline=None)
 @given(norms())
 def test_norm_other_flops_by_hand(case):
@@ -136,6 +137,7 @@ def pools(draw):
     return layer, (n, c, *spatial), math.prod(kernel)
 
 
+@pytest.mark.slow
 @settings(max_examples=250, deadline=None)
 @given(pools())
 def test_pool_other_flops_by_hand(case):

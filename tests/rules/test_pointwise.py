@@ -50,6 +50,7 @@ DROPOUT = (lambda: nn.Dropout(0.3), 2, 1)
     st.sampled_from(sorted(ACTIVATIONS)),
     st.lists(st.integers(1, 5), min_size=2, max_size=4),
 )
+@pytest.mark.slow
 def test_activation_other_flops_by_hand(name, shape):
     factory, forward, backward = ACTIVATIONS[name]
     layer = factory()

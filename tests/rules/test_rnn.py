@@ -181,6 +181,7 @@ def _cudnn_calls(rnn: nn.RNNBase, x: torch.Tensor, hx, input_grad: bool, state_g
     return fwd, bwd
 
 
+@pytest.mark.slow
 @settings(max_examples=100, deadline=None)
 @given(rnn_configs())
 def test_cudnn_rules_match_per_step_cells(cfg):
@@ -263,6 +264,7 @@ def _input(kw, batch, length, features):
         (Plain, nn.RNN, dict(num_layers=2)),
     ],
 )
+@pytest.mark.slow
 def test_analyze_per_step_route_matches_cells(wrapper, kind, kw):
     model = wrapper(kind, 5, 4, **kw)
     batch_dim = 0 if kw.get("batch_first") else 1
