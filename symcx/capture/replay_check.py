@@ -126,14 +126,14 @@ def _meta(x: Any) -> Any:
 def _call_on_meta(mod: torch.nn.Module, forward: Any, fake: FakeTensorMode, args: tuple, kwargs: dict) -> Any:
     """``forward`` run on meta stand-ins of its fake arguments and of ``mod``'s fake tensors; its
     outputs made fake again (on the arguments' device) for the rest of the fake run."""
-    leaves, spec = tree_flatten((args, kwargs))
-    fakes = [x for x in leaves if isinstance(x, torch.Tensor)]
+    flat, spec = tree_flatten((args, kwargs))
+    fakes = [x for x in flat if isinstance(x, torch.Tensor)]
     if not fakes or not all(fake.is_our_fake(x) for x in fakes):  # inside a block already on meta
         return forward(*args, **kwargs)
     device = fakes[0].device
     with unset_fake_temporarily():
         own = {k: _meta(v) for k, v in [*mod.named_parameters(), *mod.named_buffers()]}
-        margs, mkwargs = tree_unflatten([_meta(x) for x in leaves], spec)
+        margs, mkwargs = tree_unflatten([_meta(x) for x in flat], spec)
         with reparametrize_module(mod, own):
             out = forward(*margs, **mkwargs)
     outs, out_spec = tree_flatten(out)
