@@ -102,11 +102,13 @@ class _OpLog(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         key = (func, _key(args), _key(tuple(kwargs.items()))) if _functional(func) else None
-        if key is not None and None not in key[1:] and key in self.known:
+        if key is not None and None in key[1:]:  # an argument that is no meta layout or plain value
+            key = None
+        if key in self.known:
             out = _made(self.known[key])
         else:
             out = func(*args, **kwargs)
-            if key is not None and None not in key[1:] and (layouts := _layouts(out)) is not None:
+            if key is not None and (layouts := _layouts(out)) is not None:
                 self.known[key] = layouts
         if self.open:
             entry = _entry(func, args, kwargs, out)
