@@ -41,10 +41,12 @@ def test_a_callers_own_collector_settings_are_left_alone(restore_gc, caller):
         gc.set_threshold(0)
     else:
         gc.freeze()
-    before = (gc.get_threshold(), gc.isenabled(), gc.get_freeze_count())
+    # A frozen object that is freed leaves the permanent generation (another thread, such as a
+    # pytest-xdist worker's, may free one at any time), so the caller's freeze shows as a count > 0.
+    before = (gc.get_threshold(), gc.isenabled(), gc.get_freeze_count() > 0)
     with fewer_collections():
-        assert (gc.get_threshold(), gc.isenabled(), gc.get_freeze_count()) == before
-    assert (gc.get_threshold(), gc.isenabled(), gc.get_freeze_count()) == before
+        assert (gc.get_threshold(), gc.isenabled(), gc.get_freeze_count() > 0) == before
+    assert (gc.get_threshold(), gc.isenabled(), gc.get_freeze_count() > 0) == before
 
 
 def test_restored_when_the_analysis_fails(restore_gc):
